@@ -1,0 +1,313 @@
+// Argument validation for every op, done once here so backends only compute.
+#include "kernels/backend.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+
+namespace moe {
+namespace {
+
+absl::Status Invalid(absl::string_view op, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(op, ": ", what));
+}
+
+absl::Status CheckNonNegative(absl::string_view op, absl::string_view field, int64_t v) {
+  if (v < 0) return Invalid(op, absl::StrCat(field, "=", v, " is negative"));
+  return absl::OkStatus();
+}
+
+absl::Status CheckPointer(absl::string_view op, absl::string_view field, const void* p) {
+  if (p == nullptr) return Invalid(op, absl::StrCat(field, " is null"));
+  return absl::OkStatus();
+}
+
+absl::Status CheckLd(absl::string_view op, absl::string_view field, int64_t ld, int64_t cols) {
+  if (ld < cols)
+    return Invalid(op, absl::StrCat(field, "=", ld, " is less than the row length ", cols));
+  return absl::OkStatus();
+}
+
+// Elements from the first to one past the last of a rows x cols matrix with leading dim ld.
+int64_t Span(int64_t rows, int64_t cols, int64_t ld) {
+  return rows == 0 ? 0 : (rows - 1) * ld + cols;
+}
+
+bool IsFloat(DType t) { return t == DType::kF32 || t == DType::kBF16 || t == DType::kF16; }
+
+absl::Status CheckGemmDtypes(absl::string_view op, const GemmArgs& g) {
+  if (g.a_dtype != g.b_dtype) {
+    return absl::UnimplementedError(absl::StrCat(op, ": a_dtype=", DTypeName(g.a_dtype),
+                                                 " differs from b_dtype=", DTypeName(g.b_dtype)));
+  }
+  if (g.a_dtype != DType::kF32 && g.a_dtype != DType::kBF16) {
+    return absl::UnimplementedError(
+        absl::StrCat(op, ": a_dtype=", DTypeName(g.a_dtype), " (supported: f32, bf16)"));
+  }
+  if (g.c_dtype != DType::kF32 && g.c_dtype != DType::kBF16) {
+    return absl::UnimplementedError(
+        absl::StrCat(op, ": c_dtype=", DTypeName(g.c_dtype), " (supported: f32, bf16)"));
+  }
+  return absl::OkStatus();
+}
+
+// Shapes and leading dims of one GEMM; `m_known` is false for grouped GEMMs.
+absl::Status CheckGemmShape(absl::string_view op, const GemmArgs& g, bool m_known) {
+  if (m_known) {
+    MOE_RETURN_IF_ERROR(CheckNonNegative(op, "m", g.m));
+  }
+  MOE_RETURN_IF_ERROR(CheckNonNegative(op, "n", g.n));
+  MOE_RETURN_IF_ERROR(CheckNonNegative(op, "k", g.k));
+  MOE_RETURN_IF_ERROR(CheckGemmDtypes(op, g));
+  const int64_t a_cols = g.trans_a ? g.m : g.k;
+  const int64_t b_cols = g.trans_b ? g.k : g.n;
+  if (m_known || !g.trans_a) {
+    MOE_RETURN_IF_ERROR(CheckLd(op, "lda", g.lda, m_known ? a_cols : g.k));
+  }
+  MOE_RETURN_IF_ERROR(CheckLd(op, "ldb", g.ldb, b_cols));
+  MOE_RETURN_IF_ERROR(CheckLd(op, "ldc", g.ldc, g.n));
+  return absl::OkStatus();
+}
+
+absl::Status CheckGemmPointers(absl::string_view op, const GemmArgs& g) {
+  MOE_RETURN_IF_ERROR(CheckPointer(op, "a", g.a));
+  MOE_RETURN_IF_ERROR(CheckPointer(op, "b", g.b));
+  return CheckPointer(op, "c", g.c);
+}
+
+}  // namespace
+
+absl::Status Backend::Gemm(const GemmArgs& args) {
+  MOE_RETURN_IF_ERROR(CheckGemmShape("gemm", args, true));
+  if (args.m == 0 || args.n == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckGemmPointers("gemm", args));
+  return RunGemm(args);
+}
+
+absl::Status Backend::BatchedGemm(const BatchedGemmArgs& args) {
+  constexpr absl::string_view kOp = "batched_gemm";
+  const GemmArgs& g = args.gemm;
+  MOE_RETURN_IF_ERROR(CheckGemmShape(kOp, g, true));
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "batch", args.batch));
+  if (args.batch == 0 || g.m == 0 || g.n == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckGemmPointers(kOp, g));
+  if (args.batch > 1) {
+    // Output matrices may not overlap each other; inputs may also be shared (stride 0).
+    const int64_t a_span = Span(g.trans_a ? g.k : g.m, g.trans_a ? g.m : g.k, g.lda);
+    const int64_t b_span = Span(g.trans_b ? g.n : g.k, g.trans_b ? g.k : g.n, g.ldb);
+    const int64_t c_span = Span(g.m, g.n, g.ldc);
+    if (args.stride_a != 0 && args.stride_a < a_span) {
+      return Invalid(
+          kOp, absl::StrCat("stride_a=", args.stride_a, " is neither 0 nor at least one matrix (",
+                            a_span, " elements)"));
+    }
+    if (args.stride_b != 0 && args.stride_b < b_span) {
+      return Invalid(
+          kOp, absl::StrCat("stride_b=", args.stride_b, " is neither 0 nor at least one matrix (",
+                            b_span, " elements)"));
+    }
+    if (args.stride_c < c_span) {
+      return Invalid(kOp, absl::StrCat("stride_c=", args.stride_c,
+                                       " is less than one output matrix (", c_span, " elements)"));
+    }
+  }
+  return RunBatchedGemm(args);
+}
+
+absl::Status Backend::GroupedGemm(const GroupedGemmArgs& args) {
+  constexpr absl::string_view kOp = "grouped_gemm";
+  const GemmArgs& g = args.gemm;
+  if (g.trans_a) return Invalid(kOp, "trans_a must be false (A rows are segmented)");
+  MOE_RETURN_IF_ERROR(CheckGemmShape(kOp, g, false));
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "num_groups", args.num_groups));
+  if (args.num_groups == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "offsets", args.offsets));
+  if (args.offsets[0] != 0) {
+    return Invalid(kOp, absl::StrCat("offsets[0]=", args.offsets[0], ", expected 0"));
+  }
+  for (int64_t i = 0; i < args.num_groups; ++i) {
+    if (args.offsets[i + 1] < args.offsets[i]) {
+      return Invalid(kOp, absl::StrCat("offsets[", i + 1, "]=", args.offsets[i + 1],
+                                       " is less than offsets[", i, "]=", args.offsets[i]));
+    }
+  }
+  if (args.offsets[args.num_groups] == 0 || g.n == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckGemmPointers(kOp, g));
+  const int64_t b_span = Span(g.trans_b ? g.n : g.k, g.trans_b ? g.k : g.n, g.ldb);
+  if (args.num_groups > 1 && args.stride_b != 0 && args.stride_b < b_span) {
+    return Invalid(
+        kOp, absl::StrCat("stride_b=", args.stride_b,
+                          " is neither 0 nor at least one weight matrix (", b_span, " elements)"));
+  }
+  return RunGroupedGemm(args);
+}
+
+absl::Status Backend::Router(const RouterArgs& a) {
+  constexpr absl::string_view kOp = "router";
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "tokens", a.tokens));
+  if (a.num_experts <= 0)
+    return Invalid(kOp, absl::StrCat("num_experts=", a.num_experts, " must be positive"));
+  if (a.top_k <= 0) return Invalid(kOp, absl::StrCat("top_k=", a.top_k, " must be positive"));
+  if (!a.force_balanced && a.top_k > a.num_experts) {
+    return Invalid(kOp, absl::StrCat("top_k=", a.top_k, " exceeds num_experts=", a.num_experts));
+  }
+  if (a.num_groups <= 0)
+    return Invalid(kOp, absl::StrCat("num_groups=", a.num_groups, " must be positive"));
+  if (a.num_experts % a.num_groups != 0) {
+    return Invalid(kOp, absl::StrCat("num_experts=", a.num_experts,
+                                     " is not divisible by num_groups=", a.num_groups));
+  }
+  if (a.num_groups > 1) {
+    if (a.num_experts / a.num_groups < 2) {
+      return Invalid(kOp, absl::StrCat("num_experts / num_groups = ", a.num_experts / a.num_groups,
+                                       " experts per group; group scores need at least 2"));
+    }
+    if (a.topk_groups <= 0 || a.topk_groups > a.num_groups) {
+      return Invalid(kOp, absl::StrCat("topk_groups=", a.topk_groups,
+                                       " is outside [1, num_groups=", a.num_groups, "]"));
+    }
+    if (!a.force_balanced && a.topk_groups * (a.num_experts / a.num_groups) < a.top_k) {
+      return Invalid(kOp, absl::StrCat("topk_groups=", a.topk_groups, " groups of ",
+                                       a.num_experts / a.num_groups,
+                                       " experts hold fewer than top_k=", a.top_k, " experts"));
+    }
+  }
+  if (!std::isfinite(a.route_scale)) {
+    return Invalid(kOp, absl::StrCat("route_scale=", a.route_scale, " is not finite"));
+  }
+  if (a.tokens == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "logits", a.logits));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "ids", a.ids));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "weights", a.weights));
+  return RunRouter(a);
+}
+
+absl::Status Backend::Bincount(const BincountArgs& a) {
+  constexpr absl::string_view kOp = "bincount";
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "n", a.n));
+  if (a.num_bins <= 0)
+    return Invalid(kOp, absl::StrCat("num_bins=", a.num_bins, " must be positive"));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "counts", a.counts));
+  if (a.n > 0) {
+    MOE_RETURN_IF_ERROR(CheckPointer(kOp, "ids", a.ids));
+  }
+  return RunBincount(a);
+}
+
+absl::Status Backend::ExpertOrder(const ExpertOrderArgs& a) {
+  constexpr absl::string_view kOp = "expert_order";
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "n", a.n));
+  if (a.n > INT32_MAX)
+    return Invalid(kOp, absl::StrCat("n=", a.n, " exceeds the int32 row index limit ", INT32_MAX));
+  if (a.num_experts <= 0)
+    return Invalid(kOp, absl::StrCat("num_experts=", a.num_experts, " must be positive"));
+  if (a.n == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "ids", a.ids));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "counts", a.counts));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "sorted_slots", a.sorted_slots));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "slot_to_row", a.slot_to_row));
+  return RunExpertOrder(a);
+}
+
+absl::Status Backend::GatherRows(const GatherRowsArgs& a) {
+  constexpr absl::string_view kOp = "gather_rows";
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "rows", a.rows));
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "cols", a.cols));
+  if (!IsFloat(a.dtype))
+    return absl::UnimplementedError(absl::StrCat(kOp, ": dtype=", DTypeName(a.dtype)));
+  if (a.index_divisor <= 0)
+    return Invalid(kOp, absl::StrCat("index_divisor=", a.index_divisor, " must be positive"));
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "src_ld", a.src_ld, a.cols));
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "dst_ld", a.dst_ld, a.cols));
+  if (a.rows == 0 || a.cols == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "src", a.src));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "index", a.index));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "dst", a.dst));
+  return RunGatherRows(a);
+}
+
+absl::Status Backend::SwiGlu(const SwiGluArgs& a) {
+  constexpr absl::string_view kOp = "swiglu";
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "rows", a.rows));
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "inter", a.inter));
+  if (a.dtype != DType::kF32 && a.dtype != DType::kBF16) {
+    return absl::UnimplementedError(
+        absl::StrCat(kOp, ": dtype=", DTypeName(a.dtype), " (supported: f32, bf16)"));
+  }
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "gate_up_ld", a.gate_up_ld, 2 * a.inter));
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "out_ld", a.out_ld, a.inter));
+  if (a.rows == 0 || a.inter == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "gate_up", a.gate_up));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "out", a.out));
+  return RunSwiGlu(a);
+}
+
+absl::Status Backend::Combine(const CombineArgs& a) {
+  constexpr absl::string_view kOp = "combine";
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "tokens", a.tokens));
+  if (a.top_k <= 0) return Invalid(kOp, absl::StrCat("top_k=", a.top_k, " must be positive"));
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "cols", a.cols));
+  if (a.dtype != DType::kF32 && a.dtype != DType::kBF16) {
+    return absl::UnimplementedError(
+        absl::StrCat(kOp, ": dtype=", DTypeName(a.dtype), " (supported: f32, bf16)"));
+  }
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "expert_out_ld", a.expert_out_ld, a.cols));
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "out_ld", a.out_ld, a.cols));
+  if (a.tokens == 0 || a.cols == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "expert_out", a.expert_out));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "slot_to_row", a.slot_to_row));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "ids", a.ids));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "out", a.out));
+  return RunCombine(a);
+}
+
+absl::Status Backend::ScaleRows(const ScaleRowsArgs& a) {
+  constexpr absl::string_view kOp = "scale_rows";
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "rows", a.rows));
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "cols", a.cols));
+  if (a.dtype != DType::kF32 && a.dtype != DType::kBF16) {
+    return absl::UnimplementedError(
+        absl::StrCat(kOp, ": dtype=", DTypeName(a.dtype), " (supported: f32, bf16)"));
+  }
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "src_ld", a.src_ld, a.cols));
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "dst_ld", a.dst_ld, a.cols));
+  if (a.src == a.dst && a.src_ld != a.dst_ld) {
+    return Invalid(kOp, absl::StrCat("in place with src_ld=", a.src_ld, " != dst_ld=", a.dst_ld));
+  }
+  if (a.rows == 0 || a.cols == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "src", a.src));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "scale", a.scale));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "dst", a.dst));
+  return RunScaleRows(a);
+}
+
+absl::Status Backend::Add(const AddArgs& a) {
+  constexpr absl::string_view kOp = "add";
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "n", a.n));
+  if (a.dtype != DType::kF32 && a.dtype != DType::kBF16) {
+    return absl::UnimplementedError(
+        absl::StrCat(kOp, ": dtype=", DTypeName(a.dtype), " (supported: f32, bf16)"));
+  }
+  if (a.n == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "a", a.a));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "b", a.b));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "out", a.out));
+  return RunAdd(a);
+}
+
+absl::Status Backend::Cast(const CastArgs& a) {
+  constexpr absl::string_view kOp = "cast";
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "n", a.n));
+  if (!IsFloat(a.src_dtype) || !IsFloat(a.dst_dtype)) {
+    return absl::UnimplementedError(absl::StrCat(kOp, ": ", DTypeName(a.src_dtype), " -> ",
+                                                 DTypeName(a.dst_dtype),
+                                                 " (supported: f32, bf16, f16)"));
+  }
+  if (a.n == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "src", a.src));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "dst", a.dst));
+  return RunCast(a);
+}
+
+}  // namespace moe

@@ -1,0 +1,259 @@
+// The op set every backend implements, and nothing about models.
+//
+// Conventions for every op:
+// - Pointers are device pointers of this backend's device (host memory for the CPU backend),
+//   except where a field says "host". Matrices are row-major with an explicit leading
+//   dimension (elements between the starts of consecutive rows).
+// - Floating math is done in fp32; a bf16 / f16 result is rounded once, to nearest even.
+// - Every public method validates its arguments (shapes, dtypes, pointers, leading dims) and
+//   returns InvalidArgument naming the op, the field and the numbers involved; only then is
+//   the backend's Run* method called. Backends only compute. A dtype combination a backend
+//   does not implement is Unimplemented, never a silent fallback.
+// - Results are deterministic: no float atomics, fixed summation orders, and no dependence
+//   on the thread count or launch configuration.
+// - Ops run in stream order on the backend's device; the CPU backend runs synchronously.
+//   Synchronize() waits for all work issued so far.
+// - Thread safety: a Backend may be used by one thread at a time.
+#ifndef MOE_KERNELS_BACKEND_H_
+#define MOE_KERNELS_BACKEND_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/device.h"
+#include "kernels/dtype.h"
+
+namespace moe {
+
+// C[m, n] = op(A)[m, k] * op(B)[k, n], fp32 accumulation, one rounding to c_dtype.
+// A is stored [m, k] (trans_a = false) or [k, m] (trans_a = true) with leading dim lda;
+// likewise B is [k, n] or [n, k] with ldb. a_dtype == b_dtype, in {f32, bf16};
+// c_dtype in {f32, bf16}. C must not overlap A or B.
+struct GemmArgs {
+  int64_t m = 0;
+  int64_t n = 0;
+  int64_t k = 0;
+  const void* a = nullptr;
+  DType a_dtype = DType::kF32;
+  int64_t lda = 0;
+  bool trans_a = false;
+  const void* b = nullptr;
+  DType b_dtype = DType::kF32;
+  int64_t ldb = 0;
+  bool trans_b = false;
+  void* c = nullptr;
+  DType c_dtype = DType::kF32;
+  int64_t ldc = 0;
+};
+
+// `batch` independent GEMMs; matrix i of A starts at a + i * stride_a elements (same for B, C).
+// This is the equal-count expert fast path: one call over all experts.
+struct BatchedGemmArgs {
+  GemmArgs gemm;
+  int64_t batch = 0;
+  int64_t stride_a = 0;
+  int64_t stride_b = 0;
+  int64_t stride_c = 0;
+};
+
+// Grouped GEMM over row segments: for group g, rows [offsets[g], offsets[g+1]) of A
+// (gemm.a is [M, k], M = offsets[num_groups], trans_a must be false) times B_g
+// (B_g starts at gemm.b + g * stride_b elements) into the same rows of C.
+// gemm.m is ignored (M comes from offsets). Empty groups cost nothing.
+struct GroupedGemmArgs {
+  GemmArgs gemm;
+  int64_t num_groups = 0;
+  const int64_t* offsets = nullptr;  // host, num_groups + 1 entries, offsets[0] = 0, nondecreasing
+  int64_t stride_b = 0;
+};
+
+enum class ScoreFunction { kSoftmax, kSigmoid };
+
+// Top-k routing from fp32 gate logits.
+// scores = softmax over all experts | sigmoid, fp32. choice = scores + expert_bias (bias is for
+// selection only). With num_groups > 1: group score = sum of the two largest choice values in
+// the group; the topk_groups best groups are kept (ties to the lower group id) and every expert
+// outside them is excluded. Then top_k over choice, ties to the lower expert id.
+// weights = scores at the chosen ids (never the bias); if renormalize, divided by
+// (their sum in slot order + 1e-20); then multiplied by route_scale.
+// ids come out in ascending expert id within a token.
+// force_balanced replaces the selection by ids[t, k] = (t * top_k + k) mod num_experts
+// (slot order; ids may repeat within a token when top_k > num_experts); weights as above.
+struct RouterArgs {
+  int64_t tokens = 0;
+  int64_t num_experts = 0;
+  int64_t top_k = 0;
+  const float* logits = nullptr;  // [tokens, num_experts]
+  ScoreFunction score = ScoreFunction::kSoftmax;
+  const float* expert_bias = nullptr;  // [num_experts] or null
+  int64_t num_groups = 1;
+  int64_t topk_groups = 1;
+  bool renormalize = false;
+  float route_scale = 1.0f;
+  bool force_balanced = false;
+  int32_t* ids = nullptr;    // out [tokens, top_k]
+  float* weights = nullptr;  // out [tokens, top_k]
+};
+
+// counts[b] = number of i with ids[i] == b, exact integers. An id outside [0, num_bins) is an
+// error (InvalidArgument where the backend can see it).
+struct BincountArgs {
+  int64_t n = 0;
+  const int32_t* ids = nullptr;  // [n]
+  int64_t num_bins = 0;
+  int64_t* counts = nullptr;  // out [num_bins]
+};
+
+// Dispatch order: a stable sort of the n slots by expert id (ties keep slot order, so within an
+// expert tokens ascend). sorted_slots[r] = the slot placed at row r; slot_to_row is its inverse.
+// counts are the bincount of ids (num_experts entries).
+struct ExpertOrderArgs {
+  int64_t n = 0;
+  const int32_t* ids = nullptr;  // [n]
+  int64_t num_experts = 0;
+  const int64_t* counts = nullptr;  // [num_experts]
+  int32_t* sorted_slots = nullptr;  // out [n]
+  int32_t* slot_to_row = nullptr;   // out [n]
+};
+
+// dst[r, :] = src[index[r] / index_divisor, :] for r in [0, rows). With slot_scale, the row is
+// multiplied by slot_scale[index[r]] in fp32 and rounded once (scores applied before experts).
+// src and dst share dtype; they must not overlap.
+struct GatherRowsArgs {
+  int64_t rows = 0;
+  int64_t cols = 0;
+  DType dtype = DType::kF32;
+  const void* src = nullptr;
+  int64_t src_ld = 0;
+  int64_t src_rows = 0;            // rows available in src, for validation
+  const int32_t* index = nullptr;  // [rows]
+  int64_t index_divisor = 1;
+  const float* slot_scale = nullptr;  // indexed by index[r], or null
+  void* dst = nullptr;
+  int64_t dst_ld = 0;
+};
+
+// out[r, j] = silu(g) * u with g = gate_up[r, j], u = gate_up[r, inter + j] (gate then up).
+// f32: computed in fp32. bf16: PyTorch's two roundings, s = bf16(silu(fp32 g)), out = bf16(s*u),
+// which is what an unfused `act(gate(x)) * up(x)` computes in bf16 (Hugging Face, torchtitan).
+struct SwiGluArgs {
+  int64_t rows = 0;
+  int64_t inter = 0;
+  DType dtype = DType::kF32;
+  const void* gate_up = nullptr;  // [rows, 2 * inter]
+  int64_t gate_up_ld = 0;
+  void* out = nullptr;  // [rows, inter]
+  int64_t out_ld = 0;
+};
+
+// The deterministic combine, a gather per token (no float atomics):
+//   acc = sum over token t's top_k slots in ascending expert id (ties: slot order) of
+//         fp32(expert_out[slot_to_row[slot]]) * weight[slot]   (weight 1 when weights is null)
+//   routed = round(acc)                          one rounding to dtype
+//   out[t] = add_to_out ? round(routed + out[t]) : routed
+// add_to_out folds the shared experts' output, already in out, in place.
+// out must not overlap expert_out.
+struct CombineArgs {
+  int64_t tokens = 0;
+  int64_t top_k = 0;
+  int64_t cols = 0;
+  DType dtype = DType::kF32;
+  const void* expert_out = nullptr;  // [tokens * top_k, cols] in dispatch order
+  int64_t expert_out_ld = 0;
+  const int32_t* slot_to_row = nullptr;  // [tokens * top_k]
+  const int32_t* ids = nullptr;          // [tokens * top_k]
+  const float* weights = nullptr;        // [tokens * top_k] or null
+  bool add_to_out = false;
+  void* out = nullptr;  // [tokens, cols]
+  int64_t out_ld = 0;
+};
+
+// dst[r, :] = round(fp32(src[r, :]) * s_r), s_r = scale[r] or sigmoid(scale[r]).
+// dst may equal src (same pointer and ld); no other overlap.
+struct ScaleRowsArgs {
+  int64_t rows = 0;
+  int64_t cols = 0;
+  DType dtype = DType::kF32;
+  const void* src = nullptr;
+  int64_t src_ld = 0;
+  const float* scale = nullptr;  // [rows]
+  bool sigmoid_of_scale = false;
+  void* dst = nullptr;
+  int64_t dst_ld = 0;
+};
+
+// out[i] = round(fp32(a[i]) + fp32(b[i])); out may equal a or b.
+struct AddArgs {
+  int64_t n = 0;
+  DType dtype = DType::kF32;
+  const void* a = nullptr;
+  const void* b = nullptr;
+  void* out = nullptr;
+};
+
+// dst[i] = convert(src[i]) between f32, bf16 and f16 (round to nearest even).
+struct CastArgs {
+  int64_t n = 0;
+  const void* src = nullptr;
+  DType src_dtype = DType::kF32;
+  void* dst = nullptr;
+  DType dst_dtype = DType::kF32;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
+
+  virtual Device device() const = 0;
+  // "cpu (oneDNN 2.6, avx512_core_bf16, 2 threads)" and the like, for logs and benchmarks.
+  virtual std::string Describe() const = 0;
+
+  // Memory on this backend's device. Allocate returns ResourceExhausted naming the size.
+  virtual absl::StatusOr<void*> Allocate(size_t bytes) = 0;
+  virtual void Free(void* ptr) = 0;
+  // Copies between host memory and this device (either side may be this device's memory).
+  virtual absl::Status CopyFromHost(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual absl::Status CopyOnDevice(void* dst, const void* src, size_t bytes) = 0;
+  virtual absl::Status Synchronize() = 0;
+
+  absl::Status Gemm(const GemmArgs& args);
+  absl::Status BatchedGemm(const BatchedGemmArgs& args);
+  absl::Status GroupedGemm(const GroupedGemmArgs& args);
+  absl::Status Router(const RouterArgs& args);
+  absl::Status Bincount(const BincountArgs& args);
+  absl::Status ExpertOrder(const ExpertOrderArgs& args);
+  absl::Status GatherRows(const GatherRowsArgs& args);
+  absl::Status SwiGlu(const SwiGluArgs& args);
+  absl::Status Combine(const CombineArgs& args);
+  absl::Status ScaleRows(const ScaleRowsArgs& args);
+  absl::Status Add(const AddArgs& args);
+  absl::Status Cast(const CastArgs& args);
+
+ protected:
+  Backend() = default;
+
+  // Called with validated arguments; calls with no output elements never reach them
+  // (Bincount with n = 0 does: it still writes zero counts).
+  virtual absl::Status RunGemm(const GemmArgs& args) = 0;
+  virtual absl::Status RunBatchedGemm(const BatchedGemmArgs& args) = 0;
+  virtual absl::Status RunGroupedGemm(const GroupedGemmArgs& args) = 0;
+  virtual absl::Status RunRouter(const RouterArgs& args) = 0;
+  virtual absl::Status RunBincount(const BincountArgs& args) = 0;
+  virtual absl::Status RunExpertOrder(const ExpertOrderArgs& args) = 0;
+  virtual absl::Status RunGatherRows(const GatherRowsArgs& args) = 0;
+  virtual absl::Status RunSwiGlu(const SwiGluArgs& args) = 0;
+  virtual absl::Status RunCombine(const CombineArgs& args) = 0;
+  virtual absl::Status RunScaleRows(const ScaleRowsArgs& args) = 0;
+  virtual absl::Status RunAdd(const AddArgs& args) = 0;
+  virtual absl::Status RunCast(const CastArgs& args) = 0;
+};
+
+}  // namespace moe
+
+#endif  // MOE_KERNELS_BACKEND_H_

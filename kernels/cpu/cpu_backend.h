@@ -1,0 +1,58 @@
+// The CPU backend: oneDNN matmul for every GEMM (bf16 through AMX / AVX-512-BF16 where the
+// CPU has them), own OpenMP-parallel code for the rest. The reference backend, and what CI runs.
+#ifndef MOE_KERNELS_CPU_CPU_BACKEND_H_
+#define MOE_KERNELS_CPU_CPU_BACKEND_H_
+
+#include <memory>
+#include <string>
+
+#include "kernels/backend.h"
+
+namespace moe {
+
+class OneDnnMatmulCache;
+
+struct CpuBackendOptions {
+  // Threads for oneDNN and the own kernels; 0 = OpenMP's default (all cores).
+  int num_threads = 0;
+};
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(CpuBackendOptions options = {});
+  ~CpuBackend() override;
+
+  Device device() const override { return Device::Cpu(); }
+  std::string Describe() const override;
+
+  absl::StatusOr<void*> Allocate(size_t bytes) override;
+  void Free(void* ptr) override;
+  absl::Status CopyFromHost(void* dst, const void* host_src, size_t bytes) override;
+  absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes) override;
+  absl::Status CopyOnDevice(void* dst, const void* src, size_t bytes) override;
+  absl::Status Synchronize() override { return absl::OkStatus(); }
+
+  int num_threads() const { return num_threads_; }
+
+ protected:
+  absl::Status RunGemm(const GemmArgs& args) override;
+  absl::Status RunBatchedGemm(const BatchedGemmArgs& args) override;
+  absl::Status RunGroupedGemm(const GroupedGemmArgs& args) override;
+  absl::Status RunRouter(const RouterArgs& args) override;
+  absl::Status RunBincount(const BincountArgs& args) override;
+  absl::Status RunExpertOrder(const ExpertOrderArgs& args) override;
+  absl::Status RunGatherRows(const GatherRowsArgs& args) override;
+  absl::Status RunSwiGlu(const SwiGluArgs& args) override;
+  absl::Status RunCombine(const CombineArgs& args) override;
+  absl::Status RunScaleRows(const ScaleRowsArgs& args) override;
+  absl::Status RunAdd(const AddArgs& args) override;
+  absl::Status RunCast(const CastArgs& args) override;
+
+ private:
+  int num_threads_;
+  std::unique_ptr<OneDnnMatmulCache> matmuls_;
+};
+
+}  // namespace moe
+
+#endif  // MOE_KERNELS_CPU_CPU_BACKEND_H_
