@@ -155,6 +155,7 @@ struct SwiGluArgs {
 //   routed = round(acc)                          one rounding to dtype
 //   out[t] = add_to_out ? round(routed + out[t]) : routed
 // add_to_out folds the shared experts' output, already in out, in place.
+// A slot with slot_to_row[slot] < 0 was dropped (capacity mode) and contributes nothing.
 // out must not overlap expert_out.
 struct CombineArgs {
   int64_t tokens = 0;
