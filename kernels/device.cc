@@ -5,7 +5,9 @@ namespace moe {
 std::string Device::ToString() const {
   switch (type) {
     case DeviceType::kCpu:
-      return "cpu";
+      // The one CPU device prints as "cpu"; any other index must show, or "no device cpu:1"
+      // would read "no device cpu".
+      return index == 0 ? "cpu" : "cpu:" + std::to_string(index);
     case DeviceType::kCuda:
       return "cuda:" + std::to_string(index);
     case DeviceType::kXpu:

@@ -1,21 +1,50 @@
 #include "engine/core/tensor.h"
 
 #include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
 
 namespace moe {
+namespace {
+
+// Bytes of a dtype x shape view. Checked because shapes come from files and requests: a
+// negative extent, or a product past int64 (which would wrap to a small or zero size and let
+// a huge view pass the bounds check), is InvalidArgument.
+absl::StatusOr<int64_t> ViewBytes(DType dtype, const Shape& shape) {
+  bool empty = false;
+  for (int64_t d : shape) {
+    if (d < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor: negative extent in shape ", shape.ToString()));
+    }
+    if (d == 0) empty = true;
+  }
+  if (empty) return 0;
+  int64_t bytes = DTypeSize(dtype);
+  for (int64_t d : shape) {
+    if (__builtin_mul_overflow(bytes, d, &bytes)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor: ", DTypeName(dtype), shape.ToString(), " exceeds 2^63 bytes"));
+    }
+  }
+  return bytes;
+}
+
+}  // namespace
 
 absl::StatusOr<Tensor> Tensor::OnBuffer(const Buffer& buffer, DType dtype, Shape shape,
                                         int64_t offset_bytes) {
-  for (int64_t d : shape) {
-    if (d < 0)
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor: negative extent in shape ", shape.ToString()));
+  MOE_ASSIGN_OR_RETURN(const int64_t bytes, ViewBytes(dtype, shape));
+  if (offset_bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor: ", DTypeName(dtype), shape.ToString(),
+                                                   " at negative offset ", offset_bytes));
   }
-  const int64_t bytes = shape.numel() * DTypeSize(dtype);
-  if (offset_bytes < 0 || offset_bytes + bytes > static_cast<int64_t>(buffer.size())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tensor: ", DTypeName(dtype), shape.ToString(), " at offset ", offset_bytes,
-                     " needs ", offset_bytes + bytes, " bytes; the buffer holds ", buffer.size()));
+  const int64_t size = static_cast<int64_t>(buffer.size());
+  if (offset_bytes > size || bytes > size - offset_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor: ", DTypeName(dtype), shape.ToString(), " at offset ", offset_bytes, " needs ",
+        // Unsigned: both are below 2^63, so the sum cannot wrap.
+        static_cast<uint64_t>(offset_bytes) + static_cast<uint64_t>(bytes),
+        " bytes; the buffer holds ", buffer.size()));
   }
   return Tensor(static_cast<char*>(buffer.data()) + offset_bytes, buffer.device(), dtype,
                 std::move(shape));
@@ -34,9 +63,14 @@ int64_t Tensor::stride(int i) const {
 
 absl::StatusOr<Tensor> Tensor::Rows(int64_t start, int64_t count) const {
   if (rank() == 0) return absl::InvalidArgumentError("tensor: Rows of a rank-0 tensor");
-  if (start < 0 || count < 0 || start + count > dim(0)) {
+  if (start < 0 || count < 0 || start > dim(0) || count > dim(0) - start) {
+    // Unsigned where both are non-negative, so a huge count cannot wrap in the message.
+    const std::string end =
+        start >= 0 && count >= 0
+            ? absl::StrCat(static_cast<uint64_t>(start) + static_cast<uint64_t>(count))
+            : absl::StrCat(start + count);
     return absl::OutOfRangeError(
-        absl::StrCat("tensor: rows [", start, ", ", start + count, ") outside [0, ", dim(0), ")"));
+        absl::StrCat("tensor: rows [", start, ", ", end, ") outside [0, ", dim(0), ")"));
   }
   absl::InlinedVector<int64_t, 4> dims(shape_.begin(), shape_.end());
   dims[0] = count;
@@ -45,6 +79,7 @@ absl::StatusOr<Tensor> Tensor::Rows(int64_t start, int64_t count) const {
 }
 
 absl::StatusOr<Tensor> Tensor::Reshape(Shape shape) const {
+  MOE_RETURN_IF_ERROR(ViewBytes(dtype_, shape).status());
   if (shape.numel() != numel()) {
     return absl::InvalidArgumentError(absl::StrCat("tensor: cannot reshape ", shape_.ToString(),
                                                    " (", numel(), " elements) to ",

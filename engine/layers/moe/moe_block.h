@@ -1,8 +1,8 @@
 // The MoE block, no grad:
-//   router -> integer counts -> dispatch (stable by expert, token) -> experts (fused w13,
+//   router (fp32) -> integer counts -> dispatch (stable by expert, token) -> experts (fused w13,
 //   transposed w2; one batched GEMM when all counts are equal, else grouped GEMM) ->
-//   deterministic in-place combine -> + shared experts.
-// See docs/DESIGN.md ("The MoE block") and MOE_SEMANTICS.md for the exact arithmetic.
+//   deterministic in-place combine (+ shared experts).
+// See DESIGN.md ("The MoE block") and MOE_SEMANTICS.md for the exact arithmetic.
 #ifndef MOE_ENGINE_LAYERS_MOE_MOE_BLOCK_H_
 #define MOE_ENGINE_LAYERS_MOE_MOE_BLOCK_H_
 
@@ -11,38 +11,29 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "engine/core/buffer.h"
 #include "engine/core/tensor.h"
 #include "engine/core/workspace.h"
 #include "engine/layers/moe/moe_config.h"
+#include "engine/layers/moe/moe_weights.h"
 #include "kernels/backend.h"
 
 namespace moe {
 
-// Weights as a checkpoint stores them (Hugging Face / nn.Linear layout, [out, in]), as host
-// tensors of any float dtype; Create() converts and lays them out once.
-struct MoeWeights {
-  Tensor gate;             // [E, D]
-  Tensor expert_bias;      // [E], only with config.use_expert_bias
-  std::vector<Tensor> w1;  // E x [I, D]  gate_proj
-  std::vector<Tensor> w3;  // E x [I, D]  up_proj
-  std::vector<Tensor> w2;  // E x [D, I]  down_proj
-  // Shared experts, S = num_shared_experts * shared_inter.
-  Tensor shared_w1;    // [S, D]
-  Tensor shared_w3;    // [S, D]
-  Tensor shared_w2;    // [D, S]
-  Tensor shared_gate;  // [1, D], only with config.shared_gate
-};
+class ExpertWeights;
+struct ForwardScratch;
 
 enum class ExpertPath { kNone, kBatched, kGrouped };
 enum class CombinePath { kNone, kInPlace, kCopied };
 
 // What the last Forward did; tests read it to see which path ran.
 struct MoeTrace {
-  ExpertPath expert_path = ExpertPath::kNone;
-  CombinePath combine_path = CombinePath::kNone;
+  ExpertPath expert_path = ExpertPath::kNone;     // kNone when no row reached an expert
+  CombinePath combine_path = CombinePath::kNone;  // kNone when T = 0
   int64_t tokens = 0;
-  std::vector<int64_t> counts;  // rows per expert before any capacity drop
+  std::vector<int64_t> counts;  // rows per expert (exact bincount) before any capacity drop
+  int64_t expert_capacity = 0;  // capacity mode: rows each expert keeps; 0 when dropless
   int64_t dropped_rows = 0;     // capacity mode only
 };
 
@@ -53,32 +44,50 @@ struct MoeCounters {
   int64_t grouped_expert_calls = 0;
   int64_t in_place_combines = 0;
   int64_t copied_combines = 0;
+  int64_t dropped_rows = 0;  // capacity mode
   int64_t w13_rebuilds = 0;  // per expert: fused gate|up copies built (E at Create)
   int64_t w2t_rebuilds = 0;  // per expert: transposed down copies built
 };
 
+// Thread-compatible: one thread at a time (like the Backend it uses). The backend and the
+// allocator must outlive the block.
 class MoeBlock {
  public:
-  // Validates config and weight shapes (InvalidArgument naming the tensor and both shapes),
-  // converts weights to config.dtype and fuses them: w13 [E, D, 2I] (gate | up), w2t [E, I, D].
+  // Validates config (MoeConfig::Validate) and weights (CheckMoeWeights: InvalidArgument naming
+  // the tensor and both shapes), converts weights to config.dtype (the router gate and bias to
+  // f32) and fuses them into device memory: w13 [E, D, 2I] (gate | up), w2t [E, I, D].
   static absl::StatusOr<std::unique_ptr<MoeBlock>> Create(const MoeConfig& config,
                                                           const MoeWeights& weights,
                                                           Backend* backend, Allocator* allocator);
+  ~MoeBlock();
 
-  // out[T, D] = MoE(x[T, D]); x and out are device tensors of config.dtype.
+  // out[T, D] = MoE(x[T, D]); x and out are tensors of config.dtype on the backend's device
+  // (InvalidArgument naming x or out otherwise; T = 0 is fine).
   // Returns the tensor holding the result: `out` itself (in-place combine), or, when out
-  // overlaps x anywhere, a block-owned buffer valid until the next Forward (x is never written).
-  // Allocates nothing once the workspace has grown to this T (see ReserveTokens).
+  // overlaps x anywhere, a block-owned tensor valid until the next Forward or ReserveTokens
+  // (x is never written). Allocates nothing once the workspace has grown to this T (see
+  // ReserveTokens).
   absl::StatusOr<Tensor> Forward(const Tensor& x, const Tensor& out);
 
   // Grows the workspace for up to `tokens` tokens now, so later Forwards do not allocate.
+  // Invalidates a block-owned result of an earlier Forward.
   absl::Status ReserveTokens(int64_t tokens);
 
   // Weight sync (an RL trainer pushing new weights): replaces expert `expert`'s gate_proj,
-  // up_proj and/or down_proj (null = unchanged) and rebuilds exactly the fused copies they
-  // feed: w1/w3 -> that expert's slice of w13, w2 -> its slice of w2t.
+  // up_proj and/or down_proj (host tensors as in MoeWeights; null = unchanged) and rebuilds
+  // exactly the fused copies they feed: w1/w3 -> that expert's slice of w13, w2 -> its slice
+  // of w2t. InvalidArgument naming the expert or tensor; nothing changes when it fails.
   absl::Status UpdateExpertWeights(int64_t expert, const Tensor* w1, const Tensor* w3,
                                    const Tensor* w2);
+
+  // false forces the grouped GEMM even when every count is equal, so tests and benchmarks
+  // can compare the two paths on the same input. Default true.
+  void set_batched_path_enabled(bool enabled) { batched_path_enabled_ = enabled; }
+
+  // The last Forward's routing, copied to the host: ids [T * K] (ascending expert id within a
+  // token) and weights [T * K] (fp32, after renormalisation and route_scale).
+  // FailedPrecondition if there is none (no Forward yet, or ReserveTokens since).
+  absl::Status CopyLastRouting(std::vector<int32_t>* ids, std::vector<float>* weights) const;
 
   const MoeConfig& config() const { return config_; }
   const MoeTrace& last_trace() const { return trace_; }
@@ -87,13 +96,33 @@ class MoeBlock {
  private:
   MoeBlock(const MoeConfig& config, Backend* backend, Allocator* allocator);
 
+  absl::Status CheckActivation(absl::string_view name, const Tensor& t, int64_t tokens) const;
+  // Steps of Forward, in order (moe_block_steps.cc).
+  absl::Status Route(const Tensor& x, const ForwardScratch& s);
+  absl::Status ApplyCapacity(const ForwardScratch& s, int64_t tokens);
+  absl::Status RunExperts(const Tensor& x, const ForwardScratch& s);
+  absl::Status RunShared(const Tensor& x, const ForwardScratch& s, const Tensor& target);
+  absl::Status RunCombine(const ForwardScratch& s, const Tensor& target);
+
   MoeConfig config_;
   Backend* backend_;
   Allocator* allocator_;
   Workspace workspace_;
   MoeTrace trace_;
   MoeCounters counters_;
-  // Members for weights and buffers are added by the implementation.
+  std::unique_ptr<ExpertWeights> weights_;
+  bool batched_path_enabled_ = true;
+  int64_t reserved_tokens_ = -1;
+  // Host-side copies, sized by ReserveTokens so that Forward does not allocate.
+  std::vector<int64_t> counts_host_;       // [E] rows per expert
+  std::vector<int64_t> kept_host_;         // [E] rows per expert after capacity drops
+  std::vector<int64_t> offsets_host_;      // [E + 1] exclusive prefix sum of kept_host_
+  std::vector<int32_t> slots_host_;        // [N] capacity mode: dispatch order
+  std::vector<int32_t> kept_slots_host_;   // [N] capacity mode: kept rows, compacted
+  std::vector<int32_t> slot_to_row_host_;  // [N] capacity mode: -1 for dropped slots
+  // The last Forward's routing, views into the workspace.
+  Tensor last_ids_;
+  Tensor last_weights_;
 };
 
 }  // namespace moe

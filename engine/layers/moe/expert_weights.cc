@@ -1,0 +1,176 @@
+#include "engine/layers/moe/expert_weights.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+
+namespace moe {
+namespace {
+
+// Host tensor of f32 / bf16 / f16 (checked by CheckHostWeight) as floats, exactly.
+std::vector<float> ToFloats(const Tensor& t) {
+  std::vector<float> out(t.numel());
+  const void* p = t.data();
+  switch (t.dtype()) {
+    case DType::kF32:
+      std::memcpy(out.data(), p, out.size() * sizeof(float));
+      break;
+    case DType::kBF16:
+      for (size_t i = 0; i < out.size(); ++i) out[i] = Bf16ToFloat(static_cast<const bf16*>(p)[i]);
+      break;
+    case DType::kF16:
+      for (size_t i = 0; i < out.size(); ++i) out[i] = F16ToFloat(static_cast<const f16*>(p)[i]);
+      break;
+    default:
+      break;
+  }
+  return out;
+}
+
+// Storage of `v` in `dtype` (f32 or bf16), rounding to nearest even.
+std::vector<uint8_t> Encode(const std::vector<float>& v, DType dtype) {
+  std::vector<uint8_t> out(v.size() * DTypeSize(dtype));
+  if (dtype == DType::kF32) {
+    std::memcpy(out.data(), v.data(), out.size());
+  } else {
+    auto* dst = reinterpret_cast<bf16*>(out.data());
+    for (size_t i = 0; i < v.size(); ++i) dst[i] = FloatToBf16(v[i]);
+  }
+  return out;
+}
+
+std::vector<float> Decode(const std::vector<uint8_t>& bytes, DType dtype) {
+  std::vector<float> out(bytes.size() / DTypeSize(dtype));
+  if (dtype == DType::kF32) {
+    std::memcpy(out.data(), bytes.data(), bytes.size());
+  } else {
+    const auto* src = reinterpret_cast<const bf16*>(bytes.data());
+    for (size_t i = 0; i < out.size(); ++i) out[i] = Bf16ToFloat(src[i]);
+  }
+  return out;
+}
+
+// dst[c * dst_ld + col0 + r] = src[r * cols + c]: a transpose in tiles, so that neither side
+// is walked with a large stride (expert matrices run to hundreds of MB).
+void TransposeInto(const float* src, int64_t rows, int64_t cols, float* dst, int64_t dst_ld,
+                   int64_t col0) {
+  constexpr int64_t kTile = 64;
+  for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+      const int64_t r1 = std::min(rows, r0 + kTile), c1 = std::min(cols, c0 + kTile);
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t c = c0; c < c1; ++c) dst[c * dst_ld + col0 + r] = src[r * cols + c];
+      }
+    }
+  }
+}
+
+// fused[d, col0 + j] = w[j, d] for w of shape [inter, hidden]; fused rows have 2 * inter.
+void ScatterColumns(const Tensor& w, int64_t inter, int64_t hidden, int64_t col0,
+                    std::vector<float>* fused) {
+  TransposeInto(ToFloats(w).data(), inter, hidden, fused->data(), 2 * inter, col0);
+}
+
+// The transpose of a [rows, cols] host tensor, [cols, rows].
+std::vector<float> Transposed(const Tensor& w) {
+  std::vector<float> out(w.numel());
+  TransposeInto(ToFloats(w).data(), w.dim(0), w.dim(1), out.data(), w.dim(0), 0);
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<Buffer>> Upload(Backend* backend, Allocator* allocator,
+                                               const std::vector<float>& v, DType dtype) {
+  const std::vector<uint8_t> bytes = Encode(v, dtype);
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> buffer, allocator->Allocate(bytes.size()));
+  MOE_RETURN_IF_ERROR(backend->CopyFromHost(buffer->data(), bytes.data(), bytes.size()));
+  return buffer;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ExpertWeights>> ExpertWeights::Create(const MoeConfig& config,
+                                                                     const MoeWeights& weights,
+                                                                     Backend* backend,
+                                                                     Allocator* allocator) {
+  std::unique_ptr<ExpertWeights> w(new ExpertWeights(config, backend));
+  const int64_t e = config.num_experts, d = config.hidden, i = config.inter;
+  const int64_t sz = DTypeSize(config.dtype);
+  MOE_ASSIGN_OR_RETURN(w->gate_, Upload(backend, allocator, ToFloats(weights.gate), DType::kF32));
+  if (config.use_expert_bias) {
+    MOE_ASSIGN_OR_RETURN(w->bias_,
+                         Upload(backend, allocator, ToFloats(weights.expert_bias), DType::kF32));
+  }
+  MOE_ASSIGN_OR_RETURN(w->w13_, allocator->Allocate(e * d * 2 * i * sz));
+  MOE_ASSIGN_OR_RETURN(w->w2t_, allocator->Allocate(e * i * d * sz));
+  for (int64_t x = 0; x < e; ++x) {
+    MOE_RETURN_IF_ERROR(w->BuildW13(x, &weights.w1[x], &weights.w3[x]));
+    MOE_RETURN_IF_ERROR(w->BuildW2t(x, weights.w2[x]));
+  }
+  const int64_t s = config.num_shared_experts * config.shared_inter;
+  if (s > 0) {
+    std::vector<float> fused(d * 2 * s);
+    ScatterColumns(weights.shared_w1, s, d, 0, &fused);
+    ScatterColumns(weights.shared_w3, s, d, s, &fused);
+    MOE_ASSIGN_OR_RETURN(w->shared_w13_, Upload(backend, allocator, fused, config.dtype));
+    MOE_ASSIGN_OR_RETURN(w->shared_w2t_,
+                         Upload(backend, allocator, Transposed(weights.shared_w2), config.dtype));
+  }
+  if (config.shared_gate) {
+    MOE_ASSIGN_OR_RETURN(w->shared_gate_,
+                         Upload(backend, allocator, ToFloats(weights.shared_gate), config.dtype));
+  }
+  return w;
+}
+
+absl::Status ExpertWeights::BuildW13(int64_t e, const Tensor* w1, const Tensor* w3) {
+  const int64_t d = config_.hidden, i = config_.inter;
+  const size_t bytes = d * 2 * i * DTypeSize(config_.dtype);
+  void* slice = static_cast<char*>(w13_->data()) + e * bytes;
+  std::vector<float> fused(d * 2 * i);
+  if (w1 == nullptr || w3 == nullptr) {
+    // Keep the columns of the projection that is not replaced.
+    std::vector<uint8_t> current(bytes);
+    MOE_RETURN_IF_ERROR(backend_->CopyToHost(current.data(), slice, bytes));
+    fused = Decode(current, config_.dtype);
+  }
+  if (w1 != nullptr) ScatterColumns(*w1, i, d, 0, &fused);
+  if (w3 != nullptr) ScatterColumns(*w3, i, d, i, &fused);
+  const std::vector<uint8_t> encoded = Encode(fused, config_.dtype);
+  MOE_RETURN_IF_ERROR(backend_->CopyFromHost(slice, encoded.data(), bytes));
+  ++w13_rebuilds_;
+  return absl::OkStatus();
+}
+
+absl::Status ExpertWeights::BuildW2t(int64_t e, const Tensor& w2) {
+  const std::vector<uint8_t> encoded = Encode(Transposed(w2), config_.dtype);
+  void* slice = static_cast<char*>(w2t_->data()) + e * encoded.size();
+  MOE_RETURN_IF_ERROR(backend_->CopyFromHost(slice, encoded.data(), encoded.size()));
+  ++w2t_rebuilds_;
+  return absl::OkStatus();
+}
+
+absl::Status ExpertWeights::UpdateExpert(int64_t expert, const Tensor* w1, const Tensor* w3,
+                                         const Tensor* w2) {
+  const int64_t e = config_.num_experts, d = config_.hidden, i = config_.inter;
+  if (expert < 0 || expert >= e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("moe: expert=", expert, " is outside [0, num_experts=", e, ")"));
+  }
+  if (w1 != nullptr) {
+    MOE_RETURN_IF_ERROR(CheckHostWeight(absl::StrCat("w1[", expert, "]"), *w1, Shape({i, d})));
+  }
+  if (w3 != nullptr) {
+    MOE_RETURN_IF_ERROR(CheckHostWeight(absl::StrCat("w3[", expert, "]"), *w3, Shape({i, d})));
+  }
+  if (w2 != nullptr) {
+    MOE_RETURN_IF_ERROR(CheckHostWeight(absl::StrCat("w2[", expert, "]"), *w2, Shape({d, i})));
+  }
+  if (w1 != nullptr || w3 != nullptr) MOE_RETURN_IF_ERROR(BuildW13(expert, w1, w3));
+  if (w2 != nullptr) MOE_RETURN_IF_ERROR(BuildW2t(expert, *w2));
+  return absl::OkStatus();
+}
+
+}  // namespace moe

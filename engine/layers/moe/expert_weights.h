@@ -1,0 +1,67 @@
+// The MoE block's weights in device memory, in the layouts the kernels consume, built once at
+// load and rebuilt per expert slice on an explicit update:
+//   gate      f32   [E, D]       router (kept fp32: routing is computed in fp32)
+//   bias      f32   [E]          selection-only expert bias, or absent
+//   w13       dtype [E, D, 2I]   per expert the GEMM B operand [K=D, N=2I]: gate cols, then up
+//   w2t       dtype [E, I, D]    per expert W2^T, the B operand [K=I, N=D]
+//   shared_w13 dtype [D, 2S], shared_w2t dtype [S, D], shared_gate dtype [1, D] (each optional)
+#ifndef MOE_ENGINE_LAYERS_MOE_EXPERT_WEIGHTS_H_
+#define MOE_ENGINE_LAYERS_MOE_EXPERT_WEIGHTS_H_
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "engine/core/buffer.h"
+#include "engine/core/tensor.h"
+#include "engine/layers/moe/moe_config.h"
+#include "engine/layers/moe/moe_weights.h"
+#include "kernels/backend.h"
+
+namespace moe {
+
+class ExpertWeights {
+ public:
+  // `config` must be valid and `weights` checked (CheckMoeWeights). Converts (round to nearest
+  // even), fuses and copies to the device through `backend`; memory comes from `allocator`.
+  static absl::StatusOr<std::unique_ptr<ExpertWeights>> Create(const MoeConfig& config,
+                                                               const MoeWeights& weights,
+                                                               Backend* backend,
+                                                               Allocator* allocator);
+
+  // Replaces expert `expert`'s gate_proj / up_proj / down_proj (null = unchanged) and rebuilds
+  // only the slices they feed. InvalidArgument naming the tensor or the expert index; nothing is
+  // changed when it fails.
+  absl::Status UpdateExpert(int64_t expert, const Tensor* w1, const Tensor* w3, const Tensor* w2);
+
+  const float* gate() const { return static_cast<const float*>(gate_->data()); }
+  const float* expert_bias() const {
+    return bias_ ? static_cast<const float*>(bias_->data()) : nullptr;
+  }
+  const void* w13() const { return w13_->data(); }
+  const void* w2t() const { return w2t_->data(); }
+  const void* shared_w13() const { return shared_w13_ ? shared_w13_->data() : nullptr; }
+  const void* shared_w2t() const { return shared_w2t_ ? shared_w2t_->data() : nullptr; }
+  const void* shared_gate() const { return shared_gate_ ? shared_gate_->data() : nullptr; }
+
+  // Expert slices built so far (E each at Create).
+  int64_t w13_rebuilds() const { return w13_rebuilds_; }
+  int64_t w2t_rebuilds() const { return w2t_rebuilds_; }
+
+ private:
+  ExpertWeights(const MoeConfig& config, Backend* backend) : config_(config), backend_(backend) {}
+
+  // Writes expert e's slice of w13 from w1 and/or w3; a missing one keeps its current columns.
+  absl::Status BuildW13(int64_t e, const Tensor* w1, const Tensor* w3);
+  absl::Status BuildW2t(int64_t e, const Tensor& w2);
+
+  MoeConfig config_;
+  Backend* backend_;
+  std::unique_ptr<Buffer> gate_, bias_, w13_, w2t_, shared_w13_, shared_w2t_, shared_gate_;
+  int64_t w13_rebuilds_ = 0;
+  int64_t w2t_rebuilds_ = 0;
+};
+
+}  // namespace moe
+
+#endif  // MOE_ENGINE_LAYERS_MOE_EXPERT_WEIGHTS_H_

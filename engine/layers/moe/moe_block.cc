@@ -1,0 +1,146 @@
+#include "engine/layers/moe/moe_block.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "engine/layers/moe/expert_weights.h"
+#include "engine/layers/moe/forward_scratch.h"
+#include "kernels/status_macros.h"
+
+namespace moe {
+
+MoeBlock::MoeBlock(const MoeConfig& config, Backend* backend, Allocator* allocator)
+    : config_(config), backend_(backend), allocator_(allocator), workspace_(allocator) {
+  trace_.counts.assign(config.num_experts, 0);
+  counts_host_.assign(config.num_experts, 0);
+  kept_host_.assign(config.num_experts, 0);
+  offsets_host_.assign(config.num_experts + 1, 0);
+}
+
+MoeBlock::~MoeBlock() = default;
+
+absl::StatusOr<std::unique_ptr<MoeBlock>> MoeBlock::Create(const MoeConfig& config,
+                                                           const MoeWeights& weights,
+                                                           Backend* backend, Allocator* allocator) {
+  if (backend == nullptr || allocator == nullptr) {
+    return absl::InvalidArgumentError("moe: backend and allocator must not be null");
+  }
+  if (allocator->backend() != backend) {
+    return absl::InvalidArgumentError("moe: allocator belongs to another backend");
+  }
+  MOE_RETURN_IF_ERROR(config.Validate());
+  MOE_RETURN_IF_ERROR(CheckMoeWeights(config, weights));
+  std::unique_ptr<MoeBlock> block(new MoeBlock(config, backend, allocator));
+  MOE_ASSIGN_OR_RETURN(block->weights_, ExpertWeights::Create(config, weights, backend, allocator));
+  block->counters_.w13_rebuilds = block->weights_->w13_rebuilds();
+  block->counters_.w2t_rebuilds = block->weights_->w2t_rebuilds();
+  return block;
+}
+
+absl::Status MoeBlock::ReserveTokens(int64_t tokens) {
+  if (tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("moe: tokens=", tokens, " is negative"));
+  }
+  const int64_t slots = tokens * config_.top_k;
+  if (slots > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("moe: tokens=", tokens,
+                                                   " times top_k=", config_.top_k,
+                                                   " exceeds the row limit ", INT32_MAX));
+  }
+  last_ids_ = Tensor();
+  last_weights_ = Tensor();
+  workspace_.Reset();
+  MOE_RETURN_IF_ERROR(workspace_.Reserve(ForwardScratchBytes(config_, tokens)));
+  if (config_.capacity_factor > 0.0f) {
+    slots_host_.resize(std::max<size_t>(slots_host_.size(), slots));
+    kept_slots_host_.resize(slots_host_.size());
+    slot_to_row_host_.resize(slots_host_.size());
+  }
+  reserved_tokens_ = std::max(reserved_tokens_, tokens);
+  return absl::OkStatus();
+}
+
+absl::Status MoeBlock::CheckActivation(absl::string_view name, const Tensor& t,
+                                       int64_t tokens) const {
+  const auto invalid = [&](absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat("moe: ", name, " ", what));
+  };
+  if (t.rank() != 2 || t.dim(1) != config_.hidden || (tokens >= 0 && t.dim(0) != tokens)) {
+    const std::string rows = tokens >= 0 ? absl::StrCat(tokens) : "T";
+    return invalid(absl::StrCat("has shape ", t.shape().ToString(), ", expected [", rows, ", ",
+                                config_.hidden, "]"));
+  }
+  if (t.dtype() != config_.dtype) {
+    return invalid(absl::StrCat("has dtype ", DTypeName(t.dtype()), ", expected ",
+                                DTypeName(config_.dtype), " (config.dtype)"));
+  }
+  if (t.device() != backend_->device()) {
+    return invalid(absl::StrCat("is on ", t.device().ToString(), ", expected ",
+                                backend_->device().ToString(), " (the backend's device)"));
+  }
+  if (t.data() == nullptr && t.numel() > 0) return invalid("has no data");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Tensor> MoeBlock::Forward(const Tensor& x, const Tensor& out) {
+  MOE_RETURN_IF_ERROR(CheckActivation("x", x, -1));
+  const int64_t tokens = x.dim(0);
+  MOE_RETURN_IF_ERROR(CheckActivation("out", out, tokens));
+  if (tokens > reserved_tokens_) MOE_RETURN_IF_ERROR(ReserveTokens(tokens));
+  workspace_.Reset();
+  MOE_RETURN_IF_ERROR(workspace_.Reserve(ForwardScratchBytes(config_, tokens)));
+  MOE_ASSIGN_OR_RETURN(const ForwardScratch s, TakeForwardScratch(config_, tokens, &workspace_));
+  ++counters_.forward_calls;
+  trace_.expert_path = ExpertPath::kNone;
+  trace_.combine_path = CombinePath::kNone;
+  trace_.tokens = tokens;
+  std::fill(trace_.counts.begin(), trace_.counts.end(), 0);
+  trace_.expert_capacity = 0;
+  trace_.dropped_rows = 0;
+  last_ids_ = s.ids;
+  last_weights_ = s.weights;
+  if (tokens == 0) return out;
+
+  // MOE_SEMANTICS 4.3 / 7.13: writing into storage that overlaps x (same buffer, a shifted
+  // view, any partial overlap) would corrupt the input, which later steps and the caller's
+  // residual still read; such calls get a block-owned output instead.
+  const bool in_place = !out.Overlaps(x);
+  const Tensor& target = in_place ? out : s.result;
+
+  MOE_RETURN_IF_ERROR(Route(x, s));
+  MOE_RETURN_IF_ERROR(ApplyCapacity(s, tokens));
+  MOE_RETURN_IF_ERROR(RunExperts(x, s));
+  if (config_.num_shared_experts > 0) MOE_RETURN_IF_ERROR(RunShared(x, s, target));
+  MOE_RETURN_IF_ERROR(RunCombine(s, target));
+
+  std::copy(counts_host_.begin(), counts_host_.end(), trace_.counts.begin());
+  trace_.combine_path = in_place ? CombinePath::kInPlace : CombinePath::kCopied;
+  ++(in_place ? counters_.in_place_combines : counters_.copied_combines);
+  if (trace_.expert_path == ExpertPath::kBatched) ++counters_.batched_expert_calls;
+  if (trace_.expert_path == ExpertPath::kGrouped) ++counters_.grouped_expert_calls;
+  counters_.dropped_rows += trace_.dropped_rows;
+  return target;
+}
+
+absl::Status MoeBlock::UpdateExpertWeights(int64_t expert, const Tensor* w1, const Tensor* w3,
+                                           const Tensor* w2) {
+  MOE_RETURN_IF_ERROR(weights_->UpdateExpert(expert, w1, w3, w2));
+  counters_.w13_rebuilds = weights_->w13_rebuilds();
+  counters_.w2t_rebuilds = weights_->w2t_rebuilds();
+  return absl::OkStatus();
+}
+
+absl::Status MoeBlock::CopyLastRouting(std::vector<int32_t>* ids,
+                                       std::vector<float>* weights) const {
+  if (counters_.forward_calls == 0 || last_ids_.rank() == 0) {
+    return absl::FailedPreconditionError(
+        "moe: no routing to copy (no Forward since the last "
+        "ReserveTokens)");
+  }
+  ids->resize(last_ids_.numel());
+  weights->resize(last_weights_.numel());
+  MOE_RETURN_IF_ERROR(backend_->CopyToHost(ids->data(), last_ids_.data(), last_ids_.nbytes()));
+  return backend_->CopyToHost(weights->data(), last_weights_.data(), last_weights_.nbytes());
+}
+
+}  // namespace moe
