@@ -52,6 +52,28 @@ absl::Status CheckGemmDtypes(absl::string_view op, const GemmArgs& g) {
   return absl::OkStatus();
 }
 
+// A GEMM's packed B (when set): made by `self`, k, n and dtype as packed, and the `count`
+// matrices from packed_b_index on within the packed batch.
+absl::Status CheckPackedB(const Backend* self, absl::string_view op, const GemmArgs& g,
+                          int64_t count) {
+  if (g.packed_b == nullptr) return absl::OkStatus();
+  const PackedWeights& p = *g.packed_b;
+  if (p.backend() != self) return Invalid(op, "packed_b was made by another backend");
+  if (g.k != p.k()) return Invalid(op, absl::StrCat("k=", g.k, " differs from packed_b k=", p.k()));
+  if (g.n != p.n()) return Invalid(op, absl::StrCat("n=", g.n, " differs from packed_b n=", p.n()));
+  if (g.b_dtype != p.dtype()) {
+    return Invalid(op, absl::StrCat("b_dtype=", DTypeName(g.b_dtype),
+                                    " differs from packed_b dtype=", DTypeName(p.dtype())));
+  }
+  MOE_RETURN_IF_ERROR(CheckNonNegative(op, "packed_b_index", g.packed_b_index));
+  if (g.packed_b_index > p.batch() - count) {
+    return Invalid(op, absl::StrCat("packed_b_index=", g.packed_b_index, " + ", count,
+                                    count == 1 ? " matrix" : " matrices",
+                                    " exceeds packed_b batch=", p.batch()));
+  }
+  return absl::OkStatus();
+}
+
 // Shapes and leading dims of one GEMM; `m_known` is false for grouped GEMMs.
 absl::Status CheckGemmShape(absl::string_view op, const GemmArgs& g, bool m_known) {
   if (m_known) {
@@ -65,21 +87,72 @@ absl::Status CheckGemmShape(absl::string_view op, const GemmArgs& g, bool m_know
   if (m_known || !g.trans_a) {
     MOE_RETURN_IF_ERROR(CheckLd(op, "lda", g.lda, m_known ? a_cols : g.k));
   }
-  MOE_RETURN_IF_ERROR(CheckLd(op, "ldb", g.ldb, b_cols));
+  if (g.packed_b == nullptr) {
+    MOE_RETURN_IF_ERROR(CheckLd(op, "ldb", g.ldb, b_cols));
+  }
   MOE_RETURN_IF_ERROR(CheckLd(op, "ldc", g.ldc, g.n));
   return absl::OkStatus();
 }
 
 absl::Status CheckGemmPointers(absl::string_view op, const GemmArgs& g) {
   MOE_RETURN_IF_ERROR(CheckPointer(op, "a", g.a));
-  MOE_RETURN_IF_ERROR(CheckPointer(op, "b", g.b));
+  if (g.packed_b == nullptr) {
+    MOE_RETURN_IF_ERROR(CheckPointer(op, "b", g.b));
+  }
   return CheckPointer(op, "c", g.c);
+}
+
+// The stride between B matrices: 0 (one matrix for all) or at least one matrix.
+absl::Status CheckStrideB(absl::string_view op, const char* what, int64_t stride_b, int64_t k,
+                          int64_t n, int64_t ldb, bool trans_b) {
+  const int64_t b_span = Span(trans_b ? n : k, trans_b ? k : n, ldb);
+  if (stride_b != 0 && stride_b < b_span) {
+    return Invalid(op, absl::StrCat("stride_b=", stride_b, " is neither 0 nor at least one ", what,
+                                    " (", b_span, " elements)"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
 
+absl::StatusOr<std::unique_ptr<PackedWeights>> Backend::PackWeights(const PackWeightsArgs& args) {
+  constexpr absl::string_view kOp = "pack_weights";
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "batch", args.batch));
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "k", args.k));
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "n", args.n));
+  if (args.dtype != DType::kF32 && args.dtype != DType::kBF16) {
+    return absl::UnimplementedError(
+        absl::StrCat(kOp, ": dtype=", DTypeName(args.dtype), " (supported: f32, bf16)"));
+  }
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "ldb", args.ldb, args.trans_b ? args.k : args.n));
+  if (args.batch > 0 && args.k > 0 && args.n > 0) {
+    MOE_RETURN_IF_ERROR(CheckPointer(kOp, "b", args.b));
+    if (args.batch > 1) {
+      MOE_RETURN_IF_ERROR(
+          CheckStrideB(kOp, "matrix", args.stride_b, args.k, args.n, args.ldb, args.trans_b));
+    }
+  }
+  return RunPackWeights(args);
+}
+
+absl::Status Backend::RepackWeights(PackedWeights* packed, int64_t index, const void* b,
+                                    int64_t ldb) {
+  constexpr absl::string_view kOp = "repack_weights";
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "packed", packed));
+  if (packed->backend() != this) return Invalid(kOp, "packed was made by another backend");
+  if (index < 0 || index >= packed->batch()) {
+    return Invalid(kOp,
+                   absl::StrCat("index=", index, " is outside [0, batch=", packed->batch(), ")"));
+  }
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "ldb", ldb, packed->trans_b() ? packed->k() : packed->n()));
+  if (packed->k() == 0 || packed->n() == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "b", b));
+  return RunRepackWeights(packed, index, b, ldb);
+}
+
 absl::Status Backend::Gemm(const GemmArgs& args) {
   MOE_RETURN_IF_ERROR(CheckGemmShape("gemm", args, true));
+  MOE_RETURN_IF_ERROR(CheckPackedB(this, "gemm", args, 1));
   if (args.m == 0 || args.n == 0) return absl::OkStatus();
   MOE_RETURN_IF_ERROR(CheckGemmPointers("gemm", args));
   return RunGemm(args);
@@ -90,22 +163,20 @@ absl::Status Backend::BatchedGemm(const BatchedGemmArgs& args) {
   const GemmArgs& g = args.gemm;
   MOE_RETURN_IF_ERROR(CheckGemmShape(kOp, g, true));
   MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "batch", args.batch));
+  MOE_RETURN_IF_ERROR(CheckPackedB(this, kOp, g, args.batch));
   if (args.batch == 0 || g.m == 0 || g.n == 0) return absl::OkStatus();
   MOE_RETURN_IF_ERROR(CheckGemmPointers(kOp, g));
   if (args.batch > 1) {
     // Output matrices may not overlap each other; inputs may also be shared (stride 0).
     const int64_t a_span = Span(g.trans_a ? g.k : g.m, g.trans_a ? g.m : g.k, g.lda);
-    const int64_t b_span = Span(g.trans_b ? g.n : g.k, g.trans_b ? g.k : g.n, g.ldb);
     const int64_t c_span = Span(g.m, g.n, g.ldc);
     if (args.stride_a != 0 && args.stride_a < a_span) {
       return Invalid(
           kOp, absl::StrCat("stride_a=", args.stride_a, " is neither 0 nor at least one matrix (",
                             a_span, " elements)"));
     }
-    if (args.stride_b != 0 && args.stride_b < b_span) {
-      return Invalid(
-          kOp, absl::StrCat("stride_b=", args.stride_b, " is neither 0 nor at least one matrix (",
-                            b_span, " elements)"));
+    if (g.packed_b == nullptr) {
+      MOE_RETURN_IF_ERROR(CheckStrideB(kOp, "matrix", args.stride_b, g.k, g.n, g.ldb, g.trans_b));
     }
     if (args.stride_c < c_span) {
       return Invalid(kOp, absl::StrCat("stride_c=", args.stride_c,
@@ -121,6 +192,7 @@ absl::Status Backend::GroupedGemm(const GroupedGemmArgs& args) {
   if (g.trans_a) return Invalid(kOp, "trans_a must be false (A rows are segmented)");
   MOE_RETURN_IF_ERROR(CheckGemmShape(kOp, g, false));
   MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "num_groups", args.num_groups));
+  MOE_RETURN_IF_ERROR(CheckPackedB(this, kOp, g, args.num_groups));
   if (args.num_groups == 0) return absl::OkStatus();
   MOE_RETURN_IF_ERROR(CheckPointer(kOp, "offsets", args.offsets));
   if (args.offsets[0] != 0) {
@@ -134,11 +206,9 @@ absl::Status Backend::GroupedGemm(const GroupedGemmArgs& args) {
   }
   if (args.offsets[args.num_groups] == 0 || g.n == 0) return absl::OkStatus();
   MOE_RETURN_IF_ERROR(CheckGemmPointers(kOp, g));
-  const int64_t b_span = Span(g.trans_b ? g.n : g.k, g.trans_b ? g.k : g.n, g.ldb);
-  if (args.num_groups > 1 && args.stride_b != 0 && args.stride_b < b_span) {
-    return Invalid(
-        kOp, absl::StrCat("stride_b=", args.stride_b,
-                          " is neither 0 nor at least one weight matrix (", b_span, " elements)"));
+  if (args.num_groups > 1 && g.packed_b == nullptr) {
+    MOE_RETURN_IF_ERROR(
+        CheckStrideB(kOp, "weight matrix", args.stride_b, g.k, g.n, g.ldb, g.trans_b));
   }
   return RunGroupedGemm(args);
 }

@@ -19,6 +19,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
@@ -28,10 +29,72 @@
 
 namespace moe {
 
+class Backend;
+
+// `batch` constant B operands [k, n] of one dtype (model weights), copied once by a backend
+// into the layout its GEMMs read fastest, so that GEMMs with a small m do not re-pack B on
+// every call. The CPU backend keeps oneDNN's blocked weights layout per output tile; a backend
+// may as well keep a plain copy. Made by Backend::PackWeights, read through GemmArgs::packed_b,
+// refreshed by Backend::RepackWeights after a weight update.
+// Ownership: the caller owns the handle, which must not outlive the backend that made it; only
+// that backend accepts it. The source matrices are not read after PackWeights / RepackWeights
+// return (they may be freed or changed).
+// Thread safety: GEMMs only read it; RepackWeights must not overlap a GEMM reading the same
+// handle (stream order takes care of that on a stream backend).
+class PackedWeights {
+ public:
+  virtual ~PackedWeights() = default;
+  PackedWeights(const PackedWeights&) = delete;
+  PackedWeights& operator=(const PackedWeights&) = delete;
+
+  int64_t batch() const { return batch_; }
+  int64_t k() const { return k_; }
+  int64_t n() const { return n_; }
+  DType dtype() const { return dtype_; }
+  // Layout of the source matrices given to PackWeights and RepackWeights: [n, k] when true,
+  // else [k, n].
+  bool trans_b() const { return trans_b_; }
+  const Backend* backend() const { return backend_; }
+
+ protected:
+  PackedWeights(const Backend* backend, int64_t batch, int64_t k, int64_t n, DType dtype,
+                bool trans_b)
+      : backend_(backend), batch_(batch), k_(k), n_(n), dtype_(dtype), trans_b_(trans_b) {}
+
+ private:
+  const Backend* backend_;
+  int64_t batch_;
+  int64_t k_;
+  int64_t n_;
+  DType dtype_;
+  bool trans_b_;
+};
+
+// Source of PackWeights, laid out like a batched GEMM's B: matrix i starts at
+// b + i * stride_b elements and is [k, n] (trans_b = false) or [n, k] (trans_b = true) with
+// leading dim ldb; stride_b = 0 repeats one matrix. dtype in {f32, bf16}.
+struct PackWeightsArgs {
+  int64_t batch = 0;
+  int64_t k = 0;
+  int64_t n = 0;
+  const void* b = nullptr;
+  DType dtype = DType::kF32;
+  int64_t ldb = 0;
+  bool trans_b = false;
+  int64_t stride_b = 0;
+};
+
 // C[m, n] = op(A)[m, k] * op(B)[k, n], fp32 accumulation, one rounding to c_dtype.
 // A is stored [m, k] (trans_a = false) or [k, m] (trans_a = true) with leading dim lda;
 // likewise B is [k, n] or [n, k] with ldb. a_dtype == b_dtype, in {f32, bf16};
 // c_dtype in {f32, bf16}. C must not overlap A or B.
+//
+// Pre-packed B: with packed_b set, B is matrix packed_b_index of packed_b (a batched GEMM's
+// matrix i and a grouped GEMM's group g use matrix packed_b_index + i, + g) and b, ldb,
+// trans_b and stride_b are ignored; k, n and b_dtype must equal packed_b's. A packed GEMM
+// computes the same function with the same determinism guarantees, but may round differently
+// from the same GEMM with a plain B (the CPU backend runs another oneDNN kernel for it);
+// packed gemm, batched and grouped GEMMs give the same bits for the same rows and matrix.
 struct GemmArgs {
   int64_t m = 0;
   int64_t n = 0;
@@ -47,6 +110,8 @@ struct GemmArgs {
   void* c = nullptr;
   DType c_dtype = DType::kF32;
   int64_t ldc = 0;
+  const PackedWeights* packed_b = nullptr;
+  int64_t packed_b_index = 0;
 };
 
 // `batch` independent GEMMs; matrix i of A starts at a + i * stride_a elements (same for B, C).
@@ -223,6 +288,15 @@ class Backend {
   virtual absl::Status CopyOnDevice(void* dst, const void* src, size_t bytes) = 0;
   virtual absl::Status Synchronize() = 0;
 
+  // Packs `args.batch` constant B matrices into a new handle (see PackedWeights).
+  // InvalidArgument naming the field for bad shapes, leading dim, stride or pointer;
+  // Unimplemented for a dtype other than f32 / bf16; ResourceExhausted naming the bytes.
+  absl::StatusOr<std::unique_ptr<PackedWeights>> PackWeights(const PackWeightsArgs& args);
+  // Packs matrix `index` of `packed` again from `b` (laid out as packed->trans_b() says, with
+  // leading dim ldb), after the weights changed. InvalidArgument (nothing changed) for a null
+  // or foreign handle, an index outside [0, batch), a short ldb or a null b.
+  absl::Status RepackWeights(PackedWeights* packed, int64_t index, const void* b, int64_t ldb);
+
   absl::Status Gemm(const GemmArgs& args);
   absl::Status BatchedGemm(const BatchedGemmArgs& args);
   absl::Status GroupedGemm(const GroupedGemmArgs& args);
@@ -240,7 +314,12 @@ class Backend {
   Backend() = default;
 
   // Called with validated arguments; calls with no output elements never reach them
-  // (Bincount with n = 0 does: it still writes zero counts).
+  // (Bincount with n = 0 does: it still writes zero counts; so does RunPackWeights for an
+  // empty set, which returns a handle holding nothing).
+  virtual absl::StatusOr<std::unique_ptr<PackedWeights>> RunPackWeights(
+      const PackWeightsArgs& args) = 0;
+  virtual absl::Status RunRepackWeights(PackedWeights* packed, int64_t index, const void* b,
+                                        int64_t ldb) = 0;
   virtual absl::Status RunGemm(const GemmArgs& args) = 0;
   virtual absl::Status RunBatchedGemm(const BatchedGemmArgs& args) = 0;
   virtual absl::Status RunGroupedGemm(const GroupedGemmArgs& args) = 0;

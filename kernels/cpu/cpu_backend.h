@@ -35,6 +35,10 @@ class CpuBackend final : public Backend {
   int num_threads() const { return num_threads_; }
 
  protected:
+  absl::StatusOr<std::unique_ptr<PackedWeights>> RunPackWeights(
+      const PackWeightsArgs& args) override;
+  absl::Status RunRepackWeights(PackedWeights* packed, int64_t index, const void* b,
+                                int64_t ldb) override;
   absl::Status RunGemm(const GemmArgs& args) override;
   absl::Status RunBatchedGemm(const BatchedGemmArgs& args) override;
   absl::Status RunGroupedGemm(const GroupedGemmArgs& args) override;

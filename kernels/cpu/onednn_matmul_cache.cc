@@ -23,13 +23,14 @@ std::string KeyString(const MatmulKey& key) {
   auto dim = [](int64_t v) { return v == kMatmulRuntimeDim ? std::string("?") : absl::StrCat(v); };
   return absl::StrCat(DTypeName(key.dtype), " m=", dim(key.m), " n=", dim(key.n), " k=", dim(key.k),
                       " lda=", dim(key.lda), " ldb=", dim(key.ldb), " ldc=", dim(key.ldc),
-                      " trans_a=", key.trans_a, " trans_b=", key.trans_b);
+                      " trans_a=", key.trans_a, " trans_b=", key.trans_b,
+                      key.packed_b ? " packed_b" : "");
 }
 
 }  // namespace
 
 size_t MatmulKeyHash::operator()(const MatmulKey& key) const {
-  size_t h = static_cast<size_t>(key.dtype) * 4 + key.trans_a * 2 + key.trans_b;
+  size_t h = static_cast<size_t>(key.dtype) * 8 + key.packed_b * 4 + key.trans_a * 2 + key.trans_b;
   for (int64_t v : {key.m, key.n, key.k, key.lda, key.ldb, key.ldc}) {
     h ^= std::hash<int64_t>()(v) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
   }
@@ -88,10 +89,12 @@ OneDnnMatmulCache::OneDnnMatmulCache(int num_threads, size_t capacity)
 
 OneDnnMatmulCache::~OneDnnMatmulCache() = default;
 
-absl::Status OneDnnMatmulCache::ReserveThreadBuffers(size_t scratchpad_bytes, size_t tile_bytes) {
+absl::Status OneDnnMatmulCache::ReserveThreadBuffers(size_t scratchpad_bytes, size_t tile_bytes,
+                                                     size_t a_dense_bytes) {
   for (auto& context : contexts_) {
     absl::Status s = context->scratchpad.Reserve(scratchpad_bytes);
     if (s.ok()) s = context->tile.Reserve(tile_bytes);
+    if (s.ok()) s = context->a_dense.Reserve(a_dense_bytes);
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
@@ -130,6 +133,28 @@ absl::StatusOr<std::shared_ptr<const MatmulPrimitive>> OneDnnMatmulCache::Create
     const MatmulKey& key) {
   using dt = dnnl::memory::data_type;
   const dt ab = key.dtype == DType::kBF16 ? dt::bf16 : dt::f32;
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  // Created for one thread: oneDNN reads omp_get_max_threads() here to size its blocking and
+  // thread split, and every tile runs on one thread (gemm.cc says why).
+  ScopedOmpMaxThreads one_thread(1);
+  auto entry = std::make_shared<MatmulPrimitive>();
+  entry->key = key;
+
+  if (key.packed_b) {
+    // oneDNN 2.6's brgemm, the implementation that reads B pre-packed, needs fixed dims and
+    // dense A and C; its first choice is the one whose weights layout PackWeights produced.
+    const dnnl::memory::desc a_md({key.m, key.k}, ab, dims{key.k, 1});
+    const dnnl::memory::desc b_md({key.k, key.n}, ab, dnnl::memory::format_tag::any);
+    const dnnl::memory::desc c_md({key.m, key.n}, dt::f32, dims{key.n, 1});
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), attr, engine_);
+    entry->impl = pd.impl_info_str();
+    entry->weights_md = pd.weights_desc();
+    entry->scratchpad_bytes = pd.scratchpad_desc().get_size();
+    entry->primitive = dnnl::matmul(pd);
+    return std::shared_ptr<const MatmulPrimitive>(std::move(entry));
+  }
+
   // Logical A is [m, k] and B is [k, n]; a transposed operand is the same logical matrix
   // stored column-major, i.e. with swapped strides.
   const dnnl::memory::desc a_md({key.m, key.k}, ab,
@@ -138,12 +163,6 @@ absl::StatusOr<std::shared_ptr<const MatmulPrimitive>> OneDnnMatmulCache::Create
                                 key.trans_b ? dims{1, key.ldb} : dims{key.ldb, 1});
   const dnnl::memory::desc c_md({key.m, key.n}, dt::f32, dims{key.ldc, 1});
   const dnnl::matmul::desc desc(a_md, b_md, c_md);
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-
-  // Created for one thread: oneDNN reads omp_get_max_threads() here to size its blocking and
-  // thread split, and every tile runs on one thread (gemm.cc says why).
-  ScopedOmpMaxThreads one_thread(1);
 
   // gemm:jit takes runtime dims and strides, handles every layout the contract allows, and
   // measured as fast as or faster than brgemm for single-threaded tiles here; prefer it.
@@ -163,9 +182,8 @@ absl::StatusOr<std::shared_ptr<const MatmulPrimitive>> OneDnnMatmulCache::Create
   dnnl::matmul::primitive_desc pd(desc, attr, engine_);
   for (int i = 0; i < chosen; ++i) pd.next_impl();
 
-  auto entry = std::make_shared<MatmulPrimitive>();
-  entry->key = key;
   entry->impl = pd.impl_info_str();
+  entry->weights_md = pd.weights_desc();
   entry->scratchpad_bytes = pd.scratchpad_desc().get_size();
   entry->primitive = dnnl::matmul(pd);
   return std::shared_ptr<const MatmulPrimitive>(std::move(entry));

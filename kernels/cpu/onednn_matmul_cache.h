@@ -33,10 +33,15 @@ inline constexpr int64_t kMatmulRuntimeDim = DNNL_RUNTIME_DIM_VAL;
 // What a primitive is specialised for: C[m, n] (f32, row-major, leading dim ldc) =
 // op(A)[m, k] * op(B)[k, n], A and B of `dtype` (f32 or bf16), with op = transpose when the
 // flag is set. Any dim or leading dim may be kMatmulRuntimeDim.
+// With packed_b, B is in the layout oneDNN prefers (format_tag::any, see
+// MatmulPrimitive::weights_md) and the primitive is oneDNN's first choice (brgemm on
+// AVX-512); m, n and k must then be given, A and C are dense (lda = k, ldc = n), and the
+// transposes and leading dims are unused.
 struct MatmulKey {
   DType dtype = DType::kF32;
   bool trans_a = false;
   bool trans_b = false;
+  bool packed_b = false;
   int64_t m = kMatmulRuntimeDim;
   int64_t n = kMatmulRuntimeDim;
   int64_t k = kMatmulRuntimeDim;
@@ -45,8 +50,9 @@ struct MatmulKey {
   int64_t ldc = kMatmulRuntimeDim;
 
   bool operator==(const MatmulKey& o) const {
-    return dtype == o.dtype && trans_a == o.trans_a && trans_b == o.trans_b && m == o.m &&
-           n == o.n && k == o.k && lda == o.lda && ldb == o.ldb && ldc == o.ldc;
+    return dtype == o.dtype && trans_a == o.trans_a && trans_b == o.trans_b &&
+           packed_b == o.packed_b && m == o.m && n == o.n && k == o.k && lda == o.lda &&
+           ldb == o.ldb && ldc == o.ldc;
   }
 };
 
@@ -57,18 +63,21 @@ struct MatmulKeyHash {
 struct MatmulPrimitive {
   MatmulKey key;
   dnnl::matmul primitive;
+  dnnl::memory::desc weights_md;  // the B layout it reads (the packed one for packed_b)
   size_t scratchpad_bytes = 0;
   std::string impl;  // oneDNN's implementation name, e.g. "gemm:jit"
 };
 
 // One single-threaded matmul call: a tile of one GEMM. Pointers are the tile's first
-// elements of op(A), op(B) and C; the dims, leading dims and dtypes are the plan's.
+// elements of op(A), op(B) (or the tile's packed B) and C; the dims, leading dims and dtypes
+// are the plan's. `primitive` is set for packed tiles, whose primitive depends on m and n.
 struct MatmulTile {
   const void* a = nullptr;
   const void* b = nullptr;
   void* c = nullptr;
   int64_t m = 0;
   int64_t n = 0;
+  const MatmulPrimitive* primitive = nullptr;
 };
 
 class OneDnnMatmulCache {
@@ -81,7 +90,9 @@ class OneDnnMatmulCache {
   OneDnnMatmulCache(const OneDnnMatmulCache&) = delete;
   OneDnnMatmulCache& operator=(const OneDnnMatmulCache&) = delete;
 
-  static constexpr size_t kDefaultCapacity = 64;
+  // Plain GEMMs need one primitive per dtype and transposes; packed ones one per dtype, k and
+  // tile shape (up to 256 row counts x 2 widths per weight shape; ~50 KB of JIT code each).
+  static constexpr size_t kDefaultCapacity = 1024;
 
   // The primitive for `key`, created on first use (single-threaded, user scratchpad,
   // preferring oneDNN's "gemm:jit" implementation). Unimplemented if oneDNN has no
@@ -109,20 +120,24 @@ class OneDnnMatmulCache {
   struct ThreadContext {
     dnnl::stream stream;
     AlignedBytes scratchpad;
-    AlignedBytes tile;  // an fp32 tile, for outputs rounded to bf16 afterwards
+    AlignedBytes tile;     // an fp32 tile: outputs rounded to bf16 afterwards, packed outputs
+    AlignedBytes a_dense;  // a packed tile's A rows, when A is not dense
     // The first failure of a parallel loop on this thread, and the tile it happened on.
     absl::Status error;
     int64_t error_tile = -1;
   };
 
-  // Grows every thread's scratchpad and fp32 tile buffer to at least these sizes (allocating
-  // only when they are too small).
-  absl::Status ReserveThreadBuffers(size_t scratchpad_bytes, size_t tile_bytes);
+  // Grows every thread's scratchpad, fp32 tile and dense-A buffers to at least these sizes
+  // (allocating only when they are too small).
+  absl::Status ReserveThreadBuffers(size_t scratchpad_bytes, size_t tile_bytes,
+                                    size_t a_dense_bytes = 0);
   ThreadContext& Context(int thread) { return *contexts_[thread]; }
   int num_threads() const { return static_cast<int>(contexts_.size()); }
 
   // A list reused across calls so that planning tiles does not allocate once it is warm.
   std::vector<MatmulTile>& tiles() { return tiles_; }
+  // Slots reused across calls for the primitives one packed GEMM holds while it runs.
+  std::vector<std::shared_ptr<const MatmulPrimitive>>& held() { return held_; }
 
   const dnnl::engine& engine() const { return engine_; }
   const absl::Status& init_status() const { return init_status_; }
@@ -141,6 +156,7 @@ class OneDnnMatmulCache {
   dnnl::engine engine_;
   std::vector<std::unique_ptr<ThreadContext>> contexts_;
   std::vector<MatmulTile> tiles_;
+  std::vector<std::shared_ptr<const MatmulPrimitive>> held_;
 
   // Most recently used first.
   using Lru = std::list<std::shared_ptr<const MatmulPrimitive>>;

@@ -89,6 +89,28 @@ absl::StatusOr<std::unique_ptr<Buffer>> Upload(Backend* backend, Allocator* allo
   return buffer;
 }
 
+// `batch` dense [k, n] device matrices at b, one after the other.
+absl::StatusOr<std::unique_ptr<PackedWeights>> Pack(Backend* backend, int64_t batch, int64_t k,
+                                                    int64_t n, const void* b, DType dtype) {
+  PackWeightsArgs args;
+  args.batch = batch;
+  args.k = k;
+  args.n = n;
+  args.b = b;
+  args.dtype = dtype;
+  args.ldb = n;
+  args.stride_b = k * n;
+  return backend->PackWeights(args);
+}
+
+// The shared experts' [k, n] matrix: uploaded, packed, and only the packed copy kept.
+absl::StatusOr<std::unique_ptr<PackedWeights>> UploadPacked(Backend* backend, Allocator* allocator,
+                                                            const std::vector<float>& v, int64_t k,
+                                                            int64_t n, DType dtype) {
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> plain, Upload(backend, allocator, v, dtype));
+  return Pack(backend, 1, k, n, plain->data(), dtype);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ExpertWeights>> ExpertWeights::Create(const MoeConfig& config,
@@ -109,14 +131,20 @@ absl::StatusOr<std::unique_ptr<ExpertWeights>> ExpertWeights::Create(const MoeCo
     MOE_RETURN_IF_ERROR(w->BuildW13(x, &weights.w1[x], &weights.w3[x]));
     MOE_RETURN_IF_ERROR(w->BuildW2t(x, weights.w2[x]));
   }
+  MOE_ASSIGN_OR_RETURN(w->w13_packed_, Pack(backend, e, d, 2 * i, w->w13(), config.dtype));
+  w->w13_packs_ = e;
+  MOE_ASSIGN_OR_RETURN(w->w2t_packed_, Pack(backend, e, i, d, w->w2t(), config.dtype));
+  w->w2t_packs_ = e;
   const int64_t s = config.num_shared_experts * config.shared_inter;
   if (s > 0) {
     std::vector<float> fused(d * 2 * s);
     ScatterColumns(weights.shared_w1, s, d, 0, &fused);
     ScatterColumns(weights.shared_w3, s, d, s, &fused);
-    MOE_ASSIGN_OR_RETURN(w->shared_w13_, Upload(backend, allocator, fused, config.dtype));
-    MOE_ASSIGN_OR_RETURN(w->shared_w2t_,
-                         Upload(backend, allocator, Transposed(weights.shared_w2), config.dtype));
+    MOE_ASSIGN_OR_RETURN(w->shared_w13_packed_,
+                         UploadPacked(backend, allocator, fused, d, 2 * s, config.dtype));
+    MOE_ASSIGN_OR_RETURN(
+        w->shared_w2t_packed_,
+        UploadPacked(backend, allocator, Transposed(weights.shared_w2), s, d, config.dtype));
   }
   if (config.shared_gate) {
     MOE_ASSIGN_OR_RETURN(w->shared_gate_,
@@ -125,10 +153,20 @@ absl::StatusOr<std::unique_ptr<ExpertWeights>> ExpertWeights::Create(const MoeCo
   return w;
 }
 
+void* ExpertWeights::W13Slice(int64_t e) const {
+  return static_cast<char*>(w13_->data()) +
+         e * config_.hidden * 2 * config_.inter * DTypeSize(config_.dtype);
+}
+
+void* ExpertWeights::W2tSlice(int64_t e) const {
+  return static_cast<char*>(w2t_->data()) +
+         e * config_.inter * config_.hidden * DTypeSize(config_.dtype);
+}
+
 absl::Status ExpertWeights::BuildW13(int64_t e, const Tensor* w1, const Tensor* w3) {
   const int64_t d = config_.hidden, i = config_.inter;
   const size_t bytes = d * 2 * i * DTypeSize(config_.dtype);
-  void* slice = static_cast<char*>(w13_->data()) + e * bytes;
+  void* slice = W13Slice(e);
   std::vector<float> fused(d * 2 * i);
   if (w1 == nullptr || w3 == nullptr) {
     // Keep the columns of the projection that is not replaced.
@@ -146,8 +184,7 @@ absl::Status ExpertWeights::BuildW13(int64_t e, const Tensor* w1, const Tensor* 
 
 absl::Status ExpertWeights::BuildW2t(int64_t e, const Tensor& w2) {
   const std::vector<uint8_t> encoded = Encode(Transposed(w2), config_.dtype);
-  void* slice = static_cast<char*>(w2t_->data()) + e * encoded.size();
-  MOE_RETURN_IF_ERROR(backend_->CopyFromHost(slice, encoded.data(), encoded.size()));
+  MOE_RETURN_IF_ERROR(backend_->CopyFromHost(W2tSlice(e), encoded.data(), encoded.size()));
   ++w2t_rebuilds_;
   return absl::OkStatus();
 }
@@ -168,8 +205,19 @@ absl::Status ExpertWeights::UpdateExpert(int64_t expert, const Tensor* w1, const
   if (w2 != nullptr) {
     MOE_RETURN_IF_ERROR(CheckHostWeight(absl::StrCat("w2[", expert, "]"), *w2, Shape({d, i})));
   }
-  if (w1 != nullptr || w3 != nullptr) MOE_RETURN_IF_ERROR(BuildW13(expert, w1, w3));
-  if (w2 != nullptr) MOE_RETURN_IF_ERROR(BuildW2t(expert, *w2));
+  // MOE_SEMANTICS 7.12: the packed copies the GEMMs read are refreshed with the slices, so
+  // nothing is served stale.
+  if (w1 != nullptr || w3 != nullptr) {
+    MOE_RETURN_IF_ERROR(BuildW13(expert, w1, w3));
+    MOE_RETURN_IF_ERROR(
+        backend_->RepackWeights(w13_packed_.get(), expert, W13Slice(expert), 2 * i));
+    ++w13_packs_;
+  }
+  if (w2 != nullptr) {
+    MOE_RETURN_IF_ERROR(BuildW2t(expert, *w2));
+    MOE_RETURN_IF_ERROR(backend_->RepackWeights(w2t_packed_.get(), expert, W2tSlice(expert), d));
+    ++w2t_packs_;
+  }
   return absl::OkStatus();
 }
 

@@ -32,8 +32,7 @@ absl::StatusOr<std::unique_ptr<MoeBlock>> MoeBlock::Create(const MoeConfig& conf
   MOE_RETURN_IF_ERROR(CheckMoeWeights(config, weights));
   std::unique_ptr<MoeBlock> block(new MoeBlock(config, backend, allocator));
   MOE_ASSIGN_OR_RETURN(block->weights_, ExpertWeights::Create(config, weights, backend, allocator));
-  block->counters_.w13_rebuilds = block->weights_->w13_rebuilds();
-  block->counters_.w2t_rebuilds = block->weights_->w2t_rebuilds();
+  block->CopyWeightCounters();
   return block;
 }
 
@@ -124,10 +123,16 @@ absl::StatusOr<Tensor> MoeBlock::Forward(const Tensor& x, const Tensor& out) {
 
 absl::Status MoeBlock::UpdateExpertWeights(int64_t expert, const Tensor* w1, const Tensor* w3,
                                            const Tensor* w2) {
-  MOE_RETURN_IF_ERROR(weights_->UpdateExpert(expert, w1, w3, w2));
+  const absl::Status s = weights_->UpdateExpert(expert, w1, w3, w2);
+  CopyWeightCounters();
+  return s;
+}
+
+void MoeBlock::CopyWeightCounters() {
   counters_.w13_rebuilds = weights_->w13_rebuilds();
   counters_.w2t_rebuilds = weights_->w2t_rebuilds();
-  return absl::OkStatus();
+  counters_.w13_packs = weights_->w13_packs();
+  counters_.w2t_packs = weights_->w2t_packs();
 }
 
 absl::Status MoeBlock::CopyLastRouting(std::vector<int32_t>* ids,

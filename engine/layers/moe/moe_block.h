@@ -47,6 +47,8 @@ struct MoeCounters {
   int64_t dropped_rows = 0;  // capacity mode
   int64_t w13_rebuilds = 0;  // per expert: fused gate|up copies built (E at Create)
   int64_t w2t_rebuilds = 0;  // per expert: transposed down copies built
+  int64_t w13_packs = 0;     // per expert: packed copies of w13 made for the GEMMs (E at Create)
+  int64_t w2t_packs = 0;     // per expert: packed copies of w2t made
 };
 
 // Thread-compatible: one thread at a time (like the Backend it uses). The backend and the
@@ -76,7 +78,8 @@ class MoeBlock {
   // Weight sync (an RL trainer pushing new weights): replaces expert `expert`'s gate_proj,
   // up_proj and/or down_proj (host tensors as in MoeWeights; null = unchanged) and rebuilds
   // exactly the fused copies they feed: w1/w3 -> that expert's slice of w13, w2 -> its slice
-  // of w2t. InvalidArgument naming the expert or tensor; nothing changes when it fails.
+  // of w2t, and the expert's packed copy of each rebuilt slice (what the GEMMs read).
+  // InvalidArgument naming the expert or tensor; nothing changes when it fails.
   absl::Status UpdateExpertWeights(int64_t expert, const Tensor* w1, const Tensor* w3,
                                    const Tensor* w2);
 
@@ -97,6 +100,7 @@ class MoeBlock {
   MoeBlock(const MoeConfig& config, Backend* backend, Allocator* allocator);
 
   absl::Status CheckActivation(absl::string_view name, const Tensor& t, int64_t tokens) const;
+  void CopyWeightCounters();
   // Steps of Forward, in order (moe_block_steps.cc).
   absl::Status Route(const Tensor& x, const ForwardScratch& s);
   absl::Status ApplyCapacity(const ForwardScratch& s, int64_t tokens);

@@ -142,14 +142,14 @@ absl::Status MoeBlock::RunExperts(const Tensor& x, const ForwardScratch& s) {
   gather.dst_ld = d;
   MOE_RETURN_IF_ERROR(backend_->GatherRows(gather));
 
+  // Expert j's B operands are matrix j of the packed w13 and w2t (batched matrix j, group j).
   GemmArgs up;  // [rows, D] x w13 [D, 2I] -> gate_up [rows, 2I]
   up.n = 2 * i;
   up.k = d;
   up.a = s.rows.data();
   up.a_dtype = up.b_dtype = up.c_dtype = config_.dtype;
   up.lda = d;
-  up.b = weights_->w13();
-  up.ldb = 2 * i;
+  up.packed_b = weights_->w13_packed();
   up.c = s.gate_up.data();
   up.ldc = 2 * i;
   GemmArgs down;  // act [rows, I] x w2t [I, D] -> rows [rows, D] (the inputs are dead by then)
@@ -158,8 +158,7 @@ absl::Status MoeBlock::RunExperts(const Tensor& x, const ForwardScratch& s) {
   down.a = s.act.data();
   down.a_dtype = down.b_dtype = down.c_dtype = config_.dtype;
   down.lda = i;
-  down.b = weights_->w2t();
-  down.ldb = d;
+  down.packed_b = weights_->w2t_packed();
   down.c = s.rows.data();
   down.ldc = d;
 
@@ -184,7 +183,6 @@ absl::Status MoeBlock::RunExperts(const Tensor& x, const ForwardScratch& s) {
     b1.gemm.m = c;
     b1.batch = e;
     b1.stride_a = c * d;
-    b1.stride_b = d * 2 * i;
     b1.stride_c = c * 2 * i;
     MOE_RETURN_IF_ERROR(backend_->BatchedGemm(b1));
     MOE_RETURN_IF_ERROR(backend_->SwiGlu(swiglu));
@@ -193,7 +191,6 @@ absl::Status MoeBlock::RunExperts(const Tensor& x, const ForwardScratch& s) {
     b2.gemm.m = c;
     b2.batch = e;
     b2.stride_a = c * i;
-    b2.stride_b = i * d;
     b2.stride_c = c * d;
     return backend_->BatchedGemm(b2);
   }
@@ -202,14 +199,12 @@ absl::Status MoeBlock::RunExperts(const Tensor& x, const ForwardScratch& s) {
   g1.gemm = up;
   g1.num_groups = e;
   g1.offsets = offsets_host_.data();
-  g1.stride_b = d * 2 * i;
   MOE_RETURN_IF_ERROR(backend_->GroupedGemm(g1));
   MOE_RETURN_IF_ERROR(backend_->SwiGlu(swiglu));
   GroupedGemmArgs g2;
   g2.gemm = down;
   g2.num_groups = e;
   g2.offsets = offsets_host_.data();
-  g2.stride_b = i * d;
   return backend_->GroupedGemm(g2);
 }
 
@@ -223,8 +218,7 @@ absl::Status MoeBlock::RunShared(const Tensor& x, const ForwardScratch& s, const
   up.a = x.data();
   up.a_dtype = up.b_dtype = up.c_dtype = config_.dtype;
   up.lda = d;
-  up.b = weights_->shared_w13();
-  up.ldb = 2 * sh;
+  up.packed_b = weights_->shared_w13_packed();
   up.c = s.shared_gate_up.data();
   up.ldc = 2 * sh;
   MOE_RETURN_IF_ERROR(backend_->Gemm(up));
@@ -246,8 +240,7 @@ absl::Status MoeBlock::RunShared(const Tensor& x, const ForwardScratch& s, const
   down.a = s.shared_act.data();
   down.a_dtype = down.b_dtype = down.c_dtype = config_.dtype;
   down.lda = sh;
-  down.b = weights_->shared_w2t();
-  down.ldb = d;
+  down.packed_b = weights_->shared_w2t_packed();
   down.c = target.data();
   down.ldc = d;
   MOE_RETURN_IF_ERROR(backend_->Gemm(down));

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 
 #include "absl/container/flat_hash_map.h"
@@ -67,6 +68,12 @@ class FakeBackend final : public Backend {
   size_t bytes_live() const { return bytes_live_; }
 
  protected:
+  absl::StatusOr<std::unique_ptr<PackedWeights>> RunPackWeights(const PackWeightsArgs&) override {
+    return Unimplemented();
+  }
+  absl::Status RunRepackWeights(PackedWeights*, int64_t, const void*, int64_t) override {
+    return Unimplemented();
+  }
   absl::Status RunGemm(const GemmArgs&) override { return Unimplemented(); }
   absl::Status RunBatchedGemm(const BatchedGemmArgs&) override { return Unimplemented(); }
   absl::Status RunGroupedGemm(const GroupedGemmArgs&) override { return Unimplemented(); }

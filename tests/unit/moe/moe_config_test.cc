@@ -373,6 +373,8 @@ TEST_F(MoeCreateTest, UpdateArguments) {
   // A failed update changes nothing.
   EXPECT_EQ((*block)->counters().w13_rebuilds, 9);
   EXPECT_EQ((*block)->counters().w2t_rebuilds, 8);
+  EXPECT_EQ((*block)->counters().w13_packs, 9);
+  EXPECT_EQ((*block)->counters().w2t_packs, 8);
 }
 
 }  // namespace

@@ -16,8 +16,8 @@ namespace {
 
 using MoeSemanticsTest = MoeBlockTest;
 
-// 7.12: UpdateExpertWeights rebuilds exactly the fused slices it touches; the result equals a
-// block built fresh from the new weights.
+// 7.12: UpdateExpertWeights rebuilds exactly the fused slices it touches, and repacks exactly
+// those for the GEMMs; the result equals a block built fresh from the new weights.
 TEST_F(MoeSemanticsTest, WeightUpdatesRebuildTouchedSlices) {
   for (DType dtype : {DType::kF32, DType::kBF16}) {
     SCOPED_TRACE(DTypeName(dtype));
@@ -30,6 +30,8 @@ TEST_F(MoeSemanticsTest, WeightUpdatesRebuildTouchedSlices) {
     ASSERT_NE(block, nullptr);
     EXPECT_EQ(block->counters().w13_rebuilds, 4);
     EXPECT_EQ(block->counters().w2t_rebuilds, 4);
+    EXPECT_EQ(block->counters().w13_packs, 4);
+    EXPECT_EQ(block->counters().w2t_packs, 4);
     const BlockOutput before = Run(block.get(), x, t);
 
     HostTensors host;
@@ -53,6 +55,9 @@ TEST_F(MoeSemanticsTest, WeightUpdatesRebuildTouchedSlices) {
       if (step.w2) w.w2[e] = fresh.w2[e];
       EXPECT_EQ(block->counters().w13_rebuilds, step.w13_rebuilds);
       EXPECT_EQ(block->counters().w2t_rebuilds, step.w2t_rebuilds);
+      // The packed copies the GEMMs read are refreshed with exactly the rebuilt slices.
+      EXPECT_EQ(block->counters().w13_packs, step.w13_rebuilds);
+      EXPECT_EQ(block->counters().w2t_packs, step.w2t_rebuilds);
       const BlockOutput after = Run(block.get(), x, t);
       auto rebuilt = Block(c, w);
       ASSERT_NE(rebuilt, nullptr);
