@@ -150,6 +150,20 @@ absl::Status Backend::RepackWeights(PackedWeights* packed, int64_t index, const 
   return RunRepackWeights(packed, index, b, ldb);
 }
 
+absl::Status Backend::UnpackWeights(const PackedWeights& packed, int64_t index, void* b,
+                                    int64_t ldb) {
+  constexpr absl::string_view kOp = "unpack_weights";
+  if (packed.backend() != this) return Invalid(kOp, "packed was made by another backend");
+  if (index < 0 || index >= packed.batch()) {
+    return Invalid(kOp,
+                   absl::StrCat("index=", index, " is outside [0, batch=", packed.batch(), ")"));
+  }
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "ldb", ldb, packed.trans_b() ? packed.k() : packed.n()));
+  if (packed.k() == 0 || packed.n() == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "b", b));
+  return RunUnpackWeights(packed, index, b, ldb);
+}
+
 absl::Status Backend::Gemm(const GemmArgs& args) {
   MOE_RETURN_IF_ERROR(CheckGemmShape("gemm", args, true));
   MOE_RETURN_IF_ERROR(CheckPackedB(this, "gemm", args, 1));

@@ -35,12 +35,13 @@ class Backend;
 // into the layout its GEMMs read fastest, so that GEMMs with a small m do not re-pack B on
 // every call. The CPU backend keeps oneDNN's blocked weights layout per output tile; a backend
 // may as well keep a plain copy. Made by Backend::PackWeights, read through GemmArgs::packed_b,
-// refreshed by Backend::RepackWeights after a weight update.
+// refreshed by Backend::RepackWeights after a weight update, and read back exactly (packing
+// only moves elements) by Backend::UnpackWeights, so a caller need not keep the plain source.
 // Ownership: the caller owns the handle, which must not outlive the backend that made it; only
 // that backend accepts it. The source matrices are not read after PackWeights / RepackWeights
 // return (they may be freed or changed).
-// Thread safety: GEMMs only read it; RepackWeights must not overlap a GEMM reading the same
-// handle (stream order takes care of that on a stream backend).
+// Thread safety: GEMMs and UnpackWeights only read it; RepackWeights must not overlap another
+// call using the same handle (stream order takes care of that on a stream backend).
 class PackedWeights {
  public:
   virtual ~PackedWeights() = default;
@@ -51,10 +52,12 @@ class PackedWeights {
   int64_t k() const { return k_; }
   int64_t n() const { return n_; }
   DType dtype() const { return dtype_; }
-  // Layout of the source matrices given to PackWeights and RepackWeights: [n, k] when true,
-  // else [k, n].
+  // Layout of the source matrices given to PackWeights and RepackWeights, and of what
+  // UnpackWeights writes: [n, k] when true, else [k, n].
   bool trans_b() const { return trans_b_; }
   const Backend* backend() const { return backend_; }
+  // Device memory the handle holds (padding included); 0 for an empty set.
+  virtual size_t bytes() const = 0;
 
  protected:
   PackedWeights(const Backend* backend, int64_t batch, int64_t k, int64_t n, DType dtype,
@@ -296,6 +299,12 @@ class Backend {
   // leading dim ldb), after the weights changed. InvalidArgument (nothing changed) for a null
   // or foreign handle, an index outside [0, batch), a short ldb or a null b.
   absl::Status RepackWeights(PackedWeights* packed, int64_t index, const void* b, int64_t ldb);
+  // Writes matrix `index` of `packed` back to `b` in the layout it was packed from ([k, n], or
+  // [n, k] when packed.trans_b(), leading dim ldb), bit for bit what was packed last; elements
+  // of b between rows (ld padding) are not written. Validated like RepackWeights:
+  // InvalidArgument (nothing written) for a foreign handle, an index outside [0, batch), a
+  // short ldb or a null b. b must not overlap the handle's memory.
+  absl::Status UnpackWeights(const PackedWeights& packed, int64_t index, void* b, int64_t ldb);
 
   absl::Status Gemm(const GemmArgs& args);
   absl::Status BatchedGemm(const BatchedGemmArgs& args);
@@ -319,6 +328,8 @@ class Backend {
   virtual absl::StatusOr<std::unique_ptr<PackedWeights>> RunPackWeights(
       const PackWeightsArgs& args) = 0;
   virtual absl::Status RunRepackWeights(PackedWeights* packed, int64_t index, const void* b,
+                                        int64_t ldb) = 0;
+  virtual absl::Status RunUnpackWeights(const PackedWeights& packed, int64_t index, void* b,
                                         int64_t ldb) = 0;
   virtual absl::Status RunGemm(const GemmArgs& args) = 0;
   virtual absl::Status RunBatchedGemm(const BatchedGemmArgs& args) = 0;

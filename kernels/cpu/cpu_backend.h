@@ -39,6 +39,8 @@ class CpuBackend final : public Backend {
       const PackWeightsArgs& args) override;
   absl::Status RunRepackWeights(PackedWeights* packed, int64_t index, const void* b,
                                 int64_t ldb) override;
+  absl::Status RunUnpackWeights(const PackedWeights& packed, int64_t index, void* b,
+                                int64_t ldb) override;
   absl::Status RunGemm(const GemmArgs& args) override;
   absl::Status RunBatchedGemm(const BatchedGemmArgs& args) override;
   absl::Status RunGroupedGemm(const GroupedGemmArgs& args) override;

@@ -69,13 +69,26 @@ CpuPackedWeights::~CpuPackedWeights() { std::free(data_); }
 
 absl::Status CpuPackedWeights::Pack(int64_t index, const void* src, int64_t ldb,
                                     OneDnnMatmulCache* cache, int num_threads) {
+  // The packed side is written; the source is only read.
+  return Reorder(index, const_cast<void*>(src), ldb, /*to_packed=*/true, cache, num_threads);
+}
+
+absl::Status CpuPackedWeights::Unpack(int64_t index, void* dst, int64_t ldb,
+                                      OneDnnMatmulCache* cache, int num_threads) const {
+  return Reorder(index, dst, ldb, /*to_packed=*/false, cache, num_threads);
+}
+
+absl::Status CpuPackedWeights::Reorder(int64_t index, void* plain, int64_t ldb, bool to_packed,
+                                       OneDnnMatmulCache* cache, int num_threads) const {
   if (data_ == nullptr) return absl::OkStatus();
   using dims = dnnl::memory::dims;
   using dt = dnnl::memory::data_type;
   const dt type = dtype() == DType::kBF16 ? dt::bf16 : dt::f32;
   const int64_t size = DTypeSize(dtype());
+  const char* op = to_packed ? "pack_weights" : "unpack_weights";
   try {
-    // Reorders only move elements, so their threading cannot change any bit.
+    // Reorders only move elements (same data type on both sides), so either direction is
+    // exact and their threading cannot change any bit.
     ScopedOmpMaxThreads threads(num_threads);
     const dnnl::engine& engine = cache->engine();
     dnnl::stream& stream = cache->Context(0).stream;
@@ -84,24 +97,31 @@ absl::Status CpuPackedWeights::Pack(int64_t index, const void* src, int64_t ldb,
       const int64_t first = c == 0 ? 0 : full_tiles_;
       const int64_t count = c == 0 ? full_tiles_ : (tail_n_ > 0 ? 1 : 0);
       if (count == 0) continue;
-      // One tile of the source, [k, width] as op(B): a transposed source is column-major.
-      const dnnl::memory::desc src_md({k(), width}, type, trans_b() ? dims{1, ldb} : dims{ldb, 1});
-      const dnnl::reorder reorder(dnnl::reorder::primitive_desc(engine, src_md, engine, md_[c]));
+      // One tile of the plain matrix, [k, width] as op(B): a transposed one is column-major.
+      const dnnl::memory::desc plain_md({k(), width}, type,
+                                        trans_b() ? dims{1, ldb} : dims{ldb, 1});
+      const dnnl::reorder reorder(
+          to_packed ? dnnl::reorder::primitive_desc(engine, plain_md, engine, md_[c])
+                    : dnnl::reorder::primitive_desc(engine, md_[c], engine, plain_md));
       for (int64_t j = first; j < first + count; ++j) {
         const int64_t n0 = j * kGemmTileN;
-        const char* from = static_cast<const char*>(src) + (trans_b() ? n0 * ldb : n0) * size;
-        dnnl::memory from_memory(src_md, engine, const_cast<char*>(from));
-        dnnl::memory to_memory(md_[c], engine, const_cast<void*>(tile(index, j)));
-        reorder.execute(stream, from_memory, to_memory);
+        char* at = static_cast<char*>(plain) + (trans_b() ? n0 * ldb : n0) * size;
+        dnnl::memory plain_memory(plain_md, engine, at);
+        dnnl::memory packed_memory(md_[c], engine, const_cast<void*>(tile(index, j)));
+        if (to_packed) {
+          reorder.execute(stream, plain_memory, packed_memory);
+        } else {
+          reorder.execute(stream, packed_memory, plain_memory);
+        }
       }
     }
     stream.wait();
   } catch (const dnnl::error& e) {
     return DnnlErrorToStatus(
-        e, absl::StrCat("cpu pack_weights ", Describe(*this), ": reorder of matrix ", index));
+        e, absl::StrCat("cpu ", op, " ", Describe(*this), ": reorder of matrix ", index));
   } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat("cpu pack_weights ", Describe(*this),
-                                                     ": out of memory packing matrix ", index));
+    return absl::ResourceExhaustedError(absl::StrCat("cpu ", op, " ", Describe(*this),
+                                                     ": out of memory reordering matrix ", index));
   }
   return absl::OkStatus();
 }
@@ -122,6 +142,12 @@ absl::Status CpuBackend::RunRepackWeights(PackedWeights* packed, int64_t index, 
                                           int64_t ldb) {
   // Validation made sure this backend made it.
   return static_cast<CpuPackedWeights*>(packed)->Pack(index, b, ldb, matmuls_.get(), num_threads_);
+}
+
+absl::Status CpuBackend::RunUnpackWeights(const PackedWeights& packed, int64_t index, void* b,
+                                          int64_t ldb) {
+  return static_cast<const CpuPackedWeights&>(packed).Unpack(index, b, ldb, matmuls_.get(),
+                                                             num_threads_);
 }
 
 }  // namespace moe

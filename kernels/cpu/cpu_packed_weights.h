@@ -32,6 +32,9 @@ class CpuPackedWeights final : public PackedWeights {
   // oneDNN reorders on up to `num_threads` threads.
   absl::Status Pack(int64_t index, const void* src, int64_t ldb, OneDnnMatmulCache* cache,
                     int num_threads);
+  // The inverse: writes matrix `index` to `dst` in the layout Pack reads, exactly.
+  absl::Status Unpack(int64_t index, void* dst, int64_t ldb, OneDnnMatmulCache* cache,
+                      int num_threads) const;
 
   // The packed tile of matrix `index` that holds output columns [tile * kGemmTileN, ...).
   const void* tile(int64_t index, int64_t tile) const {
@@ -42,10 +45,15 @@ class CpuPackedWeights final : public PackedWeights {
     return md_[width == kGemmTileN ? 0 : 1];
   }
 
-  size_t bytes() const { return static_cast<size_t>(batch()) * matrix_bytes_; }
+  size_t bytes() const override { return static_cast<size_t>(batch()) * matrix_bytes_; }
 
  private:
   using PackedWeights::PackedWeights;
+
+  // Reorders every tile of matrix `index` between the plain matrix at `plain` (leading dim
+  // ldb) and its packed tiles, in the direction `to_packed` says.
+  absl::Status Reorder(int64_t index, void* plain, int64_t ldb, bool to_packed,
+                       OneDnnMatmulCache* cache, int num_threads) const;
 
   void* data_ = nullptr;
   size_t matrix_bytes_ = 0;

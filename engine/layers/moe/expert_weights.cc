@@ -89,9 +89,10 @@ absl::StatusOr<std::unique_ptr<Buffer>> Upload(Backend* backend, Allocator* allo
   return buffer;
 }
 
-// `batch` dense [k, n] device matrices at b, one after the other.
+// `batch` dense [k, n] device matrices at b, stride_b elements apart (0: one for all).
 absl::StatusOr<std::unique_ptr<PackedWeights>> Pack(Backend* backend, int64_t batch, int64_t k,
-                                                    int64_t n, const void* b, DType dtype) {
+                                                    int64_t n, const void* b, DType dtype,
+                                                    int64_t stride_b) {
   PackWeightsArgs args;
   args.batch = batch;
   args.k = k;
@@ -99,7 +100,7 @@ absl::StatusOr<std::unique_ptr<PackedWeights>> Pack(Backend* backend, int64_t ba
   args.b = b;
   args.dtype = dtype;
   args.ldb = n;
-  args.stride_b = k * n;
+  args.stride_b = stride_b;
   return backend->PackWeights(args);
 }
 
@@ -108,7 +109,7 @@ absl::StatusOr<std::unique_ptr<PackedWeights>> UploadPacked(Backend* backend, Al
                                                             const std::vector<float>& v, int64_t k,
                                                             int64_t n, DType dtype) {
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> plain, Upload(backend, allocator, v, dtype));
-  return Pack(backend, 1, k, n, plain->data(), dtype);
+  return Pack(backend, 1, k, n, plain->data(), dtype, 0);
 }
 
 }  // namespace
@@ -117,24 +118,25 @@ absl::StatusOr<std::unique_ptr<ExpertWeights>> ExpertWeights::Create(const MoeCo
                                                                      const MoeWeights& weights,
                                                                      Backend* backend,
                                                                      Allocator* allocator) {
-  std::unique_ptr<ExpertWeights> w(new ExpertWeights(config, backend));
+  std::unique_ptr<ExpertWeights> w(new ExpertWeights(config, backend, allocator));
   const int64_t e = config.num_experts, d = config.hidden, i = config.inter;
-  const int64_t sz = DTypeSize(config.dtype);
   MOE_ASSIGN_OR_RETURN(w->gate_, Upload(backend, allocator, ToFloats(weights.gate), DType::kF32));
   if (config.use_expert_bias) {
     MOE_ASSIGN_OR_RETURN(w->bias_,
                          Upload(backend, allocator, ToFloats(weights.expert_bias), DType::kF32));
   }
-  MOE_ASSIGN_OR_RETURN(w->w13_, allocator->Allocate(e * d * 2 * i * sz));
-  MOE_ASSIGN_OR_RETURN(w->w2t_, allocator->Allocate(e * i * d * sz));
-  for (int64_t x = 0; x < e; ++x) {
-    MOE_RETURN_IF_ERROR(w->BuildW13(x, &weights.w1[x], &weights.w3[x]));
-    MOE_RETURN_IF_ERROR(w->BuildW2t(x, weights.w2[x]));
+  {
+    // Freed before Create returns: only the packed copies stay.
+    MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> scratch, allocator->Allocate(w->ScratchBytes()));
+    for (int64_t x = 0; x < e; ++x) {
+      MOE_RETURN_IF_ERROR(w->BuildW13(x, &weights.w1[x], &weights.w3[x], scratch->data()));
+      MOE_RETURN_IF_ERROR(w->PackExpert(x, d, 2 * i, scratch->data(), &w->w13_packed_));
+      ++w->w13_packs_;
+      MOE_RETURN_IF_ERROR(w->BuildW2t(x, weights.w2[x], scratch->data()));
+      MOE_RETURN_IF_ERROR(w->PackExpert(x, i, d, scratch->data(), &w->w2t_packed_));
+      ++w->w2t_packs_;
+    }
   }
-  MOE_ASSIGN_OR_RETURN(w->w13_packed_, Pack(backend, e, d, 2 * i, w->w13(), config.dtype));
-  w->w13_packs_ = e;
-  MOE_ASSIGN_OR_RETURN(w->w2t_packed_, Pack(backend, e, i, d, w->w2t(), config.dtype));
-  w->w2t_packs_ = e;
   const int64_t s = config.num_shared_experts * config.shared_inter;
   if (s > 0) {
     std::vector<float> fused(d * 2 * s);
@@ -153,39 +155,53 @@ absl::StatusOr<std::unique_ptr<ExpertWeights>> ExpertWeights::Create(const MoeCo
   return w;
 }
 
-void* ExpertWeights::W13Slice(int64_t e) const {
-  return static_cast<char*>(w13_->data()) +
-         e * config_.hidden * 2 * config_.inter * DTypeSize(config_.dtype);
+size_t ExpertWeights::packed_bytes() const {
+  size_t bytes = 0;
+  for (const auto* p : {&w13_packed_, &w2t_packed_, &shared_w13_packed_, &shared_w2t_packed_}) {
+    if (*p != nullptr) bytes += (*p)->bytes();
+  }
+  return bytes;
 }
 
-void* ExpertWeights::W2tSlice(int64_t e) const {
-  return static_cast<char*>(w2t_->data()) +
-         e * config_.inter * config_.hidden * DTypeSize(config_.dtype);
+size_t ExpertWeights::ScratchBytes() const {
+  return config_.hidden * 2 * config_.inter * DTypeSize(config_.dtype);
 }
 
-absl::Status ExpertWeights::BuildW13(int64_t e, const Tensor* w1, const Tensor* w3) {
+absl::Status ExpertWeights::BuildW13(int64_t e, const Tensor* w1, const Tensor* w3, void* scratch) {
   const int64_t d = config_.hidden, i = config_.inter;
-  const size_t bytes = d * 2 * i * DTypeSize(config_.dtype);
-  void* slice = W13Slice(e);
+  const size_t bytes = ScratchBytes();
   std::vector<float> fused(d * 2 * i);
   if (w1 == nullptr || w3 == nullptr) {
-    // Keep the columns of the projection that is not replaced.
+    // Keep the columns of the projection that is not replaced: unpacking gives back exactly
+    // the bits that were packed.
+    MOE_RETURN_IF_ERROR(backend_->UnpackWeights(*w13_packed_, e, scratch, 2 * i));
+    ++w13_unpacks_;
     std::vector<uint8_t> current(bytes);
-    MOE_RETURN_IF_ERROR(backend_->CopyToHost(current.data(), slice, bytes));
+    MOE_RETURN_IF_ERROR(backend_->CopyToHost(current.data(), scratch, bytes));
     fused = Decode(current, config_.dtype);
   }
   if (w1 != nullptr) ScatterColumns(*w1, i, d, 0, &fused);
   if (w3 != nullptr) ScatterColumns(*w3, i, d, i, &fused);
   const std::vector<uint8_t> encoded = Encode(fused, config_.dtype);
-  MOE_RETURN_IF_ERROR(backend_->CopyFromHost(slice, encoded.data(), bytes));
+  MOE_RETURN_IF_ERROR(backend_->CopyFromHost(scratch, encoded.data(), bytes));
   ++w13_rebuilds_;
   return absl::OkStatus();
 }
 
-absl::Status ExpertWeights::BuildW2t(int64_t e, const Tensor& w2) {
+absl::Status ExpertWeights::BuildW2t(int64_t e, const Tensor& w2, void* scratch) {
   const std::vector<uint8_t> encoded = Encode(Transposed(w2), config_.dtype);
-  MOE_RETURN_IF_ERROR(backend_->CopyFromHost(W2tSlice(e), encoded.data(), encoded.size()));
+  MOE_RETURN_IF_ERROR(backend_->CopyFromHost(scratch, encoded.data(), encoded.size()));
   ++w2t_rebuilds_;
+  return absl::OkStatus();
+}
+
+absl::Status ExpertWeights::PackExpert(int64_t e, int64_t k, int64_t n, const void* scratch,
+                                       std::unique_ptr<PackedWeights>* packed) {
+  if (*packed != nullptr) return backend_->RepackWeights(packed->get(), e, scratch, n);
+  // PackWeights is the only way to make a handle and needs a source for every matrix; with
+  // stride 0 the one expert at hand stands in for all until each is repacked from its own.
+  MOE_ASSIGN_OR_RETURN(*packed,
+                       Pack(backend_, config_.num_experts, k, n, scratch, config_.dtype, 0));
   return absl::OkStatus();
 }
 
@@ -205,17 +221,20 @@ absl::Status ExpertWeights::UpdateExpert(int64_t expert, const Tensor* w1, const
   if (w2 != nullptr) {
     MOE_RETURN_IF_ERROR(CheckHostWeight(absl::StrCat("w2[", expert, "]"), *w2, Shape({d, i})));
   }
-  // MOE_SEMANTICS 7.12: the packed copies the GEMMs read are refreshed with the slices, so
-  // nothing is served stale.
+  if (w1 == nullptr && w3 == nullptr && w2 == nullptr) return absl::OkStatus();
+  // An update is rare (a trainer's weight sync), so its scratch is allocated here rather than
+  // kept for the block's lifetime.
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> scratch, allocator_->Allocate(ScratchBytes()));
+  // MOE_SEMANTICS 7.12: the packed copies the GEMMs read are refreshed, so nothing is served
+  // stale.
   if (w1 != nullptr || w3 != nullptr) {
-    MOE_RETURN_IF_ERROR(BuildW13(expert, w1, w3));
-    MOE_RETURN_IF_ERROR(
-        backend_->RepackWeights(w13_packed_.get(), expert, W13Slice(expert), 2 * i));
+    MOE_RETURN_IF_ERROR(BuildW13(expert, w1, w3, scratch->data()));
+    MOE_RETURN_IF_ERROR(backend_->RepackWeights(w13_packed_.get(), expert, scratch->data(), 2 * i));
     ++w13_packs_;
   }
   if (w2 != nullptr) {
-    MOE_RETURN_IF_ERROR(BuildW2t(expert, *w2));
-    MOE_RETURN_IF_ERROR(backend_->RepackWeights(w2t_packed_.get(), expert, W2tSlice(expert), d));
+    MOE_RETURN_IF_ERROR(BuildW2t(expert, *w2, scratch->data()));
+    MOE_RETURN_IF_ERROR(backend_->RepackWeights(w2t_packed_.get(), expert, scratch->data(), d));
     ++w2t_packs_;
   }
   return absl::OkStatus();

@@ -1,19 +1,19 @@
 // The MoE block's weights in device memory, in the layouts the kernels consume, built once at
-// load and rebuilt per expert slice on an explicit update:
+// load and rebuilt per expert on an explicit update:
 //   gate      f32   [E, D]       router (kept fp32: routing is computed in fp32)
 //   bias      f32   [E]          selection-only expert bias, or absent
 //   w13       dtype [E, D, 2I]   per expert the GEMM B operand [K=D, N=2I]: gate cols, then up
 //   w2t       dtype [E, I, D]    per expert W2^T, the B operand [K=I, N=D]
-//   shared_w13 [D, 2S], shared_w2t [S, D] (packed only), shared_gate dtype [1, D] (each optional)
-// The expert GEMMs read w13, w2t and the shared pair as PackedWeights (Backend::PackWeights),
-// packed once at load so that small-batch GEMMs do not re-pack them on every call; an update
-// repacks exactly the experts it rebuilds. The plain w13 / w2t stay on the device because a
-// packed copy cannot be read back: they are the source of an update that replaces only one of
-// w1 / w3 (this doubles the routed experts' memory). The shared experts, never updated, keep
-// only their packed copy.
+//   shared_w13 [D, 2S], shared_w2t [S, D], shared_gate dtype [1, D] (each optional)
+// w13, w2t and the shared pair exist only as PackedWeights (Backend::PackWeights, memory held
+// by the backend), the layout the expert GEMMs read, so the experts are stored once. Fusing
+// and packing go one expert at a time through a one-expert scratch buffer, so loading never
+// holds a plain copy of all experts either. An update that replaces only one of w1 / w3 reads
+// the expert's w13 back (Backend::UnpackWeights, exact) to keep the other projection's columns.
 #ifndef MOE_ENGINE_LAYERS_MOE_EXPERT_WEIGHTS_H_
 #define MOE_ENGINE_LAYERS_MOE_EXPERT_WEIGHTS_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 
@@ -29,23 +29,24 @@ namespace moe {
 class ExpertWeights {
  public:
   // `config` must be valid and `weights` checked (CheckMoeWeights). Converts (round to nearest
-  // even), fuses and copies to the device through `backend`; memory comes from `allocator`.
+  // even), fuses and packs on the device through `backend`; the router weights and the
+  // scratch come from `allocator`, which must outlive this object (updates use it too).
   static absl::StatusOr<std::unique_ptr<ExpertWeights>> Create(const MoeConfig& config,
                                                                const MoeWeights& weights,
                                                                Backend* backend,
                                                                Allocator* allocator);
 
   // Replaces expert `expert`'s gate_proj / up_proj / down_proj (null = unchanged) and rebuilds
-  // only the slices they feed. InvalidArgument naming the tensor or the expert index; nothing is
-  // changed when it fails.
+  // and repacks only the expert's matrices they feed, through a scratch buffer of one expert's
+  // w13 allocated for the call. InvalidArgument naming the tensor or the expert index;
+  // ResourceExhausted if the scratch cannot be had; nothing is changed when validation or the
+  // scratch allocation fails.
   absl::Status UpdateExpert(int64_t expert, const Tensor* w1, const Tensor* w3, const Tensor* w2);
 
   const float* gate() const { return static_cast<const float*>(gate_->data()); }
   const float* expert_bias() const {
     return bias_ ? static_cast<const float*>(bias_->data()) : nullptr;
   }
-  const void* w13() const { return w13_->data(); }
-  const void* w2t() const { return w2t_->data(); }
   const void* shared_gate() const { return shared_gate_ ? shared_gate_->data() : nullptr; }
   // E matrices [D, 2I] and [I, D]; the shared ones hold one matrix, or are null without
   // shared experts.
@@ -54,29 +55,43 @@ class ExpertWeights {
   const PackedWeights* shared_w13_packed() const { return shared_w13_packed_.get(); }
   const PackedWeights* shared_w2t_packed() const { return shared_w2t_packed_.get(); }
 
-  // Expert slices built so far (E each at Create), and expert matrices packed so far (likewise).
+  // Bytes of the four packed handles (backend memory, outside the allocator).
+  size_t packed_bytes() const;
+
+  // Per expert: fused matrices built so far (E each at Create), matrices packed so far
+  // (likewise), and w13 matrices read back for a partial update (0 at Create).
   int64_t w13_rebuilds() const { return w13_rebuilds_; }
   int64_t w2t_rebuilds() const { return w2t_rebuilds_; }
   int64_t w13_packs() const { return w13_packs_; }
   int64_t w2t_packs() const { return w2t_packs_; }
+  int64_t w13_unpacks() const { return w13_unpacks_; }
 
  private:
-  ExpertWeights(const MoeConfig& config, Backend* backend) : config_(config), backend_(backend) {}
+  ExpertWeights(const MoeConfig& config, Backend* backend, Allocator* allocator)
+      : config_(config), backend_(backend), allocator_(allocator) {}
 
-  // Writes expert e's slice of w13 from w1 and/or w3; a missing one keeps its current columns.
-  absl::Status BuildW13(int64_t e, const Tensor* w1, const Tensor* w3);
-  absl::Status BuildW2t(int64_t e, const Tensor& w2);
-  void* W13Slice(int64_t e) const;
-  void* W2tSlice(int64_t e) const;
+  // Device scratch for one expert's w13 [D, 2I] (w2t [I, D] fits in it too).
+  size_t ScratchBytes() const;
+  // Writes expert e's fused w13 into `scratch` from w1 and/or w3; a missing one keeps its
+  // current columns, read back from the packed copy.
+  absl::Status BuildW13(int64_t e, const Tensor* w1, const Tensor* w3, void* scratch);
+  // Writes expert e's w2t into `scratch`.
+  absl::Status BuildW2t(int64_t e, const Tensor& w2, void* scratch);
+  // Packs the dense [k, n] matrix at `scratch` as expert e's matrix of *packed. The first
+  // call makes the handle of E matrices (every one a copy of this matrix until repacked).
+  absl::Status PackExpert(int64_t e, int64_t k, int64_t n, const void* scratch,
+                          std::unique_ptr<PackedWeights>* packed);
 
   MoeConfig config_;
   Backend* backend_;
-  std::unique_ptr<Buffer> gate_, bias_, w13_, w2t_, shared_gate_;
+  Allocator* allocator_;
+  std::unique_ptr<Buffer> gate_, bias_, shared_gate_;
   std::unique_ptr<PackedWeights> w13_packed_, w2t_packed_, shared_w13_packed_, shared_w2t_packed_;
   int64_t w13_rebuilds_ = 0;
   int64_t w2t_rebuilds_ = 0;
   int64_t w13_packs_ = 0;
   int64_t w2t_packs_ = 0;
+  int64_t w13_unpacks_ = 0;
 };
 
 }  // namespace moe

@@ -133,7 +133,10 @@ void MoeBlock::CopyWeightCounters() {
   counters_.w2t_rebuilds = weights_->w2t_rebuilds();
   counters_.w13_packs = weights_->w13_packs();
   counters_.w2t_packs = weights_->w2t_packs();
+  counters_.w13_unpacks = weights_->w13_unpacks();
 }
+
+size_t MoeBlock::packed_weight_bytes() const { return weights_->packed_bytes(); }
 
 absl::Status MoeBlock::CopyLastRouting(std::vector<int32_t>* ids,
                                        std::vector<float>* weights) const {

@@ -6,6 +6,7 @@
 #ifndef MOE_ENGINE_LAYERS_MOE_MOE_BLOCK_H_
 #define MOE_ENGINE_LAYERS_MOE_MOE_BLOCK_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -45,10 +46,12 @@ struct MoeCounters {
   int64_t in_place_combines = 0;
   int64_t copied_combines = 0;
   int64_t dropped_rows = 0;  // capacity mode
-  int64_t w13_rebuilds = 0;  // per expert: fused gate|up copies built (E at Create)
-  int64_t w2t_rebuilds = 0;  // per expert: transposed down copies built
+  int64_t w13_rebuilds = 0;  // per expert: fused gate|up matrices built (E at Create)
+  int64_t w2t_rebuilds = 0;  // per expert: transposed down matrices built
   int64_t w13_packs = 0;     // per expert: packed copies of w13 made for the GEMMs (E at Create)
   int64_t w2t_packs = 0;     // per expert: packed copies of w2t made
+  int64_t w13_unpacks = 0;   // per expert: w13 read back to keep the gate or up columns of an
+                             // update that replaces only the other one (0 at Create)
 };
 
 // Thread-compatible: one thread at a time (like the Backend it uses). The backend and the
@@ -57,7 +60,8 @@ class MoeBlock {
  public:
   // Validates config (MoeConfig::Validate) and weights (CheckMoeWeights: InvalidArgument naming
   // the tensor and both shapes), converts weights to config.dtype (the router gate and bias to
-  // f32) and fuses them into device memory: w13 [E, D, 2I] (gate | up), w2t [E, I, D].
+  // f32) and fuses them into w13 [E, D, 2I] (gate | up) and w2t [E, I, D], kept on the device
+  // only as the backend's packed copies (see packed_weight_bytes).
   static absl::StatusOr<std::unique_ptr<MoeBlock>> Create(const MoeConfig& config,
                                                           const MoeWeights& weights,
                                                           Backend* backend, Allocator* allocator);
@@ -77,9 +81,11 @@ class MoeBlock {
 
   // Weight sync (an RL trainer pushing new weights): replaces expert `expert`'s gate_proj,
   // up_proj and/or down_proj (host tensors as in MoeWeights; null = unchanged) and rebuilds
-  // exactly the fused copies they feed: w1/w3 -> that expert's slice of w13, w2 -> its slice
-  // of w2t, and the expert's packed copy of each rebuilt slice (what the GEMMs read).
-  // InvalidArgument naming the expert or tensor; nothing changes when it fails.
+  // exactly the fused matrices they feed: w1/w3 -> that expert's w13, w2 -> its w2t, each
+  // repacked for the GEMMs. Replacing only one of w1 / w3 reads the expert's w13 back from its
+  // packed copy. Allocates one expert's w13 of scratch from the allocator for the call.
+  // InvalidArgument naming the expert or tensor, ResourceExhausted for the scratch; nothing
+  // changes when either happens.
   absl::Status UpdateExpertWeights(int64_t expert, const Tensor* w1, const Tensor* w3,
                                    const Tensor* w2);
 
@@ -95,6 +101,10 @@ class MoeBlock {
   const MoeConfig& config() const { return config_; }
   const MoeTrace& last_trace() const { return trace_; }
   const MoeCounters& counters() const { return counters_; }
+  // Device bytes of the packed expert weights (routed and shared), which the backend holds
+  // outside the allocator; the allocator holds only the router weights, the shared gate and
+  // the Forward workspace.
+  size_t packed_weight_bytes() const;
 
  private:
   MoeBlock(const MoeConfig& config, Backend* backend, Allocator* allocator);

@@ -74,6 +74,9 @@ class FakeBackend final : public Backend {
   absl::Status RunRepackWeights(PackedWeights*, int64_t, const void*, int64_t) override {
     return Unimplemented();
   }
+  absl::Status RunUnpackWeights(const PackedWeights&, int64_t, void*, int64_t) override {
+    return Unimplemented();
+  }
   absl::Status RunGemm(const GemmArgs&) override { return Unimplemented(); }
   absl::Status RunBatchedGemm(const BatchedGemmArgs&) override { return Unimplemented(); }
   absl::Status RunGroupedGemm(const GroupedGemmArgs&) override { return Unimplemented(); }

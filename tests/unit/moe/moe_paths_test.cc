@@ -1,6 +1,7 @@
 // MOE_SEMANTICS section 7, expert paths and combine, through the whole block: 7.5 (the
 // deterministic combine), 7.11 (fast-path preconditions), 7.14 (summation order); plus T = 0,
-// determinism, and no allocation once the workspace is reserved.
+// determinism, no allocation once the workspace is reserved, and expert weights kept only
+// packed.
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -240,6 +241,55 @@ TEST_F(MoePathsTest, NoAllocationAfterReserve) {
     ASSERT_TRUE(block->Forward(big->tensor, big->tensor).ok());
     ASSERT_TRUE(block->Forward(*in->tensor.Rows(0, 3), *out->tensor.Rows(0, 3)).ok());
     EXPECT_EQ(dev_.allocator->allocation_count(), grown + 1);
+  }
+}
+
+// The routed experts are stored once, packed: after Create the allocator holds only the router
+// weights and the shared gate (no plain w13 / w2t), and the packed copies are about the size
+// of the fused weights. Updates borrow one expert's scratch and give it back; only a partial
+// w1 / w3 update reads w13 back.
+TEST_F(MoePathsTest, ExpertWeightsAreKeptOnlyPacked) {
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(DTypeName(dtype));
+    // Multiples of 64 so that no packed layout needs padding.
+    const int64_t e = 8, d = 64, i = 64, s = 64;
+    MoeConfig c = SmallConfig(e, 2, d, i, dtype);
+    c.use_expert_bias = true;
+    c.num_shared_experts = 1;
+    c.shared_inter = s;
+    c.shared_gate = true;
+    const NaiveMoeWeights w = RandomWeights(c, rng_);
+    const size_t before = dev_.allocator->bytes_in_use();
+    auto block = Block(c, w);
+    ASSERT_NE(block, nullptr);
+    const size_t size = DTypeSize(dtype);
+    const size_t router_and_gate = e * d * sizeof(float) + e * sizeof(float) + d * size;
+    EXPECT_EQ(dev_.allocator->bytes_in_use() - before, router_and_gate);
+    const size_t routed = e * (d * 2 * i + i * d) * size;
+    const size_t fused = routed + (d * 2 * s + s * d) * size;
+    EXPECT_GE(block->packed_weight_bytes(), fused);
+    EXPECT_LE(block->packed_weight_bytes(), fused + fused / 4);
+    EXPECT_EQ(block->counters().w13_unpacks, 0);
+
+    HostTensors host;
+    const NaiveMoeWeights fresh = RandomWeights(c, rng_);
+    const Tensor w1 = host.Add(fresh.w1[3], dtype, Shape({i, d}));
+    const Tensor w3 = host.Add(fresh.w3[3], dtype, Shape({i, d}));
+    const Tensor w2 = host.Add(fresh.w2[3], dtype, Shape({d, i}));
+    struct Step {
+      const Tensor *w1, *w3, *w2;
+      int64_t unpacks;
+    };
+    for (const Step& step : {Step{&w1, nullptr, nullptr, 1}, Step{nullptr, &w3, nullptr, 2},
+                             Step{&w1, &w3, nullptr, 2}, Step{nullptr, nullptr, &w2, 2},
+                             Step{nullptr, nullptr, nullptr, 2}}) {
+      const int64_t allocations = dev_.allocator->allocation_count();
+      ASSERT_TRUE(block->UpdateExpertWeights(3, step.w1, step.w3, step.w2).ok());
+      EXPECT_EQ(block->counters().w13_unpacks, step.unpacks);
+      EXPECT_EQ(dev_.allocator->bytes_in_use() - before, router_and_gate);
+      const bool any = step.w1 != nullptr || step.w3 != nullptr || step.w2 != nullptr;
+      EXPECT_EQ(dev_.allocator->allocation_count(), allocations + (any ? 1 : 0));
+    }
   }
 }
 
