@@ -125,8 +125,7 @@ absl::StatusOr<std::unique_ptr<PackedWeights>> Backend::PackWeights(const PackWe
         absl::StrCat(kOp, ": dtype=", DTypeName(args.dtype), " (supported: f32, bf16)"));
   }
   MOE_RETURN_IF_ERROR(CheckLd(kOp, "ldb", args.ldb, args.trans_b ? args.k : args.n));
-  if (args.batch > 0 && args.k > 0 && args.n > 0) {
-    MOE_RETURN_IF_ERROR(CheckPointer(kOp, "b", args.b));
+  if (args.batch > 0 && args.k > 0 && args.n > 0 && args.b != nullptr) {
     if (args.batch > 1) {
       MOE_RETURN_IF_ERROR(
           CheckStrideB(kOp, "matrix", args.stride_b, args.k, args.n, args.ldb, args.trans_b));

@@ -76,6 +76,8 @@ class PackedWeights {
 // Source of PackWeights, laid out like a batched GEMM's B: matrix i starts at
 // b + i * stride_b elements and is [k, n] (trans_b = false) or [n, k] (trans_b = true) with
 // leading dim ldb; stride_b = 0 repeats one matrix. dtype in {f32, bf16}.
+// b = null makes the storage only, every matrix all zeros until RepackWeights fills it: a
+// loader packs one matrix at a time without holding a plain copy of them all.
 struct PackWeightsArgs {
   int64_t batch = 0;
   int64_t k = 0;

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <new>
 #include <string>
@@ -61,6 +62,8 @@ absl::StatusOr<std::unique_ptr<CpuPackedWeights>> CpuPackedWeights::Create(
                                                      ": cannot allocate ", args.batch, " x ",
                                                      p->matrix_bytes_, " bytes"));
   }
+  // Zeros, so storage made without a source (PackWeightsArgs.b = null) reads as zero matrices.
+  std::memset(data, 0, batch * p->matrix_bytes_);
   p->data_ = data;
   return p;
 }
@@ -131,7 +134,7 @@ absl::StatusOr<std::unique_ptr<PackedWeights>> CpuBackend::RunPackWeights(
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<CpuPackedWeights> packed,
                        CpuPackedWeights::Create(this, args, matmuls_.get()));
   const int64_t size = DTypeSize(args.dtype);
-  for (int64_t i = 0; i < args.batch; ++i) {
+  for (int64_t i = 0; args.b != nullptr && i < args.batch; ++i) {
     const void* b = static_cast<const char*>(args.b) + i * args.stride_b * size;
     MOE_RETURN_IF_ERROR(packed->Pack(i, b, args.ldb, matmuls_.get(), num_threads_));
   }

@@ -198,11 +198,10 @@ absl::Status ExpertWeights::BuildW2t(int64_t e, const Tensor& w2, void* scratch)
 absl::Status ExpertWeights::PackExpert(int64_t e, int64_t k, int64_t n, const void* scratch,
                                        std::unique_ptr<PackedWeights>* packed) {
   if (*packed != nullptr) return backend_->RepackWeights(packed->get(), e, scratch, n);
-  // PackWeights is the only way to make a handle and needs a source for every matrix; with
-  // stride 0 the one expert at hand stands in for all until each is repacked from its own.
+  // First expert: make the storage without a source, then fill expert by expert.
   MOE_ASSIGN_OR_RETURN(*packed,
-                       Pack(backend_, config_.num_experts, k, n, scratch, config_.dtype, 0));
-  return absl::OkStatus();
+                       Pack(backend_, config_.num_experts, k, n, nullptr, config_.dtype, 0));
+  return backend_->RepackWeights(packed->get(), e, scratch, n);
 }
 
 absl::Status ExpertWeights::UpdateExpert(int64_t expert, const Tensor* w1, const Tensor* w3,

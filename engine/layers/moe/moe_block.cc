@@ -46,8 +46,7 @@ absl::Status MoeBlock::ReserveTokens(int64_t tokens) {
                                                    " times top_k=", config_.top_k,
                                                    " exceeds the row limit ", INT32_MAX));
   }
-  last_ids_ = Tensor();
-  last_weights_ = Tensor();
+  last_routing_valid_ = false;  // the workspace may move
   workspace_.Reset();
   MOE_RETURN_IF_ERROR(workspace_.Reserve(ForwardScratchBytes(config_, tokens)));
   if (config_.capacity_factor > 0.0f) {
@@ -98,6 +97,7 @@ absl::StatusOr<Tensor> MoeBlock::Forward(const Tensor& x, const Tensor& out) {
   trace_.dropped_rows = 0;
   last_ids_ = s.ids;
   last_weights_ = s.weights;
+  last_routing_valid_ = true;
   if (tokens == 0) return out;
 
   // MOE_SEMANTICS 4.3 / 7.13: writing into storage that overlaps x (same buffer, a shifted
@@ -140,7 +140,7 @@ size_t MoeBlock::packed_weight_bytes() const { return weights_->packed_bytes(); 
 
 absl::Status MoeBlock::CopyLastRouting(std::vector<int32_t>* ids,
                                        std::vector<float>* weights) const {
-  if (counters_.forward_calls == 0 || last_ids_.rank() == 0) {
+  if (counters_.forward_calls == 0 || !last_routing_valid_) {
     return absl::FailedPreconditionError(
         "moe: no routing to copy (no Forward since the last "
         "ReserveTokens)");

@@ -137,6 +137,7 @@ class MoeBlock {
   // The last Forward's routing, views into the workspace.
   Tensor last_ids_;
   Tensor last_weights_;
+  bool last_routing_valid_ = false;  // last_ids_ / last_weights_ point into the live workspace
 };
 
 }  // namespace moe

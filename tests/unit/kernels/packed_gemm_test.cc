@@ -521,8 +521,15 @@ TEST_F(PackedValidationTest, PackWeightsArguments) {
   EXPECT_TRUE(backend_.PackWeights(p).ok());
   p.stride_b = 0;
   EXPECT_TRUE(backend_.PackWeights(p).ok());
+  // No source: storage only, zero matrices until repacked (stride not checked then).
   p.b = nullptr;
-  ExpectInvalid(backend_.PackWeights(p).status(), "pack_weights: b is null");
+  p.stride_b = 5;
+  absl::StatusOr<std::unique_ptr<PackedWeights>> empty = backend_.PackWeights(p);
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  std::vector<float> back(4 * 8, 1.0f);
+  ASSERT_TRUE(backend_.UnpackWeights(**empty, 1, back.data(), 8).ok());
+  for (float v : back) EXPECT_EQ(v, 0.0f);
+  p.stride_b = 0;
   // Nothing to pack: no pointer needed.
   p.batch = 0;
   EXPECT_TRUE(backend_.PackWeights(p).ok());
