@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/dtype.h"
-#include "tools/json.h"
+#include "engine/core/json.h"
 
 namespace moe::tools {
 namespace {

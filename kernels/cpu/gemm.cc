@@ -325,7 +325,14 @@ absl::Status RunTiles(absl::string_view op, const GemmArgs& g, int64_t m_for_mes
   MOE_RETURN_IF_ERROR(PrepareTiles(op, g, m_for_messages, cache));
 
   const dnnl_engine_t engine = cache->engine().get();
-  const int threads = static_cast<int>(std::min<int64_t>(num_threads, count));
+  // Below kMinParallelMacs the fork/join of a thread team costs more than it saves (and on a
+  // loaded machine a descheduled team member stalls the whole call); which thread runs a tile
+  // never changes its bits, so this is purely a speed choice.
+  constexpr int64_t kMinParallelMacs = int64_t{1} << 21;
+  int64_t macs = 0;
+  for (const MatmulTile& t : tiles) macs += t.m * t.n * g.k;
+  const int threads =
+      macs < kMinParallelMacs ? 1 : static_cast<int>(std::min<int64_t>(num_threads, count));
   for (int i = 0; i < cache->num_threads(); ++i) {
     cache->Context(i).error = absl::OkStatus();
     cache->Context(i).error_tile = -1;

@@ -1,4 +1,4 @@
-#include "tools/json.h"
+#include "engine/core/json.h"
 
 #include <string>
 
@@ -6,7 +6,7 @@
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
 
-namespace moe::tools {
+namespace moe {
 namespace {
 
 TEST(JsonTest, ParsesEveryKind) {
@@ -103,4 +103,4 @@ TEST(JsonTest, QuoteAndNumberReadBack) {
 }
 
 }  // namespace
-}  // namespace moe::tools
+}  // namespace moe

@@ -1,7 +1,8 @@
-// A small JSON reader (RFC 8259) for presets and benchmark results, and the string quoting
-// the writers need. Errors name the source and the line:column of the offending character.
-#ifndef MOE_TOOLS_JSON_H_
-#define MOE_TOOLS_JSON_H_
+// A small JSON reader (RFC 8259) for config.json, safetensors headers, presets and benchmark
+// results, and the string quoting the writers need. Errors name the source and the
+// line:column of the offending character.
+#ifndef MOE_ENGINE_CORE_JSON_H_
+#define MOE_ENGINE_CORE_JSON_H_
 
 #include <cstdint>
 #include <string>
@@ -11,7 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
-namespace moe::tools {
+namespace moe {
 
 class JsonValue {
  public:
@@ -69,6 +70,6 @@ std::string JsonNumber(double v);
 // A finite double rounded to `digits` significant digits (for measurements); null if not finite.
 std::string JsonRounded(double v, int digits);
 
-}  // namespace moe::tools
+}  // namespace moe
 
-#endif  // MOE_TOOLS_JSON_H_
+#endif  // MOE_ENGINE_CORE_JSON_H_

@@ -1,4 +1,4 @@
-#include "tools/json.h"
+#include "engine/core/json.h"
 
 #include <cerrno>
 #include <cmath>
@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
-namespace moe::tools {
+namespace moe {
 
 absl::string_view JsonValue::KindName() const {
   switch (kind_) {
@@ -404,4 +404,4 @@ std::string JsonRounded(double v, int digits) {
   return JsonNumber(std::stod(absl::StrFormat("%.*g", digits, v)));
 }
 
-}  // namespace moe::tools
+}  // namespace moe
