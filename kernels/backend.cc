@@ -113,6 +113,14 @@ absl::Status CheckStrideB(absl::string_view op, const char* what, int64_t stride
   return absl::OkStatus();
 }
 
+absl::Status CheckF32OrBf16(absl::string_view op, DType t) {
+  if (t != DType::kF32 && t != DType::kBF16) {
+    return absl::UnimplementedError(
+        absl::StrCat(op, ": dtype=", DTypeName(t), " (supported: f32, bf16)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<PackedWeights>> Backend::PackWeights(const PackWeightsArgs& args) {
@@ -391,6 +399,71 @@ absl::Status Backend::Cast(const CastArgs& a) {
   MOE_RETURN_IF_ERROR(CheckPointer(kOp, "src", a.src));
   MOE_RETURN_IF_ERROR(CheckPointer(kOp, "dst", a.dst));
   return RunCast(a);
+}
+
+absl::Status Backend::RmsNorm(const RmsNormArgs& a) {
+  constexpr absl::string_view kOp = "rmsnorm";
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "rows", a.rows));
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "cols", a.cols));
+  MOE_RETURN_IF_ERROR(CheckF32OrBf16(kOp, a.dtype));
+  if (!(a.eps >= 0.0f) || std::isinf(a.eps)) {
+    return Invalid(kOp, absl::StrCat("eps=", a.eps, " must be finite and >= 0"));
+  }
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "x_ld", a.x_ld, a.cols));
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "out_ld", a.out_ld, a.cols));
+  if (a.x == a.out && a.x_ld != a.out_ld) {
+    return Invalid(kOp, absl::StrCat("in place with x_ld=", a.x_ld, " != out_ld=", a.out_ld));
+  }
+  if (a.rows == 0 || a.cols == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "x", a.x));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "weight", a.weight));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "out", a.out));
+  return RunRmsNorm(a);
+}
+
+absl::Status Backend::Rope(const RopeArgs& a) {
+  constexpr absl::string_view kOp = "rope";
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "rows", a.rows));
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "heads", a.heads));
+  MOE_RETURN_IF_ERROR(CheckF32OrBf16(kOp, a.dtype));
+  if (a.style != RopeStyle::kHalf && a.style != RopeStyle::kInterleaved) {
+    return Invalid(kOp, absl::StrCat("style=", static_cast<int>(a.style), " is not a RopeStyle"));
+  }
+  if (a.rotary_dim < 2 || a.rotary_dim % 2 != 0) {
+    return Invalid(kOp, absl::StrCat("rotary_dim=", a.rotary_dim, " must be even and >= 2"));
+  }
+  if (a.rotary_dim > a.head_dim) {
+    return Invalid(kOp,
+                   absl::StrCat("rotary_dim=", a.rotary_dim, " exceeds head_dim=", a.head_dim));
+  }
+  if (a.max_positions <= 0) {
+    return Invalid(kOp, absl::StrCat("max_positions=", a.max_positions, " must be positive"));
+  }
+  if (a.heads > 0) {
+    MOE_RETURN_IF_ERROR(CheckLd(kOp, "ld", a.ld, (a.heads - 1) * a.head_dim + a.rotary_dim));
+  }
+  if (a.rows == 0 || a.heads == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "x", a.x));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "positions", a.positions));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "cos", a.cos));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "sin", a.sin));
+  return RunRope(a);
+}
+
+absl::Status Backend::Embedding(const EmbeddingArgs& a) {
+  constexpr absl::string_view kOp = "embedding";
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "tokens", a.tokens));
+  if (a.vocab <= 0) return Invalid(kOp, absl::StrCat("vocab=", a.vocab, " must be positive"));
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "cols", a.cols));
+  MOE_RETURN_IF_ERROR(CheckF32OrBf16(kOp, a.dtype));
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "table_ld", a.table_ld, a.cols));
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "out_ld", a.out_ld, a.cols));
+  if (a.tokens == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "ids", a.ids));
+  if (a.cols == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "table", a.table));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "out", a.out));
+  return RunEmbedding(a);
 }
 
 }  // namespace moe

@@ -274,6 +274,80 @@ struct CastArgs {
   DType dst_dtype = DType::kF32;
 };
 
+// out[r, :] = RMSNorm of x[r, :] with weight w[cols] (Hugging Face's LlamaRMSNorm, also used by
+// Mixtral, Qwen2/3-MoE and DeepSeek-V3). weight has x's dtype (the loader converts it to the run
+// dtype, as a model loaded in that dtype holds it). The sum of squares is fp32 over 8 lanes:
+// element j goes to lane j mod 8 in ascending j, then the lanes add as
+// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)); then
+//   inv = 1 / sqrtf(sum / cols + eps)                              (fp32, as torch.rsqrt on CPU)
+//   f32:  out = w * (x * inv)                                        fp32, no further rounding
+//   bf16: out = bf16(fp32(w) * fp32(bf16(fp32(x) * inv)))           HF's two roundings: the
+//         normalized row is cast to the input dtype, then multiplied by the bf16 weight.
+// out may equal x (same pointer and ld); no other overlap. eps finite and >= 0.
+struct RmsNormArgs {
+  int64_t rows = 0;
+  int64_t cols = 0;
+  DType dtype = DType::kF32;  // of x, weight and out: f32 or bf16
+  const void* x = nullptr;    // [rows, cols]
+  int64_t x_ld = 0;
+  const void* weight = nullptr;  // [cols]
+  float eps = 1e-6f;
+  void* out = nullptr;  // [rows, cols]
+  int64_t out_ld = 0;
+};
+
+// Which dims of a head's rotated part form the pairs that RoPE rotates by frequency i.
+// kHalf: (i, i + rotary_dim / 2), Hugging Face's rotate_half (Llama, Mixtral, Qwen2/3-MoE).
+// kInterleaved: (2i, 2i + 1), the original RoPE layout. HF DeepSeek-V3 with rope_interleave
+// (true in its config) de-interleaves q_pe / k_pe ((2i, 2i+1) -> (i, i + d/2)) and then applies
+// rotate_half, leaving the result de-interleaved; kInterleaved computes the same values in the
+// original dim order. That permutation is the same for q_pe and k_pe, so q . k and attention are
+// unchanged: the DeepSeek-V3 path uses kInterleaved (kHalf when rope_interleave is false).
+enum class RopeStyle { kHalf, kInterleaved };
+
+// Rotary position embedding in place, fp32 math and one rounding per element for bf16:
+// for row r, head h, pair (a, b) of frequency i (see RopeStyle), p = positions[r],
+//   c = cos[p, i], s = sin[p, i]    (tables [max_positions, rotary_dim / 2], f32, from
+//                                    MakeRopeTable in kernels/rope_table.h; any YaRN attention
+//                                    factor is already in them)
+//   x[a] = x[a] * c - x[b] * s;  x[b] = x[b] * c + x[a] * s    (old x[a] on the right)
+// which is HF's q * cos + rotate_half(q) * sin bit for bit in f32 (HF bf16 rounds cos, sin and
+// each product to bf16; here bf16 is rounded once, at the end). Head h of row r starts at
+// x + r * ld + h * head_dim and its first rotary_dim dims rotate, the rest are untouched:
+// head_dim is the head stride, so x may point into a head (MLA's q_pe: x = q + nope_dim,
+// head_dim = qk_head_dim). rotary_dim even and in [2, head_dim]; ld covers the last rotated dim.
+// A position outside [0, max_positions) is InvalidArgument naming the row, position and
+// max_positions, checked before anything is written.
+struct RopeArgs {
+  int64_t rows = 0;  // tokens
+  int64_t heads = 0;
+  int64_t head_dim = 0;
+  int64_t rotary_dim = 0;
+  RopeStyle style = RopeStyle::kHalf;
+  DType dtype = DType::kF32;  // of x: f32 or bf16
+  void* x = nullptr;
+  int64_t ld = 0;
+  const int32_t* positions = nullptr;  // [rows]
+  const float* cos = nullptr;          // [max_positions, rotary_dim / 2]
+  const float* sin = nullptr;          // [max_positions, rotary_dim / 2]
+  int64_t max_positions = 0;
+};
+
+// out[t, :] = table[ids[t], :] (a row gather, exact copies). An id outside [0, vocab) is
+// InvalidArgument naming the position, id and vocab, checked before anything is written.
+// table and out share dtype (f32 or bf16) and must not overlap.
+struct EmbeddingArgs {
+  int64_t tokens = 0;
+  const int32_t* ids = nullptr;  // [tokens]
+  int64_t vocab = 0;
+  int64_t cols = 0;
+  DType dtype = DType::kF32;
+  const void* table = nullptr;  // [vocab, cols]
+  int64_t table_ld = 0;
+  void* out = nullptr;  // [tokens, cols]
+  int64_t out_ld = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -320,6 +394,9 @@ class Backend {
   absl::Status ScaleRows(const ScaleRowsArgs& args);
   absl::Status Add(const AddArgs& args);
   absl::Status Cast(const CastArgs& args);
+  absl::Status RmsNorm(const RmsNormArgs& args);
+  absl::Status Rope(const RopeArgs& args);
+  absl::Status Embedding(const EmbeddingArgs& args);
 
  protected:
   Backend() = default;
@@ -345,6 +422,9 @@ class Backend {
   virtual absl::Status RunScaleRows(const ScaleRowsArgs& args) = 0;
   virtual absl::Status RunAdd(const AddArgs& args) = 0;
   virtual absl::Status RunCast(const CastArgs& args) = 0;
+  virtual absl::Status RunRmsNorm(const RmsNormArgs& args) = 0;
+  virtual absl::Status RunRope(const RopeArgs& args) = 0;
+  virtual absl::Status RunEmbedding(const EmbeddingArgs& args) = 0;
 };
 
 }  // namespace moe

@@ -53,6 +53,9 @@ class CpuBackend final : public Backend {
   absl::Status RunScaleRows(const ScaleRowsArgs& args) override;
   absl::Status RunAdd(const AddArgs& args) override;
   absl::Status RunCast(const CastArgs& args) override;
+  absl::Status RunRmsNorm(const RmsNormArgs& args) override;
+  absl::Status RunRope(const RopeArgs& args) override;
+  absl::Status RunEmbedding(const EmbeddingArgs& args) override;
 
  private:
   int num_threads_;

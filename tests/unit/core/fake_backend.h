@@ -89,6 +89,9 @@ class FakeBackend final : public Backend {
   absl::Status RunScaleRows(const ScaleRowsArgs&) override { return Unimplemented(); }
   absl::Status RunAdd(const AddArgs&) override { return Unimplemented(); }
   absl::Status RunCast(const CastArgs&) override { return Unimplemented(); }
+  absl::Status RunRmsNorm(const RmsNormArgs&) override { return Unimplemented(); }
+  absl::Status RunRope(const RopeArgs&) override { return Unimplemented(); }
+  absl::Status RunEmbedding(const EmbeddingArgs&) override { return Unimplemented(); }
 
  private:
   static absl::Status Unimplemented() { return absl::UnimplementedError("fake backend: no ops"); }
