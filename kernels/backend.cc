@@ -18,6 +18,11 @@ absl::Status CheckNonNegative(absl::string_view op, absl::string_view field, int
   return absl::OkStatus();
 }
 
+absl::Status CheckPositive(absl::string_view op, absl::string_view field, int64_t v) {
+  if (v <= 0) return Invalid(op, absl::StrCat(field, "=", v, " must be positive"));
+  return absl::OkStatus();
+}
+
 absl::Status CheckPointer(absl::string_view op, absl::string_view field, const void* p) {
   if (p == nullptr) return Invalid(op, absl::StrCat(field, " is null"));
   return absl::OkStatus();
@@ -464,6 +469,59 @@ absl::Status Backend::Embedding(const EmbeddingArgs& a) {
   MOE_RETURN_IF_ERROR(CheckPointer(kOp, "table", a.table));
   MOE_RETURN_IF_ERROR(CheckPointer(kOp, "out", a.out));
   return RunEmbedding(a);
+}
+
+absl::Status Backend::KvWrite(const KvWriteArgs& a) {
+  constexpr absl::string_view kOp = "kv_write";
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "tokens", a.tokens));
+  MOE_RETURN_IF_ERROR(CheckPositive(kOp, "kv_heads", a.kv_heads));
+  MOE_RETURN_IF_ERROR(CheckPositive(kOp, "head_dim", a.head_dim));
+  MOE_RETURN_IF_ERROR(CheckPositive(kOp, "num_blocks", a.num_blocks));
+  MOE_RETURN_IF_ERROR(CheckPositive(kOp, "block_size", a.block_size));
+  MOE_RETURN_IF_ERROR(CheckF32OrBf16(kOp, a.dtype));
+  const int64_t row = a.kv_heads * a.head_dim;
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "k_ld", a.k_ld, row));
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "v_ld", a.v_ld, row));
+  if (a.tokens == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "k", a.k));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "v", a.v));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "slot_mapping", a.slot_mapping));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "k_cache", a.k_cache));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "v_cache", a.v_cache));
+  return RunKvWrite(a);
+}
+
+absl::Status Backend::Attention(const AttentionArgs& a) {
+  constexpr absl::string_view kOp = "attention";
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "tokens", a.tokens));
+  MOE_RETURN_IF_ERROR(CheckPositive(kOp, "heads", a.heads));
+  MOE_RETURN_IF_ERROR(CheckPositive(kOp, "kv_heads", a.kv_heads));
+  if (a.heads % a.kv_heads != 0) {
+    return Invalid(kOp,
+                   absl::StrCat("heads=", a.heads, " is not a multiple of kv_heads=", a.kv_heads));
+  }
+  MOE_RETURN_IF_ERROR(CheckPositive(kOp, "head_dim", a.head_dim));
+  MOE_RETURN_IF_ERROR(CheckPositive(kOp, "num_blocks", a.num_blocks));
+  MOE_RETURN_IF_ERROR(CheckPositive(kOp, "block_size", a.block_size));
+  MOE_RETURN_IF_ERROR(CheckPositive(kOp, "num_seqs", a.num_seqs));
+  MOE_RETURN_IF_ERROR(CheckPositive(kOp, "max_blocks_per_seq", a.max_blocks_per_seq));
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "sliding_window", a.sliding_window));
+  if (!std::isfinite(a.scale)) {
+    return Invalid(kOp, absl::StrCat("scale=", a.scale, " must be finite"));
+  }
+  MOE_RETURN_IF_ERROR(CheckF32OrBf16(kOp, a.dtype));
+  const int64_t row = a.heads * a.head_dim;
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "q_ld", a.q_ld, row));
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "out_ld", a.out_ld, row));
+  if (a.tokens == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "q", a.q));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "k_cache", a.k_cache));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "v_cache", a.v_cache));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "block_tables", a.block_tables));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "seq_ids", a.seq_ids));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "positions", a.positions));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "out", a.out));
+  return RunAttention(a);
 }
 
 }  // namespace moe

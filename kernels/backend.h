@@ -348,6 +348,78 @@ struct EmbeddingArgs {
   int64_t out_ld = 0;
 };
 
+// The paged KV cache: one K and one V array per layer, each [num_blocks, block_size, kv_heads,
+// head_dim] contiguous in the run dtype. Slot s = block * block_size + offset holds one token's
+// row of kv_heads * head_dim values, at element s * kv_heads * head_dim.
+//
+// KvWrite appends the new tokens' K and V rows: k_cache[slot_mapping[t]] = k[t, :] and
+// v_cache[slot_mapping[t]] = v[t, :], exact copies. The caller turns (sequence, position) into
+// a slot through its block table. k and v are [tokens, kv_heads * head_dim] with leading dims
+// k_ld, v_ld; they share dtype (f32 or bf16) with the caches and must not overlap them. Slots
+// should be distinct; a repeated slot keeps the row of the last token naming it. A slot outside
+// [0, num_blocks * block_size) is InvalidArgument naming the token, slot and limit, checked
+// before anything is written.
+struct KvWriteArgs {
+  int64_t tokens = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  DType dtype = DType::kF32;  // of k, v and both caches: f32 or bf16
+  const void* k = nullptr;    // [tokens, kv_heads * head_dim]
+  int64_t k_ld = 0;
+  const void* v = nullptr;  // [tokens, kv_heads * head_dim]
+  int64_t v_ld = 0;
+  const int32_t* slot_mapping = nullptr;  // [tokens]
+  int64_t num_blocks = 0;
+  int64_t block_size = 0;
+  void* k_cache = nullptr;  // [num_blocks, block_size, kv_heads, head_dim]
+  void* v_cache = nullptr;  // [num_blocks, block_size, kv_heads, head_dim]
+};
+
+// Causal GQA attention of a batch of query tokens over the paged KV cache (K and V of the
+// query tokens themselves already written by KvWrite). The batch may mix sequences in prefill
+// (many tokens, possibly a chunk) and in decode (one token); every query token names its
+// sequence (seq_ids) and its absolute position p (positions). Query (t, h) with s = seq_ids[t]
+// and p = positions[t] sees the cache positions j of sequence s with lo <= j <= p, where
+// lo = 0, or lo = max(0, p - sliding_window + 1) when sliding_window > 0 (HF Mixtral / Qwen2
+// sliding_window: the last sliding_window positions, p included). Position j lives in slot
+// block_tables[s, j / block_size] * block_size + j % block_size. Head h reads kv head
+// h / (heads / kv_heads). All math in fp32, in this fixed order (no dependence on the thread
+// count or on the other tokens of the batch):
+//   score_j = scale * dot(q[t, h], k_j), dot over 8 lanes: dim d to lane d mod 8 in ascending
+//             d, lanes added as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))
+//   m = max_j score_j;  e_j = exp(score_j - m);  sum = sum of e_j in ascending j
+//   acc[d] = sum of e_j * v_j[d] in ascending j;  out[t, h, d] = round(acc[d] / sum)
+// with one rounding to dtype at the end. q is [tokens, heads * head_dim] (ld q_ld), out is
+// [tokens, heads * head_dim] (ld out_ld); V's head dim equals K's. q, the caches and out share
+// dtype (f32 or bf16); out must not overlap q or the caches. block_tables is
+// [num_seqs, max_blocks_per_seq] (entries beyond a sequence's length are not read).
+// Data errors are InvalidArgument naming the field, index and limit, checked before anything
+// is written: seq_ids[t] outside [0, num_seqs), positions[t] outside
+// [0, max_blocks_per_seq * block_size), a block_tables entry that a query reads outside
+// [0, num_blocks).
+struct AttentionArgs {
+  int64_t tokens = 0;
+  int64_t heads = 0;
+  int64_t kv_heads = 0;  // divides heads
+  int64_t head_dim = 0;
+  DType dtype = DType::kF32;  // of q, both caches and out: f32 or bf16
+  const void* q = nullptr;    // [tokens, heads * head_dim]
+  int64_t q_ld = 0;
+  const void* k_cache = nullptr;  // [num_blocks, block_size, kv_heads, head_dim]
+  const void* v_cache = nullptr;  // [num_blocks, block_size, kv_heads, head_dim]
+  int64_t num_blocks = 0;
+  int64_t block_size = 0;
+  int64_t num_seqs = 0;
+  int64_t max_blocks_per_seq = 0;
+  const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
+  const int32_t* seq_ids = nullptr;       // [tokens]
+  const int32_t* positions = nullptr;     // [tokens]
+  int64_t sliding_window = 0;             // 0: none; else the visible positions per query
+  float scale = 1.0f;                     // finite; usually 1 / sqrt(head_dim)
+  void* out = nullptr;                    // [tokens, heads * head_dim]
+  int64_t out_ld = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -397,6 +469,8 @@ class Backend {
   absl::Status RmsNorm(const RmsNormArgs& args);
   absl::Status Rope(const RopeArgs& args);
   absl::Status Embedding(const EmbeddingArgs& args);
+  absl::Status KvWrite(const KvWriteArgs& args);
+  absl::Status Attention(const AttentionArgs& args);
 
  protected:
   Backend() = default;
@@ -425,6 +499,8 @@ class Backend {
   virtual absl::Status RunRmsNorm(const RmsNormArgs& args) = 0;
   virtual absl::Status RunRope(const RopeArgs& args) = 0;
   virtual absl::Status RunEmbedding(const EmbeddingArgs& args) = 0;
+  virtual absl::Status RunKvWrite(const KvWriteArgs& args) = 0;
+  virtual absl::Status RunAttention(const AttentionArgs& args) = 0;
 };
 
 }  // namespace moe

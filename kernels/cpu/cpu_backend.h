@@ -56,6 +56,8 @@ class CpuBackend final : public Backend {
   absl::Status RunRmsNorm(const RmsNormArgs& args) override;
   absl::Status RunRope(const RopeArgs& args) override;
   absl::Status RunEmbedding(const EmbeddingArgs& args) override;
+  absl::Status RunKvWrite(const KvWriteArgs& args) override;
+  absl::Status RunAttention(const AttentionArgs& args) override;
 
  private:
   int num_threads_;

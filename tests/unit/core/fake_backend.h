@@ -92,6 +92,8 @@ class FakeBackend final : public Backend {
   absl::Status RunRmsNorm(const RmsNormArgs&) override { return Unimplemented(); }
   absl::Status RunRope(const RopeArgs&) override { return Unimplemented(); }
   absl::Status RunEmbedding(const EmbeddingArgs&) override { return Unimplemented(); }
+  absl::Status RunKvWrite(const KvWriteArgs&) override { return Unimplemented(); }
+  absl::Status RunAttention(const AttentionArgs&) override { return Unimplemented(); }
 
  private:
   static absl::Status Unimplemented() { return absl::UnimplementedError("fake backend: no ops"); }
