@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "kernels/status_macros.h"
 
 namespace moe {
@@ -522,6 +523,56 @@ absl::Status Backend::Attention(const AttentionArgs& a) {
   MOE_RETURN_IF_ERROR(CheckPointer(kOp, "positions", a.positions));
   MOE_RETURN_IF_ERROR(CheckPointer(kOp, "out", a.out));
   return RunAttention(a);
+}
+
+absl::Status Backend::Sample(const SampleArgs& a) {
+  constexpr absl::string_view kOp = "sample";
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "rows", a.rows));
+  MOE_RETURN_IF_ERROR(CheckPositive(kOp, "vocab", a.vocab));
+  MOE_RETURN_IF_ERROR(CheckLd(kOp, "ld", a.ld, a.vocab));
+  if (a.rows == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "logits", a.logits));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "params", a.params));
+  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "ids", a.ids));
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const SamplingParams& p = a.params[r];
+    // %.9g prints every float exactly enough to tell 1 from the next float above it.
+    const auto bad = [&](absl::string_view field, float value, absl::string_view rule) {
+      return Invalid(kOp, absl::StrFormat("params[%d].%s=%.9g %s", r, field, value, rule));
+    };
+    // Written so that NaN fails every check.
+    if (!(p.temperature >= 0.0f && std::isfinite(p.temperature))) {
+      return bad("temperature", p.temperature, "must be finite and >= 0");
+    }
+    if (p.top_k < 0) {
+      return Invalid(kOp, absl::StrCat("params[", r, "].top_k=", p.top_k, " is negative"));
+    }
+    if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) return bad("top_p", p.top_p, "is outside (0, 1]");
+    if (!(p.min_p >= 0.0f && p.min_p <= 1.0f)) return bad("min_p", p.min_p, "is outside [0, 1]");
+    if (!(p.repetition_penalty > 0.0f && std::isfinite(p.repetition_penalty))) {
+      return bad("repetition_penalty", p.repetition_penalty, "must be finite and > 0");
+    }
+  }
+  if (a.seen_offsets != nullptr) {
+    if (a.seen_offsets[0] != 0) {
+      return Invalid(kOp, absl::StrCat("seen_offsets[0]=", a.seen_offsets[0], " is not 0"));
+    }
+    for (int64_t r = 0; r < a.rows; ++r) {
+      if (a.seen_offsets[r + 1] < a.seen_offsets[r]) {
+        return Invalid(kOp,
+                       absl::StrCat("seen_offsets[", r + 1, "]=", a.seen_offsets[r + 1],
+                                    " is less than seen_offsets[", r, "]=", a.seen_offsets[r]));
+      }
+    }
+    if (a.seen_offsets[a.rows] > 0) MOE_RETURN_IF_ERROR(CheckPointer(kOp, "seen_ids", a.seen_ids));
+    for (int64_t i = 0; i < a.seen_offsets[a.rows]; ++i) {
+      if (a.seen_ids[i] < 0 || a.seen_ids[i] >= a.vocab) {
+        return Invalid(kOp, absl::StrCat("seen_ids[", i, "]=", a.seen_ids[i],
+                                         " is outside [0, vocab=", a.vocab, ")"));
+      }
+    }
+  }
+  return RunSample(a);
 }
 
 }  // namespace moe

@@ -420,6 +420,73 @@ struct AttentionArgs {
   int64_t out_ld = 0;
 };
 
+// Per-row sampling parameters (host memory). The defaults sample from the plain softmax.
+struct SamplingParams {
+  float temperature = 1.0f;         // finite, >= 0; 0 = greedy (argmax, ties to the lowest id)
+  int32_t top_k = 0;                // >= 0; 0 = off
+  float top_p = 1.0f;               // in (0, 1]; 1 = off
+  float min_p = 0.0f;               // in [0, 1]; 0 = off
+  float repetition_penalty = 1.0f;  // finite, > 0; 1 = off
+  uint64_t seed = 0;                // with step, the only source of randomness
+  uint64_t step = 0;                // e.g. the number of tokens generated so far
+};
+
+// The uniform in [0, 1) that Sample draws for a row: a pure function of (seed, step), the
+// same on every backend. SplitMix64's finaliser of the seed, xor the finalised step, finalised
+// again; its top 53 bits scaled by 2^-53.
+inline uint64_t SampleMix64(uint64_t x) {
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+inline double SampleUniform(uint64_t seed, uint64_t step) {
+  const uint64_t h = SampleMix64(SampleMix64(seed + 0x9e3779b97f4a7c15ull) ^
+                                 SampleMix64(step + 0x632be59bd9b4e019ull));
+  return static_cast<double>(h >> 11) * 0x1.0p-53;
+}
+
+// Next-token sampling, one token per row of fp32 logits [rows, vocab] (leading dim ld), with
+// Hugging Face's logits processors in HF's order. All math after reading a logit is fp64.
+// For row r with p = params[r] and x = logits[r, :]:
+//   1. repetition penalty: for each distinct id in seen_ids[seen_offsets[r], seen_offsets[r+1])
+//      x[id] = x[id] > 0 ? x[id] / penalty : x[id] * penalty   (HF RepetitionPenalty; repeats
+//      of an id count once).
+//   2. temperature 0: the token is the argmax of x, ties to the lowest id; steps 3-7 are
+//      skipped and logprobs[r] = 0 (the greedy distribution is a point mass).
+//   3. z = x / temperature.
+//   4. top_k > 0: tokens with z below the top_k-th largest z are removed (ties at the
+//      threshold all stay, as HF TopKLogitsWarper).
+//   5. top_p < 1: the kept tokens in order of descending z (ties: ascending id) stay while the
+//      probability mass before them (softmax over the kept tokens) is < top_p, so the
+//      smallest such prefix reaching top_p stays, and always the first (HF TopPLogitsWarper).
+//   6. min_p > 0: kept tokens with probability < min_p * the largest probability are
+//      removed (HF MinPLogitsWarper).
+//   7. q = softmax of z over the kept tokens (sum in ascending id); with u =
+//      SampleUniform(p.seed, p.step), the token is the smallest kept id whose cumulative q
+//      (ascending id) exceeds u (the last kept id if rounding leaves none).
+// Outputs: ids[r]; if logprobs is set, logprobs[r] = log q[id], the log-prob under the final
+// processed distribution (what vLLM reports by default and what HF's output_scores hold, after
+// log-softmax); if raw_logprobs is set, raw_logprobs[r] = log_softmax(logits[r, :])[id] of the
+// unprocessed logits. The result is a pure function of (logits, params, seen ids): no
+// dependence on the thread count or the other rows.
+// Logits may be -inf (a masked token). InvalidArgument, checked before anything is written:
+// a parameter outside its range (naming params[r], the field and the value), a seen id outside
+// [0, vocab), seen_offsets not starting at 0 or decreasing, a NaN or +inf logit, or a row
+// whose logits are all -inf (naming the row and column).
+struct SampleArgs {
+  int64_t rows = 0;
+  int64_t vocab = 0;
+  const float* logits = nullptr;  // [rows, vocab]
+  int64_t ld = 0;
+  const SamplingParams* params = nullptr;  // host, [rows]
+  // Repetition-penalty history: host, rows + 1 offsets into seen_ids; null = no history.
+  const int64_t* seen_offsets = nullptr;
+  const int32_t* seen_ids = nullptr;  // host, [seen_offsets[rows]]
+  int32_t* ids = nullptr;             // out [rows]
+  float* logprobs = nullptr;          // out [rows] or null
+  float* raw_logprobs = nullptr;      // out [rows] or null
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -471,6 +538,7 @@ class Backend {
   absl::Status Embedding(const EmbeddingArgs& args);
   absl::Status KvWrite(const KvWriteArgs& args);
   absl::Status Attention(const AttentionArgs& args);
+  absl::Status Sample(const SampleArgs& args);
 
  protected:
   Backend() = default;
@@ -501,6 +569,7 @@ class Backend {
   virtual absl::Status RunEmbedding(const EmbeddingArgs& args) = 0;
   virtual absl::Status RunKvWrite(const KvWriteArgs& args) = 0;
   virtual absl::Status RunAttention(const AttentionArgs& args) = 0;
+  virtual absl::Status RunSample(const SampleArgs& args) = 0;
 };
 
 }  // namespace moe

@@ -58,6 +58,7 @@ class CpuBackend final : public Backend {
   absl::Status RunEmbedding(const EmbeddingArgs& args) override;
   absl::Status RunKvWrite(const KvWriteArgs& args) override;
   absl::Status RunAttention(const AttentionArgs& args) override;
+  absl::Status RunSample(const SampleArgs& args) override;
 
  private:
   int num_threads_;

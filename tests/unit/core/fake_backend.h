@@ -94,6 +94,7 @@ class FakeBackend final : public Backend {
   absl::Status RunEmbedding(const EmbeddingArgs&) override { return Unimplemented(); }
   absl::Status RunKvWrite(const KvWriteArgs&) override { return Unimplemented(); }
   absl::Status RunAttention(const AttentionArgs&) override { return Unimplemented(); }
+  absl::Status RunSample(const SampleArgs&) override { return Unimplemented(); }
 
  private:
   static absl::Status Unimplemented() { return absl::UnimplementedError("fake backend: no ops"); }

@@ -1,0 +1,170 @@
+// Sample: the logits processors and the draw, one row per iteration in fp64. Every logit is
+// checked before any output is written, so a bad row leaves the outputs untouched.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_kernels_util.h"
+
+namespace moe {
+namespace {
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+struct RowResult {
+  int32_t id;
+  double logprob;
+};
+
+// Scratch of one thread, reused across its rows: z holds the processed logits (-inf for a
+// removed token), order the kept ids for top-p.
+struct RowScratch {
+  std::vector<double> z;
+  std::vector<int32_t> order;
+  std::vector<double> values;
+};
+
+RowResult SampleRow(const float* x, int64_t vocab, const SamplingParams& p,
+                    const int32_t* seen_begin, const int32_t* seen_end, RowScratch* s) {
+  std::vector<double>& z = s->z;
+  for (int64_t v = 0; v < vocab; ++v) z[v] = x[v];
+  // From the original logit, so an id seen twice is penalised once.
+  if (p.repetition_penalty != 1.0f) {
+    const double penalty = p.repetition_penalty;
+    for (const int32_t* id = seen_begin; id != seen_end; ++id) {
+      const double l = x[*id];
+      z[*id] = l > 0.0 ? l / penalty : l * penalty;
+    }
+  }
+  if (p.temperature == 0.0f) {
+    int64_t best = 0;
+    for (int64_t v = 1; v < vocab; ++v) {
+      if (z[v] > z[best]) best = v;
+    }
+    return {static_cast<int32_t>(best), 0.0};
+  }
+  const double temperature = p.temperature;
+  for (int64_t v = 0; v < vocab; ++v) z[v] /= temperature;
+
+  if (p.top_k > 0 && p.top_k < vocab) {
+    std::vector<double>& values = s->values;
+    values.assign(z.begin(), z.begin() + vocab);
+    std::nth_element(values.begin(), values.begin() + (p.top_k - 1), values.end(),
+                     std::greater<double>());
+    const double threshold = values[p.top_k - 1];
+    for (int64_t v = 0; v < vocab; ++v) {
+      if (z[v] < threshold) z[v] = kNegInf;
+    }
+  }
+
+  double m = kNegInf;
+  for (int64_t v = 0; v < vocab; ++v) m = std::max(m, z[v]);
+
+  if (p.top_p < 1.0f) {
+    double sum = 0.0;
+    std::vector<int32_t>& order = s->order;
+    order.clear();
+    for (int64_t v = 0; v < vocab; ++v) {
+      if (z[v] == kNegInf) continue;
+      sum += std::exp(z[v] - m);
+      order.push_back(static_cast<int32_t>(v));
+    }
+    std::sort(order.begin(), order.end(),
+              [&z](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); });
+    const double top_p = p.top_p;
+    double before = 0.0;
+    size_t keep = 0;
+    while (keep < order.size() && (keep == 0 || before < top_p)) {
+      before += std::exp(z[order[keep]] - m) / sum;
+      ++keep;
+    }
+    for (size_t i = keep; i < order.size(); ++i) z[order[i]] = kNegInf;
+  }
+
+  if (p.min_p > 0.0f) {
+    // p_v / p_max = exp(z_v - m).
+    const double min_p = p.min_p;
+    for (int64_t v = 0; v < vocab; ++v) {
+      if (z[v] != kNegInf && std::exp(z[v] - m) < min_p) z[v] = kNegInf;
+    }
+  }
+
+  double sum = 0.0;
+  int64_t last = 0;
+  for (int64_t v = 0; v < vocab; ++v) {
+    if (z[v] == kNegInf) continue;
+    z[v] = std::exp(z[v] - m);
+    sum += z[v];
+    if (z[v] > 0.0) last = v;
+  }
+  const double target = SampleUniform(p.seed, p.step) * sum;
+  double cum = 0.0;
+  int64_t chosen = last;
+  for (int64_t v = 0; v < vocab; ++v) {
+    if (z[v] == kNegInf) continue;
+    cum += z[v];
+    if (cum > target) {
+      chosen = v;
+      break;
+    }
+  }
+  return {static_cast<int32_t>(chosen), std::log(z[chosen]) - std::log(sum)};
+}
+
+double RawLogprob(const float* x, int64_t vocab, int64_t id) {
+  double m = kNegInf;
+  for (int64_t v = 0; v < vocab; ++v) m = std::max(m, static_cast<double>(x[v]));
+  double sum = 0.0;
+  for (int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(x[v]) - m);
+  return (static_cast<double>(x[id]) - m) - std::log(sum);
+}
+
+}  // namespace
+
+absl::Status CpuBackend::RunSample(const SampleArgs& args) {
+  for (int64_t r = 0; r < args.rows; ++r) {
+    const float* x = args.logits + r * args.ld;
+    bool any_finite = false;
+    for (int64_t v = 0; v < args.vocab; ++v) {
+      if (std::isnan(x[v]) || x[v] == std::numeric_limits<float>::infinity()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sample: logits[", r, ", ", v, "]=", x[v], " is NaN or +inf"));
+      }
+      any_finite = any_finite || std::isfinite(x[v]);
+    }
+    if (!any_finite) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sample: logits row ", r, " is all -inf (vocab=", args.vocab, ")"));
+    }
+  }
+  const int threads = cpu_kernels::ThreadsFor(num_threads(), args.rows * args.vocab);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    RowScratch scratch;
+    scratch.z.resize(args.vocab);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t r = 0; r < args.rows; ++r) {
+      const float* x = args.logits + r * args.ld;
+      const int32_t* seen_begin = nullptr;
+      const int32_t* seen_end = nullptr;
+      if (args.seen_offsets != nullptr) {
+        seen_begin = args.seen_ids + args.seen_offsets[r];
+        seen_end = args.seen_ids + args.seen_offsets[r + 1];
+      }
+      const RowResult res =
+          SampleRow(x, args.vocab, args.params[r], seen_begin, seen_end, &scratch);
+      args.ids[r] = res.id;
+      if (args.logprobs != nullptr) args.logprobs[r] = static_cast<float>(res.logprob);
+      if (args.raw_logprobs != nullptr) {
+        args.raw_logprobs[r] = static_cast<float>(RawLogprob(x, args.vocab, res.id));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace moe
