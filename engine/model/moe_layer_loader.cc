@@ -1,0 +1,121 @@
+#include "engine/model/moe_layer_loader.h"
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "engine/model/checkpoint_layout.h"
+#include "kernels/status_macros.h"
+
+namespace moe {
+namespace {
+
+bool IsMoeRole(TensorRole role) {
+  switch (role) {
+    case TensorRole::kRouter:
+    case TensorRole::kRouterBias:
+    case TensorRole::kExpert:
+    case TensorRole::kSharedExpert:
+    case TensorRole::kSharedExpertGate:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool IsWeightDType(DType t) { return t == DType::kF32 || t == DType::kBF16 || t == DType::kF16; }
+
+// Owns the aligned copies the MoeWeights views point at until the block has been created.
+class Staging {
+ public:
+  // The checkpoint tensor `want.name`, checked against `want`, copied out of the mapping.
+  absl::StatusOr<Tensor> Load(const SafetensorsCheckpoint& checkpoint, const ExpectedTensor& want) {
+    MOE_ASSIGN_OR_RETURN(SafetensorsTensor t, checkpoint.Tensor(want.name));
+    const SafetensorsFile* file = checkpoint.FileOf(want.name);
+    const std::string source = file != nullptr ? file->path() : std::string("checkpoint");
+    if (t.shape != want.shape) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": tensor \"", want.name,
+                                                     "\" has shape ", t.shape.ToString(),
+                                                     ", expected ", want.shape.ToString()));
+    }
+    if (!IsWeightDType(t.dtype)) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": tensor \"", want.name,
+                                                     "\" has dtype ", DTypeName(t.dtype),
+                                                     ", expected F32, BF16 or F16"));
+    }
+    // new[] of 8-byte words: aligned for every weight dtype, whatever the mapping's offset.
+    const size_t words = (static_cast<size_t>(t.byte_size) + 7) / 8;
+    storage_.push_back(std::make_unique<uint64_t[]>(words == 0 ? 1 : words));
+    std::memcpy(storage_.back().get(), t.data, static_cast<size_t>(t.byte_size));
+    return Tensor::Wrap(storage_.back().get(), Device::Cpu(), t.dtype, t.shape);
+  }
+
+ private:
+  std::vector<std::unique_ptr<uint64_t[]>> storage_;
+};
+
+}  // namespace
+
+MoeConfig MoeLayerConfig(const ModelConfig& config, DType run_dtype) {
+  MoeConfig moe = config.moe;
+  moe.dtype = run_dtype;
+  return moe;
+}
+
+absl::StatusOr<std::unique_ptr<MoeBlock>> LoadMoeLayer(const ModelConfig& config,
+                                                       const SafetensorsCheckpoint& checkpoint,
+                                                       int layer, DType run_dtype, Backend* backend,
+                                                       Allocator* allocator) {
+  if (layer < 0 || layer >= config.num_hidden_layers) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "LoadMoeLayer: layer ", layer, " is out of range [0, ", config.num_hidden_layers, ")"));
+  }
+  if (static_cast<size_t>(layer) >= config.layer_is_moe.size() || !config.layer_is_moe[layer]) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LoadMoeLayer: layer ", layer, " is a dense layer, not an MoE layer"));
+  }
+  const MoeConfig moe = MoeLayerConfig(config, run_dtype);
+  MoeWeights weights;
+  weights.w1.resize(moe.num_experts);
+  weights.w3.resize(moe.num_experts);
+  weights.w2.resize(moe.num_experts);
+  Staging staging;
+  for (const ExpectedTensor& want : ExpectedTensors(config)) {
+    if (want.layer != layer || !IsMoeRole(want.role)) continue;
+    MOE_ASSIGN_OR_RETURN(Tensor t, staging.Load(checkpoint, want));
+    const absl::string_view name = want.name;
+    // Mixtral names the projections w1 / w3 / w2, the other families gate / up / down_proj.
+    const bool is_w1 =
+        absl::EndsWith(name, ".w1.weight") || absl::EndsWith(name, ".gate_proj.weight");
+    const bool is_w3 =
+        absl::EndsWith(name, ".w3.weight") || absl::EndsWith(name, ".up_proj.weight");
+    switch (want.role) {
+      case TensorRole::kRouter:
+        weights.gate = t;
+        break;
+      case TensorRole::kRouterBias:
+        // transformers holds the bias even when the config routes without it.
+        if (moe.use_expert_bias) weights.expert_bias = t;
+        break;
+      case TensorRole::kExpert:
+        (is_w1 ? weights.w1 : is_w3 ? weights.w3 : weights.w2)[want.expert] = t;
+        break;
+      case TensorRole::kSharedExpert:
+        (is_w1 ? weights.shared_w1 : is_w3 ? weights.shared_w3 : weights.shared_w2) = t;
+        break;
+      case TensorRole::kSharedExpertGate:
+        weights.shared_gate = t;
+        break;
+      default:
+        break;
+    }
+  }
+  return MoeBlock::Create(moe, weights, backend, allocator);
+}
+
+}  // namespace moe

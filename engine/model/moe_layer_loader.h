@@ -1,0 +1,46 @@
+// Builds the MoE block of one layer from a Hugging Face checkpoint.
+//
+// The layer's router gate, DeepSeek-V3's e_score_correction_bias, the routed experts'
+// gate/up/down projections (Mixtral: w1/w3/w2), the shared experts and Qwen2-MoE's
+// shared_expert_gate are read under the names of ExpectedTensors (checkpoint_layout.h), copied
+// out of the memory map into aligned host staging (safetensors data may be unaligned) and handed
+// to MoeBlock::Create, which converts them to run_dtype and fuses them. The staging is freed
+// before returning; the block keeps no reference to the checkpoint.
+//
+// Thread-safety: a free function; the checkpoint is only read. The backend and allocator are
+// used as MoeBlock::Create uses them and must outlive the block.
+#ifndef MOE_ENGINE_MODEL_MOE_LAYER_LOADER_H_
+#define MOE_ENGINE_MODEL_MOE_LAYER_LOADER_H_
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "engine/layers/moe/moe_block.h"
+#include "engine/model/model_config.h"
+#include "engine/model/safetensors_index.h"
+#include "kernels/backend.h"
+#include "kernels/dtype.h"
+
+namespace moe {
+
+// The MoeConfig of `config`'s MoE layers with dtype = run_dtype.
+MoeConfig MoeLayerConfig(const ModelConfig& config, DType run_dtype);
+
+// The MoE block of layer `layer` (0-based) of `checkpoint`, computing in run_dtype (f32 or bf16).
+// Errors:
+//   InvalidArgument  layer outside [0, num_hidden_layers) or a dense layer, naming the layer:
+//                    "LoadMoeLayer: layer 0 is a dense layer, not an MoE layer";
+//                    a tensor of a shape other than ExpectedTensors' or of a dtype other than
+//                    F32 / BF16 / F16, naming the file and the tensor:
+//                    "<file>: tensor \"...\" has shape [8, 65], expected [8, 64]".
+//   NotFound         a tensor missing, naming the checkpoint and the tensor.
+//   Unimplemented    a tensor of a dtype the reader does not support, naming it.
+//   Anything MoeBlock::Create returns (an invalid run_dtype, ResourceExhausted).
+absl::StatusOr<std::unique_ptr<MoeBlock>> LoadMoeLayer(const ModelConfig& config,
+                                                       const SafetensorsCheckpoint& checkpoint,
+                                                       int layer, DType run_dtype, Backend* backend,
+                                                       Allocator* allocator);
+
+}  // namespace moe
+
+#endif  // MOE_ENGINE_MODEL_MOE_LAYER_LOADER_H_
