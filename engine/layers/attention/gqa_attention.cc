@@ -1,0 +1,425 @@
+#include "engine/layers/attention/gqa_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "engine/core/shape.h"
+#include "kernels/dtype.h"
+#include "kernels/rope_table.h"
+#include "kernels/status_macros.h"
+
+namespace moe {
+namespace {
+
+absl::Status Invalid(absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat("attention: ", what));
+}
+
+bool IsGiven(const Tensor& t) { return t.data() != nullptr || t.rank() > 0; }
+
+// A host weight: float dtype, expected shape, data. `name` is the GqaAttentionWeights field.
+absl::Status CheckWeight(absl::string_view name, const Tensor& t, const Shape& want, bool wanted) {
+  if (!wanted) {
+    if (IsGiven(t))
+      return Invalid(absl::StrCat(name, " is given but the config has no use for it"));
+    return absl::OkStatus();
+  }
+  if (!IsGiven(t)) return Invalid(absl::StrCat(name, " is missing"));
+  if (t.shape() != want) {
+    return Invalid(
+        absl::StrCat(name, " has shape ", t.shape().ToString(), ", expected ", want.ToString()));
+  }
+  if (t.dtype() != DType::kF32 && t.dtype() != DType::kBF16 && t.dtype() != DType::kF16) {
+    return Invalid(
+        absl::StrCat(name, " has dtype ", DTypeName(t.dtype()), ", expected f32, bf16 or f16"));
+  }
+  if (t.device() != Device::Cpu()) {
+    return Invalid(absl::StrCat(name, " is on ", t.device().ToString(), ", expected cpu"));
+  }
+  if (t.data() == nullptr) return Invalid(absl::StrCat(name, " has no data"));
+  return absl::OkStatus();
+}
+
+// Appends the values of a host tensor of f32, bf16 or f16 to `out` as floats.
+void AppendFloats(const Tensor& t, std::vector<float>* out) {
+  const int64_t n = t.numel();
+  out->reserve(out->size() + n);
+  for (int64_t i = 0; i < n; ++i) {
+    switch (t.dtype()) {
+      case DType::kF32:
+        out->push_back(static_cast<const float*>(t.data())[i]);
+        break;
+      case DType::kBF16:
+        out->push_back(Bf16ToFloat(static_cast<const bf16*>(t.data())[i]));
+        break;
+      default:
+        out->push_back(F16ToFloat(static_cast<const f16*>(t.data())[i]));
+        break;
+    }
+  }
+}
+
+// Storage of `v` in `dtype` (f32 or bf16), rounding to nearest even.
+std::vector<uint8_t> Encode(const std::vector<float>& v, DType dtype) {
+  std::vector<uint8_t> out(v.size() * DTypeSize(dtype));
+  if (dtype == DType::kF32) {
+    std::memcpy(out.data(), v.data(), out.size());
+  } else {
+    auto* dst = reinterpret_cast<bf16*>(out.data());
+    for (size_t i = 0; i < v.size(); ++i) dst[i] = FloatToBf16(v[i]);
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<Buffer>> UploadBytes(Backend* backend, Allocator* allocator,
+                                                    const std::vector<uint8_t>& bytes) {
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> buffer, allocator->Allocate(bytes.size()));
+  MOE_RETURN_IF_ERROR(backend->CopyFromHost(buffer->data(), bytes.data(), bytes.size()));
+  return buffer;
+}
+
+// Packs a host matrix [n, k] (nn.Linear's [out, in]) of `values` as a GEMM's B = W^T.
+absl::StatusOr<std::unique_ptr<PackedWeights>> PackLinear(Backend* backend,
+                                                          const std::vector<float>& values,
+                                                          int64_t n, int64_t k, DType dtype) {
+  const std::vector<uint8_t> bytes = Encode(values, dtype);
+  PackWeightsArgs args;
+  args.batch = 1;
+  args.k = k;
+  args.n = n;
+  args.b = bytes.data();
+  args.dtype = dtype;
+  args.ldb = k;
+  args.trans_b = true;
+  return backend->PackWeights(args);
+}
+
+}  // namespace
+
+absl::Status GqaAttentionConfig::Validate() const {
+  const auto positive = [](absl::string_view name, int64_t v) {
+    return v > 0 ? absl::OkStatus() : Invalid(absl::StrCat(name, "=", v, " must be > 0"));
+  };
+  MOE_RETURN_IF_ERROR(positive("hidden", hidden));
+  MOE_RETURN_IF_ERROR(positive("heads", heads));
+  MOE_RETURN_IF_ERROR(positive("kv_heads", kv_heads));
+  MOE_RETURN_IF_ERROR(positive("head_dim", head_dim));
+  MOE_RETURN_IF_ERROR(positive("max_positions", max_positions));
+  if (heads % kv_heads != 0) {
+    return Invalid(absl::StrCat("heads=", heads, " is not a multiple of kv_heads=", kv_heads));
+  }
+  if (head_dim % 2 != 0) return Invalid(absl::StrCat("head_dim=", head_dim, " must be even"));
+  if (!(rope_theta > 0) || !std::isfinite(rope_theta)) {
+    return Invalid(absl::StrCat("rope_theta=", rope_theta, " must be finite and > 0"));
+  }
+  if (sliding_window < 0) {
+    return Invalid(absl::StrCat("sliding_window=", sliding_window, " must be >= 0"));
+  }
+  if (!(rms_eps >= 0) || !std::isfinite(rms_eps)) {
+    return Invalid(absl::StrCat("rms_eps=", rms_eps, " must be finite and >= 0"));
+  }
+  if (dtype != DType::kF32 && dtype != DType::kBF16) {
+    return Invalid(absl::StrCat("dtype=", DTypeName(dtype), " must be f32 or bf16"));
+  }
+  return absl::OkStatus();
+}
+
+GqaAttention::GqaAttention(const GqaAttentionConfig& config, Backend* backend, Allocator* allocator)
+    : config_(config), backend_(backend), allocator_(allocator), workspace_(allocator) {}
+
+GqaAttention::~GqaAttention() = default;
+
+absl::StatusOr<std::unique_ptr<GqaAttention>> GqaAttention::Create(
+    const GqaAttentionConfig& config, const GqaAttentionWeights& weights, Backend* backend,
+    Allocator* allocator) {
+  MOE_RETURN_IF_ERROR(config.Validate());
+  const int64_t d = config.hidden, hd = config.head_dim;
+  const int64_t q_rows = config.heads * hd, kv_rows = config.kv_heads * hd;
+  MOE_RETURN_IF_ERROR(CheckWeight("q_proj", weights.q_proj, Shape{q_rows, d}, true));
+  MOE_RETURN_IF_ERROR(CheckWeight("k_proj", weights.k_proj, Shape{kv_rows, d}, true));
+  MOE_RETURN_IF_ERROR(CheckWeight("v_proj", weights.v_proj, Shape{kv_rows, d}, true));
+  MOE_RETURN_IF_ERROR(CheckWeight("o_proj", weights.o_proj, Shape{d, q_rows}, true));
+  MOE_RETURN_IF_ERROR(CheckWeight("q_bias", weights.q_bias, Shape{q_rows}, config.qkv_bias));
+  MOE_RETURN_IF_ERROR(CheckWeight("k_bias", weights.k_bias, Shape{kv_rows}, config.qkv_bias));
+  MOE_RETURN_IF_ERROR(CheckWeight("v_bias", weights.v_bias, Shape{kv_rows}, config.qkv_bias));
+  MOE_RETURN_IF_ERROR(CheckWeight("q_norm", weights.q_norm, Shape{hd}, config.qk_norm));
+  MOE_RETURN_IF_ERROR(CheckWeight("k_norm", weights.k_norm, Shape{hd}, config.qk_norm));
+
+  std::unique_ptr<GqaAttention> layer(new GqaAttention(config, backend, allocator));
+  layer->qkv_cols_ = q_rows + 2 * kv_rows;
+
+  // The rows of q, k and v stacked: one [qkv_cols, D] matrix, so one GEMM reads x once.
+  std::vector<float> values;
+  AppendFloats(weights.q_proj, &values);
+  AppendFloats(weights.k_proj, &values);
+  AppendFloats(weights.v_proj, &values);
+  MOE_ASSIGN_OR_RETURN(layer->qkv_weight_,
+                       PackLinear(backend, values, layer->qkv_cols_, d, config.dtype));
+  values.clear();
+  AppendFloats(weights.o_proj, &values);
+  MOE_ASSIGN_OR_RETURN(layer->o_weight_, PackLinear(backend, values, d, q_rows, config.dtype));
+
+  if (config.qkv_bias) {
+    // Bias in f32, added to the f32 GEMM result before the one rounding (torch's addmm).
+    values.clear();
+    AppendFloats(weights.q_bias, &values);
+    AppendFloats(weights.k_bias, &values);
+    AppendFloats(weights.v_bias, &values);
+    MOE_ASSIGN_OR_RETURN(layer->qkv_bias_,
+                         UploadBytes(backend, allocator, Encode(values, DType::kF32)));
+  }
+  if (config.qk_norm) {
+    values.clear();
+    AppendFloats(weights.q_norm, &values);
+    AppendFloats(weights.k_norm, &values);
+    MOE_ASSIGN_OR_RETURN(layer->norms_,
+                         UploadBytes(backend, allocator, Encode(values, config.dtype)));
+  }
+
+  RopeTableOptions rope;
+  rope.rotary_dim = hd;
+  rope.max_positions = config.max_positions;
+  rope.theta = config.rope_theta;
+  MOE_ASSIGN_OR_RETURN(const RopeTable table, MakeRopeTable(rope));
+  values = table.cos;
+  values.insert(values.end(), table.sin.begin(), table.sin.end());
+  MOE_ASSIGN_OR_RETURN(layer->rope_, UploadBytes(backend, allocator, Encode(values, DType::kF32)));
+  return layer;
+}
+
+size_t GqaAttention::WorkspaceBytes(int64_t tokens) const {
+  const size_t es = DTypeSize(config_.dtype);
+  size_t bytes = Workspace::Aligned(tokens * qkv_cols_ * es) +
+                 Workspace::Aligned(tokens * config_.heads * config_.head_dim * es);
+  if (config_.qkv_bias && config_.dtype != DType::kF32) {
+    bytes += Workspace::Aligned(tokens * qkv_cols_ * sizeof(float));
+  }
+  return bytes;
+}
+
+absl::Status GqaAttention::ReserveTokens(int64_t tokens) {
+  if (tokens < 0) return Invalid(absl::StrCat("ReserveTokens: tokens=", tokens, " must be >= 0"));
+  workspace_.Reset();
+  MOE_RETURN_IF_ERROR(workspace_.Reserve(WorkspaceBytes(tokens)));
+  reserved_tokens_ = std::max(reserved_tokens_, tokens);
+  return absl::OkStatus();
+}
+
+absl::Status GqaAttention::CheckInputs(const Tensor& x, const GqaAttentionBatch& batch,
+                                       const KvCacheView& cache, const Tensor& out) const {
+  const Device device = backend_->device();
+  const auto check = [&](absl::string_view name, const Tensor& t, DType dtype, const Shape& want,
+                         const std::string& want_text) -> absl::Status {
+    if (t.shape() != want) {
+      return Invalid(
+          absl::StrCat(name, " has shape ", t.shape().ToString(), ", expected ", want_text));
+    }
+    if (t.dtype() != dtype) {
+      return Invalid(
+          absl::StrCat(name, " has dtype ", DTypeName(t.dtype()), ", expected ", DTypeName(dtype)));
+    }
+    if (t.device() != device) {
+      return Invalid(absl::StrCat(name, " is on ", t.device().ToString(), ", expected ",
+                                  device.ToString(), " (the backend's device)"));
+    }
+    if (t.data() == nullptr && t.numel() > 0) return Invalid(absl::StrCat(name, " has no data"));
+    return absl::OkStatus();
+  };
+  const int64_t d = config_.hidden;
+  if (x.rank() != 2) {
+    return Invalid(absl::StrCat("x has shape ", x.shape().ToString(), ", expected [T, ", d, "]"));
+  }
+  const int64_t t = x.dim(0);
+  const std::string rows = absl::StrCat(t, " (x's rows)");
+  MOE_RETURN_IF_ERROR(check("x", x, config_.dtype, Shape{t, d}, absl::StrCat("[T, ", d, "]")));
+  MOE_RETURN_IF_ERROR(
+      check("out", out, config_.dtype, Shape{t, d}, absl::StrCat("[", t, ", ", d, "]")));
+  if (out.Overlaps(x)) return Invalid("out overlaps x");
+  MOE_RETURN_IF_ERROR(
+      check("positions", batch.positions, DType::kI32, Shape{t}, absl::StrCat("[", rows, "]")));
+  MOE_RETURN_IF_ERROR(
+      check("seq_ids", batch.seq_ids, DType::kI32, Shape{t}, absl::StrCat("[", rows, "]")));
+  MOE_RETURN_IF_ERROR(check("slot_mapping", batch.slot_mapping, DType::kI32, Shape{t},
+                            absl::StrCat("[", rows, "]")));
+  const Tensor& bt = batch.block_tables;
+  if (bt.rank() != 2) {
+    return Invalid(absl::StrCat("block_tables has shape ", bt.shape().ToString(),
+                                ", expected [num_seqs, max_blocks_per_seq]"));
+  }
+  MOE_RETURN_IF_ERROR(check("block_tables", bt, DType::kI32, bt.shape(), ""));
+  const Tensor& k = cache.k;
+  const int64_t kv = config_.kv_heads, hd = config_.head_dim;
+  const std::string cache_text = absl::StrCat("[num_blocks, block_size, ", kv, ", ", hd, "]");
+  if (k.rank() != 4 || k.dim(2) != kv || k.dim(3) != hd) {
+    return Invalid(
+        absl::StrCat("cache.k has shape ", k.shape().ToString(), ", expected ", cache_text));
+  }
+  MOE_RETURN_IF_ERROR(check("cache.k", k, config_.dtype, k.shape(), cache_text));
+  MOE_RETURN_IF_ERROR(check("cache.v", cache.v, config_.dtype, k.shape(),
+                            k.shape().ToString() + " (cache.k's shape)"));
+  if (k.Overlaps(cache.v)) return Invalid("cache.k overlaps cache.v");
+  if (out.Overlaps(k) || out.Overlaps(cache.v)) return Invalid("out overlaps the KV cache");
+  return absl::OkStatus();
+}
+
+absl::Status GqaAttention::Forward(const Tensor& x, const GqaAttentionBatch& batch,
+                                   const KvCacheView& cache, const Tensor& out) {
+  MOE_RETURN_IF_ERROR(CheckInputs(x, batch, cache, out));
+  const int64_t t = x.dim(0);
+  if (t == 0) return absl::OkStatus();
+  if (t > reserved_tokens_) MOE_RETURN_IF_ERROR(ReserveTokens(t));
+  workspace_.Reset();
+  const DType dtype = config_.dtype;
+  const int64_t h = config_.heads, kv = config_.kv_heads, hd = config_.head_dim;
+  const int64_t n = qkv_cols_, es = DTypeSize(dtype);
+  MOE_ASSIGN_OR_RETURN(const Tensor qkv, workspace_.Take(dtype, Shape{t, n}));
+  MOE_ASSIGN_OR_RETURN(const Tensor attn, workspace_.Take(dtype, Shape{t, h * hd}));
+  auto* qkv_data = static_cast<uint8_t*>(qkv.data());
+
+  GemmArgs proj;
+  proj.m = t;
+  proj.n = n;
+  proj.k = config_.hidden;
+  proj.a = x.data();
+  proj.a_dtype = dtype;
+  proj.lda = config_.hidden;
+  proj.b_dtype = dtype;
+  proj.packed_b = qkv_weight_.get();
+  proj.c = qkv.data();
+  proj.c_dtype = dtype;
+  proj.ldc = n;
+  if (config_.qkv_bias) {
+    // GEMM and bias in f32, then one rounding to the run dtype.
+    Tensor acc = qkv;
+    if (dtype != DType::kF32) {
+      MOE_ASSIGN_OR_RETURN(acc, workspace_.Take(DType::kF32, Shape{t, n}));
+    }
+    proj.c = acc.data();
+    proj.c_dtype = DType::kF32;
+    MOE_RETURN_IF_ERROR(backend_->Gemm(proj));
+    for (int64_t r = 0; r < t; ++r) {
+      AddArgs add;
+      add.n = n;
+      add.dtype = DType::kF32;
+      add.a = static_cast<float*>(acc.data()) + r * n;
+      add.b = qkv_bias_->data();
+      add.out = static_cast<float*>(acc.data()) + r * n;
+      MOE_RETURN_IF_ERROR(backend_->Add(add));
+    }
+    if (dtype != DType::kF32) {
+      CastArgs cast;
+      cast.n = t * n;
+      cast.src = acc.data();
+      cast.src_dtype = DType::kF32;
+      cast.dst = qkv.data();
+      cast.dst_dtype = dtype;
+      MOE_RETURN_IF_ERROR(backend_->Cast(cast));
+    }
+  } else {
+    MOE_RETURN_IF_ERROR(backend_->Gemm(proj));
+  }
+
+  uint8_t* q = qkv_data;
+  uint8_t* k = qkv_data + h * hd * es;
+  uint8_t* v = qkv_data + (h + kv) * hd * es;
+  if (config_.qk_norm) {
+    // Heads of one token are contiguous rows of hd, but q and k alternate between tokens in
+    // the fused layout, so one call per token and tensor.
+    const auto* norms = static_cast<const uint8_t*>(norms_->data());
+    for (int64_t r = 0; r < t; ++r) {
+      RmsNormArgs norm;
+      norm.cols = hd;
+      norm.dtype = dtype;
+      norm.eps = config_.rms_eps;
+      norm.x_ld = norm.out_ld = hd;
+      norm.rows = h;
+      norm.x = norm.out = q + r * n * es;
+      norm.weight = norms;
+      MOE_RETURN_IF_ERROR(backend_->RmsNorm(norm));
+      norm.rows = kv;
+      norm.x = norm.out = k + r * n * es;
+      norm.weight = norms + hd * es;
+      MOE_RETURN_IF_ERROR(backend_->RmsNorm(norm));
+    }
+  }
+
+  const auto* rope_table = static_cast<const float*>(rope_->data());
+  RopeArgs rope;
+  rope.rows = t;
+  rope.head_dim = hd;
+  rope.rotary_dim = hd;
+  rope.style = RopeStyle::kHalf;
+  rope.dtype = dtype;
+  rope.ld = n;
+  rope.positions = static_cast<const int32_t*>(batch.positions.data());
+  rope.cos = rope_table;
+  rope.sin = rope_table + config_.max_positions * (hd / 2);
+  rope.max_positions = config_.max_positions;
+  rope.heads = h;
+  rope.x = q;
+  MOE_RETURN_IF_ERROR(backend_->Rope(rope));
+  rope.heads = kv;
+  rope.x = k;
+  MOE_RETURN_IF_ERROR(backend_->Rope(rope));
+
+  const int64_t num_blocks = cache.k.dim(0), block_size = cache.k.dim(1);
+  KvWriteArgs write;
+  write.tokens = t;
+  write.kv_heads = kv;
+  write.head_dim = hd;
+  write.dtype = dtype;
+  write.k = k;
+  write.k_ld = n;
+  write.v = v;
+  write.v_ld = n;
+  write.slot_mapping = static_cast<const int32_t*>(batch.slot_mapping.data());
+  write.num_blocks = num_blocks;
+  write.block_size = block_size;
+  write.k_cache = cache.k.data();
+  write.v_cache = cache.v.data();
+  MOE_RETURN_IF_ERROR(backend_->KvWrite(write));
+
+  AttentionArgs att;
+  att.tokens = t;
+  att.heads = h;
+  att.kv_heads = kv;
+  att.head_dim = hd;
+  att.dtype = dtype;
+  att.q = q;
+  att.q_ld = n;
+  att.k_cache = cache.k.data();
+  att.v_cache = cache.v.data();
+  att.num_blocks = num_blocks;
+  att.block_size = block_size;
+  att.num_seqs = batch.block_tables.dim(0);
+  att.max_blocks_per_seq = batch.block_tables.dim(1);
+  att.block_tables = static_cast<const int32_t*>(batch.block_tables.data());
+  att.seq_ids = static_cast<const int32_t*>(batch.seq_ids.data());
+  att.positions = rope.positions;
+  att.sliding_window = config_.sliding_window;
+  att.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  att.out = attn.data();
+  att.out_ld = h * hd;
+  MOE_RETURN_IF_ERROR(backend_->Attention(att));
+
+  GemmArgs o;
+  o.m = t;
+  o.n = config_.hidden;
+  o.k = h * hd;
+  o.a = attn.data();
+  o.a_dtype = dtype;
+  o.lda = h * hd;
+  o.b_dtype = dtype;
+  o.packed_b = o_weight_.get();
+  o.c = out.data();
+  o.c_dtype = dtype;
+  o.ldc = config_.hidden;
+  return backend_->Gemm(o);
+}
+
+}  // namespace moe
