@@ -572,6 +572,15 @@ absl::Status Backend::Sample(const SampleArgs& a) {
       }
     }
   }
+  const size_t need = SampleWorkspaceBytes(a.rows, a.vocab);
+  if (a.workspace_bytes < need) {
+    return Invalid(kOp, absl::StrCat("workspace_bytes=", a.workspace_bytes, " is less than the ",
+                                     need, " bytes needed for rows=", a.rows, ", vocab=", a.vocab));
+  }
+  if (need > 0 && a.workspace == nullptr) {
+    return Invalid(kOp, absl::StrCat("workspace is null; ", need,
+                                     " bytes are needed for rows=", a.rows, ", vocab=", a.vocab));
+  }
   return RunSample(a);
 }
 

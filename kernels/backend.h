@@ -473,6 +473,11 @@ inline double SampleUniform(uint64_t seed, uint64_t step) {
 // a parameter outside its range (naming params[r], the field and the value), a seen id outside
 // [0, vocab), seen_offsets not starting at 0 or decreasing, a NaN or +inf logit, or a row
 // whose logits are all -inf (naming the row and column).
+// Workspace: the op allocates nothing; the caller passes `workspace`, memory of this backend's
+// device (any host memory for the CPU backend) of at least SampleWorkspaceBytes(rows, vocab)
+// bytes, with any alignment, that the call may overwrite (it keeps nothing there between
+// calls). InvalidArgument naming both sizes if workspace_bytes is smaller, or if workspace is
+// null while that is non-zero. Any sufficient size gives the same results.
 struct SampleArgs {
   int64_t rows = 0;
   int64_t vocab = 0;
@@ -485,6 +490,8 @@ struct SampleArgs {
   int32_t* ids = nullptr;             // out [rows]
   float* logprobs = nullptr;          // out [rows] or null
   float* raw_logprobs = nullptr;      // out [rows] or null
+  void* workspace = nullptr;          // scratch, [workspace_bytes]; see above
+  size_t workspace_bytes = 0;
 };
 
 class Backend {
@@ -539,6 +546,12 @@ class Backend {
   absl::Status KvWrite(const KvWriteArgs& args);
   absl::Status Attention(const AttentionArgs& args);
   absl::Status Sample(const SampleArgs& args);
+  // Bytes of SampleArgs::workspace that Sample needs for `rows` rows of `vocab` logits on this
+  // backend (0 when rows or vocab is <= 0). Backend-specific: it may grow with the backend's
+  // thread count (the CPU backend keeps a vocab-sized scratch per thread), so size workspaces
+  // from the backend that runs the op, at load, for the largest rows and vocab it will see: for
+  // a fixed backend it is non-decreasing in rows and in vocab, so that size serves every call.
+  virtual size_t SampleWorkspaceBytes(int64_t rows, int64_t vocab) const = 0;
 
  protected:
   Backend() = default;

@@ -31,6 +31,9 @@ class CpuBackend final : public Backend {
   absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes) override;
   absl::Status CopyOnDevice(void* dst, const void* src, size_t bytes) override;
   absl::Status Synchronize() override { return absl::OkStatus(); }
+  // For each thread that Sample uses (at most rows, and at most num_threads()): vocab doubles
+  // twice and vocab int32s, each 64-byte aligned; plus 63 bytes to align an unaligned workspace.
+  size_t SampleWorkspaceBytes(int64_t rows, int64_t vocab) const override;
 
   int num_threads() const { return num_threads_; }
 

@@ -1,10 +1,14 @@
 // Sample: the logits processors and the draw, one row per iteration in fp64. Every logit is
-// checked before any output is written, so a bad row leaves the outputs untouched.
+// checked before any output is written, so a bad row leaves the outputs untouched. Each thread
+// carves its scratch out of the caller's workspace; nothing is allocated.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <limits>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -20,17 +24,45 @@ struct RowResult {
   double logprob;
 };
 
-// Scratch of one thread, reused across its rows: z holds the processed logits (-inf for a
-// removed token), order the kept ids for top-p.
+// Scratch of one thread, reused across its rows, each array [vocab]: z holds the processed
+// logits (-inf for a removed token), values a copy for top-k's selection, order the kept ids
+// for top-p.
 struct RowScratch {
-  std::vector<double> z;
-  std::vector<int32_t> order;
-  std::vector<double> values;
+  double* z;
+  double* values;
+  int32_t* order;
 };
+
+constexpr size_t kScratchAlign = 64;
+
+size_t AlignUp(size_t n) { return (n + kScratchAlign - 1) / kScratchAlign * kScratchAlign; }
+
+// Bytes of one thread's RowScratch.
+size_t ThreadScratchBytes(int64_t vocab) {
+  const size_t v = static_cast<size_t>(vocab);
+  return 2 * AlignUp(v * sizeof(double)) + AlignUp(v * sizeof(int32_t));
+}
+
+// Threads (and so scratch slots) that Sample uses: never more than there are rows.
+int SampleThreads(int backend_threads, int64_t rows, int64_t vocab) {
+  const int threads = cpu_kernels::ThreadsFor(backend_threads, rows * vocab);
+  return static_cast<int>(std::min<int64_t>(threads, rows));
+}
+
+RowScratch CarveScratch(char* base, int64_t vocab) {
+  const size_t v = static_cast<size_t>(vocab);
+  RowScratch s;
+  s.z = reinterpret_cast<double*>(base);
+  base += AlignUp(v * sizeof(double));
+  s.values = reinterpret_cast<double*>(base);
+  base += AlignUp(v * sizeof(double));
+  s.order = reinterpret_cast<int32_t*>(base);
+  return s;
+}
 
 RowResult SampleRow(const float* x, int64_t vocab, const SamplingParams& p,
                     const int32_t* seen_begin, const int32_t* seen_end, RowScratch* s) {
-  std::vector<double>& z = s->z;
+  double* const z = s->z;
   for (int64_t v = 0; v < vocab; ++v) z[v] = x[v];
   // From the original logit, so an id seen twice is penalised once.
   if (p.repetition_penalty != 1.0f) {
@@ -51,10 +83,9 @@ RowResult SampleRow(const float* x, int64_t vocab, const SamplingParams& p,
   for (int64_t v = 0; v < vocab; ++v) z[v] /= temperature;
 
   if (p.top_k > 0 && p.top_k < vocab) {
-    std::vector<double>& values = s->values;
-    values.assign(z.begin(), z.begin() + vocab);
-    std::nth_element(values.begin(), values.begin() + (p.top_k - 1), values.end(),
-                     std::greater<double>());
+    double* const values = s->values;
+    std::copy(z, z + vocab, values);
+    std::nth_element(values, values + (p.top_k - 1), values + vocab, std::greater<double>());
     const double threshold = values[p.top_k - 1];
     for (int64_t v = 0; v < vocab; ++v) {
       if (z[v] < threshold) z[v] = kNegInf;
@@ -66,23 +97,23 @@ RowResult SampleRow(const float* x, int64_t vocab, const SamplingParams& p,
 
   if (p.top_p < 1.0f) {
     double sum = 0.0;
-    std::vector<int32_t>& order = s->order;
-    order.clear();
+    int32_t* const order = s->order;
+    int64_t kept = 0;
     for (int64_t v = 0; v < vocab; ++v) {
       if (z[v] == kNegInf) continue;
       sum += std::exp(z[v] - m);
-      order.push_back(static_cast<int32_t>(v));
+      order[kept++] = static_cast<int32_t>(v);
     }
-    std::sort(order.begin(), order.end(),
-              [&z](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); });
+    std::sort(order, order + kept,
+              [z](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); });
     const double top_p = p.top_p;
     double before = 0.0;
-    size_t keep = 0;
-    while (keep < order.size() && (keep == 0 || before < top_p)) {
+    int64_t keep = 0;
+    while (keep < kept && (keep == 0 || before < top_p)) {
       before += std::exp(z[order[keep]] - m) / sum;
       ++keep;
     }
-    for (size_t i = keep; i < order.size(); ++i) z[order[i]] = kNegInf;
+    for (int64_t i = keep; i < kept; ++i) z[order[i]] = kNegInf;
   }
 
   if (p.min_p > 0.0f) {
@@ -125,6 +156,12 @@ double RawLogprob(const float* x, int64_t vocab, int64_t id) {
 
 }  // namespace
 
+size_t CpuBackend::SampleWorkspaceBytes(int64_t rows, int64_t vocab) const {
+  if (rows <= 0 || vocab <= 0) return 0;
+  return (kScratchAlign - 1) +
+         static_cast<size_t>(SampleThreads(num_threads(), rows, vocab)) * ThreadScratchBytes(vocab);
+}
+
 absl::Status CpuBackend::RunSample(const SampleArgs& args) {
   for (int64_t r = 0; r < args.rows; ++r) {
     const float* x = args.logits + r * args.ld;
@@ -141,11 +178,20 @@ absl::Status CpuBackend::RunSample(const SampleArgs& args) {
           absl::StrCat("sample: logits row ", r, " is all -inf (vocab=", args.vocab, ")"));
     }
   }
-  const int threads = cpu_kernels::ThreadsFor(num_threads(), args.rows * args.vocab);
+  // Validation guarantees SampleWorkspaceBytes(rows, vocab) bytes: after aligning the base, at
+  // least one slot per thread. The cap only matters if OpenMP's default thread count changed
+  // since (num_threads() = 0); the results do not depend on the thread count.
+  const uintptr_t base = reinterpret_cast<uintptr_t>(args.workspace);
+  const uintptr_t aligned = (base + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
+  const size_t usable = args.workspace_bytes - static_cast<size_t>(aligned - base);
+  const size_t per_thread = ThreadScratchBytes(args.vocab);
+  const int threads = static_cast<int>(std::max<size_t>(
+      1,
+      std::min<size_t>(SampleThreads(num_threads(), args.rows, args.vocab), usable / per_thread)));
+  char* const slots = reinterpret_cast<char*>(aligned);
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    RowScratch scratch;
-    scratch.z.resize(args.vocab);
+    RowScratch scratch = CarveScratch(slots + omp_get_thread_num() * per_thread, args.vocab);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t r = 0; r < args.rows; ++r) {
       const float* x = args.logits + r * args.ld;

@@ -61,6 +61,8 @@ class FakeBackend final : public Backend {
     return absl::OkStatus();
   }
   absl::Status Synchronize() override { return absl::OkStatus(); }
+  // RunSample is unimplemented, so Sample needs no scratch here.
+  size_t SampleWorkspaceBytes(int64_t, int64_t) const override { return 0; }
 
   int allocate_calls() const { return allocate_calls_; }
   int free_calls() const { return free_calls_; }

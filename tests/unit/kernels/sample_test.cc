@@ -1,6 +1,7 @@
 // Sample: greedy ties, each logits processor against a float64 reference of the filtered
 // distribution, draw frequencies against it, reproducibility from (seed, step), thread-count
-// independence, and validation at the exact limits.
+// independence, the caller's workspace (checked at its exact limit, and results that do not
+// depend on its size or alignment), and validation at the exact limits.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -111,6 +113,9 @@ absl::Status SampleShared(Backend* b, const std::vector<float>& logits, Sampling
   a.ids = run->ids.data();
   a.logprobs = run->logprobs.data();
   a.raw_logprobs = run->raw_logprobs.data();
+  std::vector<char> workspace(b->SampleWorkspaceBytes(rows, vocab));
+  a.workspace = workspace.data();
+  a.workspace_bytes = workspace.size();
   return b->Sample(a);
 }
 
@@ -327,6 +332,9 @@ TEST_F(SampleTest, OneAndTwoThreadsIdentical) {
     a.ids = runs[i].ids.data();
     a.logprobs = runs[i].logprobs.data();
     a.raw_logprobs = runs[i].raw_logprobs.data();
+    std::vector<char> workspace(backends[i]->SampleWorkspaceBytes(kRows, kVocab));
+    a.workspace = workspace.data();
+    a.workspace_bytes = workspace.size();
     ASSERT_TRUE(backends[i]->Sample(a).ok());
   }
   EXPECT_EQ(runs[0].ids, runs[1].ids);
@@ -346,6 +354,9 @@ absl::Status SampleWith(Backend* b, const SamplingParams& p) {
   a.ld = 3;
   a.params = params.data();
   a.ids = ids;
+  std::vector<char> workspace(b->SampleWorkspaceBytes(a.rows, a.vocab));
+  a.workspace = workspace.data();
+  a.workspace_bytes = workspace.size();
   return b->Sample(a);
 }
 
@@ -435,6 +446,9 @@ TEST_F(SampleTest, ShapesSeenIdsAndLogitsValidated) {
   a.seen_offsets = offsets;
   a.seen_ids = seen;
   a.ids = ids;
+  std::vector<char> workspace(one_.SampleWorkspaceBytes(a.rows, a.vocab));
+  a.workspace = workspace.data();
+  a.workspace_bytes = workspace.size();
   const auto message = [&](const SampleArgs& args) {
     return std::string(one_.Sample(args).message());
   };
@@ -476,6 +490,106 @@ TEST_F(SampleTest, ShapesSeenIdsAndLogitsValidated) {
   EXPECT_EQ(message(a), "sample: logits row 1 is all -inf (vocab=3)");
   EXPECT_EQ(ids[0], -7);
   EXPECT_EQ(ids[1], -7);
+}
+
+TEST_F(SampleTest, WorkspaceValidatedAtExactLimit) {
+  const std::vector<float> logits = {0.0f, 1.0f, 2.0f, 3.0f, 4.0f, 5.0f};
+  std::vector<SamplingParams> params(2);
+  int32_t ids[2] = {-7, -7};
+  SampleArgs a;
+  a.rows = 2;
+  a.vocab = 3;
+  a.logits = logits.data();
+  a.ld = 3;
+  a.params = params.data();
+  a.ids = ids;
+  for (CpuBackend* b : {&one_, &two_}) {
+    const size_t need = b->SampleWorkspaceBytes(a.rows, a.vocab);
+    ASSERT_GT(need, 0u);
+    std::vector<char> workspace(need);
+    a.workspace = workspace.data();
+    a.workspace_bytes = need - 1;
+    absl::Status s = b->Sample(a);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_EQ(s.message(), absl::StrCat("sample: workspace_bytes=", need - 1, " is less than the ",
+                                        need, " bytes needed for rows=2, vocab=3"));
+    EXPECT_EQ(ids[0], -7);
+    a.workspace_bytes = 0;
+    EXPECT_EQ(b->Sample(a).message(), absl::StrCat("sample: workspace_bytes=0 is less than the ",
+                                                   need, " bytes needed for rows=2, vocab=3"));
+    a.workspace = nullptr;
+    a.workspace_bytes = need;
+    EXPECT_EQ(b->Sample(a).message(), absl::StrCat("sample: workspace is null; ", need,
+                                                   " bytes are needed for rows=2, vocab=3"));
+    EXPECT_EQ(ids[0], -7);
+    a.workspace = workspace.data();
+    s = b->Sample(a);
+    EXPECT_TRUE(s.ok()) << s;
+    EXPECT_GE(ids[0], 0);
+    EXPECT_LT(ids[0], 3);
+    ids[0] = ids[1] = -7;
+  }
+  // No rows need no workspace.
+  EXPECT_EQ(one_.SampleWorkspaceBytes(0, 3), 0u);
+  a.rows = 0;
+  a.workspace = nullptr;
+  a.workspace_bytes = 0;
+  EXPECT_TRUE(one_.Sample(a).ok());
+  // The need grows with rows and vocab; with two threads, up to two slots.
+  EXPECT_LE(one_.SampleWorkspaceBytes(1, 4096), one_.SampleWorkspaceBytes(1, 4097));
+  EXPECT_EQ(one_.SampleWorkspaceBytes(64, 4096), one_.SampleWorkspaceBytes(1, 4096));
+  EXPECT_GT(two_.SampleWorkspaceBytes(64, 4096), one_.SampleWorkspaceBytes(64, 4096));
+}
+
+TEST_F(SampleTest, ResultsIndependentOfWorkspaceSizeAndAlignment) {
+  std::mt19937_64 rng(TestSeed());
+  constexpr int64_t kRows = 64, kVocab = 4096;
+  const std::vector<float> logits = RandomLogits(kRows * kVocab, rng, 2.0);
+  std::vector<SamplingParams> params(kRows);
+  for (int64_t r = 0; r < kRows; ++r) {
+    params[r].temperature = r % 4 == 0 ? 0.0f : 0.7f;
+    params[r].top_k = r % 3 == 0 ? 40 : 0;
+    params[r].top_p = r % 5 == 0 ? 0.9f : 1.0f;
+    params[r].min_p = r % 2 == 0 ? 0.01f : 0.0f;
+    params[r].seed = 77 + r;
+    params[r].step = r;
+  }
+  for (CpuBackend* b : {&one_, &two_}) {
+    const size_t need = b->SampleWorkspaceBytes(kRows, kVocab);
+    // Each case: (offset of the workspace into the buffer, workspace_bytes).
+    const std::vector<std::pair<size_t, size_t>> cases = {
+        {0, need}, {1, need}, {63, need}, {0, need + 1}, {8, 10 * need}};
+    Draws first;
+    for (size_t i = 0; i < cases.size(); ++i) {
+      SCOPED_TRACE(absl::StrCat("offset=", cases[i].first, " bytes=", cases[i].second));
+      // Garbage in the workspace must not matter either.
+      std::vector<char> buffer(cases[i].first + cases[i].second, static_cast<char>(0x7f + i));
+      Draws run;
+      run.ids.assign(kRows, -1);
+      run.logprobs.assign(kRows, 0.0f);
+      run.raw_logprobs.assign(kRows, 0.0f);
+      SampleArgs a;
+      a.rows = kRows;
+      a.vocab = kVocab;
+      a.logits = logits.data();
+      a.ld = kVocab;
+      a.params = params.data();
+      a.ids = run.ids.data();
+      a.logprobs = run.logprobs.data();
+      a.raw_logprobs = run.raw_logprobs.data();
+      a.workspace = buffer.data() + cases[i].first;
+      a.workspace_bytes = cases[i].second;
+      const absl::Status s = b->Sample(a);
+      ASSERT_TRUE(s.ok()) << s;
+      if (i == 0) {
+        first = run;
+        continue;
+      }
+      EXPECT_EQ(run.ids, first.ids);
+      EXPECT_EQ(run.logprobs, first.logprobs);
+      EXPECT_EQ(run.raw_logprobs, first.raw_logprobs);
+    }
+  }
 }
 
 }  // namespace
