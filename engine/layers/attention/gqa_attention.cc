@@ -2,13 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "engine/core/shape.h"
+#include "engine/layers/host_weights.h"
 #include "kernels/dtype.h"
 #include "kernels/rope_table.h"
 #include "kernels/status_macros.h"
@@ -18,85 +18,6 @@ namespace {
 
 absl::Status Invalid(absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("attention: ", what));
-}
-
-bool IsGiven(const Tensor& t) { return t.data() != nullptr || t.rank() > 0; }
-
-// A host weight: float dtype, expected shape, data. `name` is the GqaAttentionWeights field.
-absl::Status CheckWeight(absl::string_view name, const Tensor& t, const Shape& want, bool wanted) {
-  if (!wanted) {
-    if (IsGiven(t))
-      return Invalid(absl::StrCat(name, " is given but the config has no use for it"));
-    return absl::OkStatus();
-  }
-  if (!IsGiven(t)) return Invalid(absl::StrCat(name, " is missing"));
-  if (t.shape() != want) {
-    return Invalid(
-        absl::StrCat(name, " has shape ", t.shape().ToString(), ", expected ", want.ToString()));
-  }
-  if (t.dtype() != DType::kF32 && t.dtype() != DType::kBF16 && t.dtype() != DType::kF16) {
-    return Invalid(
-        absl::StrCat(name, " has dtype ", DTypeName(t.dtype()), ", expected f32, bf16 or f16"));
-  }
-  if (t.device() != Device::Cpu()) {
-    return Invalid(absl::StrCat(name, " is on ", t.device().ToString(), ", expected cpu"));
-  }
-  if (t.data() == nullptr) return Invalid(absl::StrCat(name, " has no data"));
-  return absl::OkStatus();
-}
-
-// Appends the values of a host tensor of f32, bf16 or f16 to `out` as floats.
-void AppendFloats(const Tensor& t, std::vector<float>* out) {
-  const int64_t n = t.numel();
-  out->reserve(out->size() + n);
-  for (int64_t i = 0; i < n; ++i) {
-    switch (t.dtype()) {
-      case DType::kF32:
-        out->push_back(static_cast<const float*>(t.data())[i]);
-        break;
-      case DType::kBF16:
-        out->push_back(Bf16ToFloat(static_cast<const bf16*>(t.data())[i]));
-        break;
-      default:
-        out->push_back(F16ToFloat(static_cast<const f16*>(t.data())[i]));
-        break;
-    }
-  }
-}
-
-// Storage of `v` in `dtype` (f32 or bf16), rounding to nearest even.
-std::vector<uint8_t> Encode(const std::vector<float>& v, DType dtype) {
-  std::vector<uint8_t> out(v.size() * DTypeSize(dtype));
-  if (dtype == DType::kF32) {
-    std::memcpy(out.data(), v.data(), out.size());
-  } else {
-    auto* dst = reinterpret_cast<bf16*>(out.data());
-    for (size_t i = 0; i < v.size(); ++i) dst[i] = FloatToBf16(v[i]);
-  }
-  return out;
-}
-
-absl::StatusOr<std::unique_ptr<Buffer>> UploadBytes(Backend* backend, Allocator* allocator,
-                                                    const std::vector<uint8_t>& bytes) {
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> buffer, allocator->Allocate(bytes.size()));
-  MOE_RETURN_IF_ERROR(backend->CopyFromHost(buffer->data(), bytes.data(), bytes.size()));
-  return buffer;
-}
-
-// Packs a host matrix [n, k] (nn.Linear's [out, in]) of `values` as a GEMM's B = W^T.
-absl::StatusOr<std::unique_ptr<PackedWeights>> PackLinear(Backend* backend,
-                                                          const std::vector<float>& values,
-                                                          int64_t n, int64_t k, DType dtype) {
-  const std::vector<uint8_t> bytes = Encode(values, dtype);
-  PackWeightsArgs args;
-  args.batch = 1;
-  args.k = k;
-  args.n = n;
-  args.b = bytes.data();
-  args.dtype = dtype;
-  args.ldb = k;
-  args.trans_b = true;
-  return backend->PackWeights(args);
 }
 
 }  // namespace
@@ -140,45 +61,51 @@ absl::StatusOr<std::unique_ptr<GqaAttention>> GqaAttention::Create(
   MOE_RETURN_IF_ERROR(config.Validate());
   const int64_t d = config.hidden, hd = config.head_dim;
   const int64_t q_rows = config.heads * hd, kv_rows = config.kv_heads * hd;
-  MOE_RETURN_IF_ERROR(CheckWeight("q_proj", weights.q_proj, Shape{q_rows, d}, true));
-  MOE_RETURN_IF_ERROR(CheckWeight("k_proj", weights.k_proj, Shape{kv_rows, d}, true));
-  MOE_RETURN_IF_ERROR(CheckWeight("v_proj", weights.v_proj, Shape{kv_rows, d}, true));
-  MOE_RETURN_IF_ERROR(CheckWeight("o_proj", weights.o_proj, Shape{d, q_rows}, true));
-  MOE_RETURN_IF_ERROR(CheckWeight("q_bias", weights.q_bias, Shape{q_rows}, config.qkv_bias));
-  MOE_RETURN_IF_ERROR(CheckWeight("k_bias", weights.k_bias, Shape{kv_rows}, config.qkv_bias));
-  MOE_RETURN_IF_ERROR(CheckWeight("v_bias", weights.v_bias, Shape{kv_rows}, config.qkv_bias));
-  MOE_RETURN_IF_ERROR(CheckWeight("q_norm", weights.q_norm, Shape{hd}, config.qk_norm));
-  MOE_RETURN_IF_ERROR(CheckWeight("k_norm", weights.k_norm, Shape{hd}, config.qk_norm));
+  MOE_RETURN_IF_ERROR(CheckHostWeight("attention", "q_proj", weights.q_proj, Shape{q_rows, d}));
+  MOE_RETURN_IF_ERROR(CheckHostWeight("attention", "k_proj", weights.k_proj, Shape{kv_rows, d}));
+  MOE_RETURN_IF_ERROR(CheckHostWeight("attention", "v_proj", weights.v_proj, Shape{kv_rows, d}));
+  MOE_RETURN_IF_ERROR(CheckHostWeight("attention", "o_proj", weights.o_proj, Shape{d, q_rows}));
+  MOE_RETURN_IF_ERROR(
+      CheckHostWeight("attention", "q_bias", weights.q_bias, Shape{q_rows}, config.qkv_bias));
+  MOE_RETURN_IF_ERROR(
+      CheckHostWeight("attention", "k_bias", weights.k_bias, Shape{kv_rows}, config.qkv_bias));
+  MOE_RETURN_IF_ERROR(
+      CheckHostWeight("attention", "v_bias", weights.v_bias, Shape{kv_rows}, config.qkv_bias));
+  MOE_RETURN_IF_ERROR(
+      CheckHostWeight("attention", "q_norm", weights.q_norm, Shape{hd}, config.qk_norm));
+  MOE_RETURN_IF_ERROR(
+      CheckHostWeight("attention", "k_norm", weights.k_norm, Shape{hd}, config.qk_norm));
 
   std::unique_ptr<GqaAttention> layer(new GqaAttention(config, backend, allocator));
   layer->qkv_cols_ = q_rows + 2 * kv_rows;
 
   // The rows of q, k and v stacked: one [qkv_cols, D] matrix, so one GEMM reads x once.
   std::vector<float> values;
-  AppendFloats(weights.q_proj, &values);
-  AppendFloats(weights.k_proj, &values);
-  AppendFloats(weights.v_proj, &values);
-  MOE_ASSIGN_OR_RETURN(layer->qkv_weight_,
-                       PackLinear(backend, values, layer->qkv_cols_, d, config.dtype));
+  AppendHostFloats(weights.q_proj, &values);
+  AppendHostFloats(weights.k_proj, &values);
+  AppendHostFloats(weights.v_proj, &values);
+  MOE_ASSIGN_OR_RETURN(layer->qkv_weight_, PackLinear(backend, EncodeFloats(values, config.dtype),
+                                                      layer->qkv_cols_, d, config.dtype));
   values.clear();
-  AppendFloats(weights.o_proj, &values);
-  MOE_ASSIGN_OR_RETURN(layer->o_weight_, PackLinear(backend, values, d, q_rows, config.dtype));
+  AppendHostFloats(weights.o_proj, &values);
+  MOE_ASSIGN_OR_RETURN(layer->o_weight_, PackLinear(backend, EncodeFloats(values, config.dtype), d,
+                                                    q_rows, config.dtype));
 
   if (config.qkv_bias) {
     // Bias in f32, added to the f32 GEMM result before the one rounding (torch's addmm).
     values.clear();
-    AppendFloats(weights.q_bias, &values);
-    AppendFloats(weights.k_bias, &values);
-    AppendFloats(weights.v_bias, &values);
+    AppendHostFloats(weights.q_bias, &values);
+    AppendHostFloats(weights.k_bias, &values);
+    AppendHostFloats(weights.v_bias, &values);
     MOE_ASSIGN_OR_RETURN(layer->qkv_bias_,
-                         UploadBytes(backend, allocator, Encode(values, DType::kF32)));
+                         UploadBytes(backend, allocator, EncodeFloats(values, DType::kF32)));
   }
   if (config.qk_norm) {
     values.clear();
-    AppendFloats(weights.q_norm, &values);
-    AppendFloats(weights.k_norm, &values);
+    AppendHostFloats(weights.q_norm, &values);
+    AppendHostFloats(weights.k_norm, &values);
     MOE_ASSIGN_OR_RETURN(layer->norms_,
-                         UploadBytes(backend, allocator, Encode(values, config.dtype)));
+                         UploadBytes(backend, allocator, EncodeFloats(values, config.dtype)));
   }
 
   RopeTableOptions rope;
@@ -188,7 +115,8 @@ absl::StatusOr<std::unique_ptr<GqaAttention>> GqaAttention::Create(
   MOE_ASSIGN_OR_RETURN(const RopeTable table, MakeRopeTable(rope));
   values = table.cos;
   values.insert(values.end(), table.sin.begin(), table.sin.end());
-  MOE_ASSIGN_OR_RETURN(layer->rope_, UploadBytes(backend, allocator, Encode(values, DType::kF32)));
+  MOE_ASSIGN_OR_RETURN(layer->rope_,
+                       UploadBytes(backend, allocator, EncodeFloats(values, DType::kF32)));
   return layer;
 }
 

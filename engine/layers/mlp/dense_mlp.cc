@@ -1,7 +1,6 @@
 #include "engine/layers/mlp/dense_mlp.h"
 
 #include <algorithm>
-#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
@@ -9,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "engine/core/shape.h"
+#include "engine/layers/host_weights.h"
 #include "kernels/dtype.h"
 #include "kernels/status_macros.h"
 
@@ -17,69 +17,6 @@ namespace {
 
 absl::Status Invalid(absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("dense_mlp: ", what));
-}
-
-// A host weight: expected shape, float dtype, cpu, data. `name` is the DenseMlpWeights field.
-absl::Status CheckWeight(absl::string_view name, const Tensor& t, const Shape& want) {
-  if (t.data() == nullptr && t.rank() == 0) return Invalid(absl::StrCat(name, " is missing"));
-  if (t.shape() != want) {
-    return Invalid(
-        absl::StrCat(name, " has shape ", t.shape().ToString(), ", expected ", want.ToString()));
-  }
-  if (t.dtype() != DType::kF32 && t.dtype() != DType::kBF16 && t.dtype() != DType::kF16) {
-    return Invalid(
-        absl::StrCat(name, " has dtype ", DTypeName(t.dtype()), ", expected f32, bf16 or f16"));
-  }
-  if (t.device() != Device::Cpu()) {
-    return Invalid(absl::StrCat(name, " is on ", t.device().ToString(), ", expected cpu"));
-  }
-  if (t.data() == nullptr) return Invalid(absl::StrCat(name, " has no data"));
-  return absl::OkStatus();
-}
-
-// Appends the values of a host tensor of f32, bf16 or f16 to `out` in `dtype` storage (f32 or
-// bf16), rounding to nearest even.
-void AppendAs(const Tensor& t, DType dtype, std::vector<uint8_t>* out) {
-  const int64_t n = t.numel();
-  const size_t es = DTypeSize(dtype);
-  const size_t start = out->size();
-  out->resize(start + n * es);
-  uint8_t* dst = out->data() + start;
-  for (int64_t i = 0; i < n; ++i) {
-    float v;
-    switch (t.dtype()) {
-      case DType::kF32:
-        v = static_cast<const float*>(t.data())[i];
-        break;
-      case DType::kBF16:
-        v = Bf16ToFloat(static_cast<const bf16*>(t.data())[i]);
-        break;
-      default:
-        v = F16ToFloat(static_cast<const f16*>(t.data())[i]);
-        break;
-    }
-    if (dtype == DType::kF32) {
-      std::memcpy(dst + i * es, &v, es);
-    } else {
-      const bf16 b = FloatToBf16(v);
-      std::memcpy(dst + i * es, &b, es);
-    }
-  }
-}
-
-// Packs a host matrix [n, k] (nn.Linear's [out, in]) as a GEMM's B = W^T [k, n].
-absl::StatusOr<std::unique_ptr<PackedWeights>> PackLinear(Backend* backend,
-                                                          const std::vector<uint8_t>& bytes,
-                                                          int64_t n, int64_t k, DType dtype) {
-  PackWeightsArgs args;
-  args.batch = 1;
-  args.k = k;
-  args.n = n;
-  args.b = bytes.data();
-  args.dtype = dtype;
-  args.ldb = k;
-  args.trans_b = true;
-  return backend->PackWeights(args);
 }
 
 }  // namespace
@@ -103,19 +40,19 @@ absl::StatusOr<std::unique_ptr<DenseMlp>> DenseMlp::Create(const DenseMlpConfig&
                                                            Backend* backend, Allocator* allocator) {
   MOE_RETURN_IF_ERROR(config.Validate());
   const int64_t d = config.hidden, i = config.inter;
-  MOE_RETURN_IF_ERROR(CheckWeight("gate_proj", weights.gate_proj, Shape{i, d}));
-  MOE_RETURN_IF_ERROR(CheckWeight("up_proj", weights.up_proj, Shape{i, d}));
-  MOE_RETURN_IF_ERROR(CheckWeight("down_proj", weights.down_proj, Shape{d, i}));
+  MOE_RETURN_IF_ERROR(CheckHostWeight("dense_mlp", "gate_proj", weights.gate_proj, Shape{i, d}));
+  MOE_RETURN_IF_ERROR(CheckHostWeight("dense_mlp", "up_proj", weights.up_proj, Shape{i, d}));
+  MOE_RETURN_IF_ERROR(CheckHostWeight("dense_mlp", "down_proj", weights.down_proj, Shape{d, i}));
 
   std::unique_ptr<DenseMlp> layer(new DenseMlp(config, backend, allocator));
   // gate rows then up rows: one [2I, D] matrix, so one GEMM reads x once and writes the
   // [gate | up] rows SwiGlu expects.
   std::vector<uint8_t> bytes;
-  AppendAs(weights.gate_proj, config.dtype, &bytes);
-  AppendAs(weights.up_proj, config.dtype, &bytes);
+  AppendHostAs(weights.gate_proj, config.dtype, &bytes);
+  AppendHostAs(weights.up_proj, config.dtype, &bytes);
   MOE_ASSIGN_OR_RETURN(layer->gate_up_weight_, PackLinear(backend, bytes, 2 * i, d, config.dtype));
   bytes.clear();
-  AppendAs(weights.down_proj, config.dtype, &bytes);
+  AppendHostAs(weights.down_proj, config.dtype, &bytes);
   MOE_ASSIGN_OR_RETURN(layer->down_weight_, PackLinear(backend, bytes, d, i, config.dtype));
   return layer;
 }
