@@ -525,6 +525,26 @@ absl::Status Backend::Attention(const AttentionArgs& a) {
   return RunAttention(a);
 }
 
+absl::Status CheckSamplingParams(const SamplingParams& p, absl::string_view name) {
+  // %.9g prints every float exactly enough to tell 1 from the next float above it.
+  const auto bad = [&](absl::string_view field, float value, absl::string_view rule) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s.%s=%.9g %s", name, field, value, rule));
+  };
+  // Written so that NaN fails every check.
+  if (!(p.temperature >= 0.0f && std::isfinite(p.temperature))) {
+    return bad("temperature", p.temperature, "must be finite and >= 0");
+  }
+  if (p.top_k < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ".top_k=", p.top_k, " is negative"));
+  }
+  if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) return bad("top_p", p.top_p, "is outside (0, 1]");
+  if (!(p.min_p >= 0.0f && p.min_p <= 1.0f)) return bad("min_p", p.min_p, "is outside [0, 1]");
+  if (!(p.repetition_penalty > 0.0f && std::isfinite(p.repetition_penalty))) {
+    return bad("repetition_penalty", p.repetition_penalty, "must be finite and > 0");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Backend::Sample(const SampleArgs& a) {
   constexpr absl::string_view kOp = "sample";
   MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "rows", a.rows));
@@ -535,23 +555,7 @@ absl::Status Backend::Sample(const SampleArgs& a) {
   MOE_RETURN_IF_ERROR(CheckPointer(kOp, "params", a.params));
   MOE_RETURN_IF_ERROR(CheckPointer(kOp, "ids", a.ids));
   for (int64_t r = 0; r < a.rows; ++r) {
-    const SamplingParams& p = a.params[r];
-    // %.9g prints every float exactly enough to tell 1 from the next float above it.
-    const auto bad = [&](absl::string_view field, float value, absl::string_view rule) {
-      return Invalid(kOp, absl::StrFormat("params[%d].%s=%.9g %s", r, field, value, rule));
-    };
-    // Written so that NaN fails every check.
-    if (!(p.temperature >= 0.0f && std::isfinite(p.temperature))) {
-      return bad("temperature", p.temperature, "must be finite and >= 0");
-    }
-    if (p.top_k < 0) {
-      return Invalid(kOp, absl::StrCat("params[", r, "].top_k=", p.top_k, " is negative"));
-    }
-    if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) return bad("top_p", p.top_p, "is outside (0, 1]");
-    if (!(p.min_p >= 0.0f && p.min_p <= 1.0f)) return bad("min_p", p.min_p, "is outside [0, 1]");
-    if (!(p.repetition_penalty > 0.0f && std::isfinite(p.repetition_penalty))) {
-      return bad("repetition_penalty", p.repetition_penalty, "must be finite and > 0");
-    }
+    MOE_RETURN_IF_ERROR(CheckSamplingParams(a.params[r], absl::StrCat(kOp, ": params[", r, "]")));
   }
   if (a.seen_offsets != nullptr) {
     if (a.seen_offsets[0] != 0) {

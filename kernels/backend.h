@@ -24,6 +24,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "kernels/device.h"
 #include "kernels/dtype.h"
 
@@ -430,6 +431,10 @@ struct SamplingParams {
   uint64_t seed = 0;                // with step, the only source of randomness
   uint64_t step = 0;                // e.g. the number of tokens generated so far
 };
+
+// OK if every field of p is in its range above, else InvalidArgument
+// "<name>.<field>=<value> <rule>", e.g. "request 3: sampling.top_p=1.5 is outside (0, 1]".
+absl::Status CheckSamplingParams(const SamplingParams& p, absl::string_view name);
 
 // The uniform in [0, 1) that Sample draws for a row: a pure function of (seed, step), the
 // same on every backend. SplitMix64's finaliser of the seed, xor the finalised step, finalised

@@ -165,7 +165,8 @@ absl::Status ReadYarn(const Fields& r, RopeConfig* rope) {
                        r.Positive("original_max_position_embeddings"));
   MOE_ASSIGN_OR_RETURN(rope->beta_fast, r.NumberOr("beta_fast", 32.0));
   MOE_ASSIGN_OR_RETURN(rope->beta_slow, r.NumberOr("beta_slow", 1.0));
-  MOE_ASSIGN_OR_RETURN(rope->mscale, r.NumberOr("mscale", 1.0));
+  // Absent = 0, as HF treats a missing (falsy) mscale: it changes the YaRN attention factor.
+  MOE_ASSIGN_OR_RETURN(rope->mscale, r.NumberOr("mscale", 0.0));
   MOE_ASSIGN_OR_RETURN(rope->mscale_all_dim, r.NumberOr("mscale_all_dim", 0.0));
   if (r.Has("attention_factor")) return r.Unsupported(r.Name("attention_factor"));
   return absl::OkStatus();

@@ -24,7 +24,7 @@
 // attention_bias, use_sliding_window = false (Qwen2-MoE's qkv bias: qkv_bias, default true);
 // decoder_sparse_step = 1; mlp_only_layers = []; moe_layer_freq = 1; norm_topk_prob = false
 // (Qwen) / true (DeepSeek-V3); scoring_func = "sigmoid"; topk_method = "noaux_tc";
-// rope_interleave = true (DeepSeek-V3); YaRN beta_fast = 32, beta_slow = 1, mscale = 1,
+// rope_interleave = true (DeepSeek-V3); YaRN beta_fast = 32, beta_slow = 1, mscale = 0 (absent),
 // mscale_all_dim = 0. Everything else a family uses is required.
 #ifndef MOE_ENGINE_MODEL_MODEL_CONFIG_H_
 #define MOE_ENGINE_MODEL_MODEL_CONFIG_H_
@@ -57,7 +57,7 @@ struct RopeConfig {
   int64_t original_max_position_embeddings = 0;
   double beta_fast = 32.0;
   double beta_slow = 1.0;
-  double mscale = 1.0;
+  double mscale = 0.0;  // 0 = absent (HF: falsy), see kernels/rope_table.h
   double mscale_all_dim = 0.0;
 };
 

@@ -1,7 +1,6 @@
 #include "engine/model/moe_layer_loader.h"
 
 #include <cstdint>
-#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -10,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "engine/model/checkpoint_layout.h"
+#include "engine/model/checkpoint_staging.h"
 #include "kernels/status_macros.h"
 
 namespace moe {
@@ -27,37 +27,6 @@ bool IsMoeRole(TensorRole role) {
       return false;
   }
 }
-
-bool IsWeightDType(DType t) { return t == DType::kF32 || t == DType::kBF16 || t == DType::kF16; }
-
-// Owns the aligned copies the MoeWeights views point at until the block has been created.
-class Staging {
- public:
-  // The checkpoint tensor `want.name`, checked against `want`, copied out of the mapping.
-  absl::StatusOr<Tensor> Load(const SafetensorsCheckpoint& checkpoint, const ExpectedTensor& want) {
-    MOE_ASSIGN_OR_RETURN(SafetensorsTensor t, checkpoint.Tensor(want.name));
-    const SafetensorsFile* file = checkpoint.FileOf(want.name);
-    const std::string source = file != nullptr ? file->path() : std::string("checkpoint");
-    if (t.shape != want.shape) {
-      return absl::InvalidArgumentError(absl::StrCat(source, ": tensor \"", want.name,
-                                                     "\" has shape ", t.shape.ToString(),
-                                                     ", expected ", want.shape.ToString()));
-    }
-    if (!IsWeightDType(t.dtype)) {
-      return absl::InvalidArgumentError(absl::StrCat(source, ": tensor \"", want.name,
-                                                     "\" has dtype ", DTypeName(t.dtype),
-                                                     ", expected F32, BF16 or F16"));
-    }
-    // new[] of 8-byte words: aligned for every weight dtype, whatever the mapping's offset.
-    const size_t words = (static_cast<size_t>(t.byte_size) + 7) / 8;
-    storage_.push_back(std::make_unique<uint64_t[]>(words == 0 ? 1 : words));
-    std::memcpy(storage_.back().get(), t.data, static_cast<size_t>(t.byte_size));
-    return Tensor::Wrap(storage_.back().get(), Device::Cpu(), t.dtype, t.shape);
-  }
-
- private:
-  std::vector<std::unique_ptr<uint64_t[]>> storage_;
-};
 
 }  // namespace
 
@@ -84,7 +53,7 @@ absl::StatusOr<std::unique_ptr<MoeBlock>> LoadMoeLayer(const ModelConfig& config
   weights.w1.resize(moe.num_experts);
   weights.w3.resize(moe.num_experts);
   weights.w2.resize(moe.num_experts);
-  Staging staging;
+  CheckpointStaging staging;
   for (const ExpectedTensor& want : ExpectedTensors(config)) {
     if (want.layer != layer || !IsMoeRole(want.role)) continue;
     MOE_ASSIGN_OR_RETURN(Tensor t, staging.Load(checkpoint, want));

@@ -1,5 +1,7 @@
 #include "engine/model/safetensors_index.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <map>
 #include <utility>
@@ -21,6 +23,17 @@ absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> SafetensorsCheckpoint::Op
   for (const std::string& name : ckpt->names_) ckpt->file_of_[name] = file.get();
   ckpt->files_.push_back(std::move(file));
   return ckpt;
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> SafetensorsCheckpoint::OpenDir(
+    const std::string& dir, const SafetensorsOptions& options) {
+  const std::string index = dir + "/model.safetensors.index.json";
+  const std::string single = dir + "/model.safetensors";
+  struct stat st;
+  if (stat(index.c_str(), &st) == 0) return OpenIndex(index, options);
+  if (stat(single.c_str(), &st) == 0) return OpenFile(single, options);
+  return absl::NotFoundError(absl::StrCat("no checkpoint in ", dir, ": neither ", single,
+                                          " nor ", index, " exists"));
 }
 
 absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> SafetensorsCheckpoint::OpenIndex(

@@ -33,6 +33,11 @@ class SafetensorsCheckpoint {
   static absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> OpenIndex(
       const std::string& index_path, const SafetensorsOptions& options = {});
 
+  // A Hugging Face model folder: <dir>/model.safetensors.index.json if it exists (sharded),
+  // else <dir>/model.safetensors. NotFound naming both paths if neither exists.
+  static absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> OpenDir(
+      const std::string& dir, const SafetensorsOptions& options = {});
+
   // Every tensor name, sorted.
   const std::vector<std::string>& names() const { return names_; }
   // The file holding `name`, or null.

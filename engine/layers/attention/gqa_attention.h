@@ -98,6 +98,10 @@ class GqaAttention {
   // Grows the workspace for up to `tokens` tokens now, so later Forwards do not allocate.
   absl::Status ReserveTokens(int64_t tokens);
 
+  // The cache geometry this layer reads and writes: heads and head dim of cache.k / cache.v.
+  int64_t cache_heads() const { return config_.kv_heads; }
+  int64_t cache_head_dim() const { return config_.head_dim; }
+
   const GqaAttentionConfig& config() const { return config_; }
 
  private:

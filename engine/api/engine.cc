@@ -1,0 +1,382 @@
+#include "engine/api/engine.h"
+
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "engine/core/buffer.h"
+#include "engine/model/generation_config.h"
+#include "engine/model/model.h"
+#include "engine/runtime/generator.h"
+#include "kernels/registry.h"
+#include "kernels/status_macros.h"
+
+namespace moe {
+
+const char* FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kCancelled:
+      return "cancelled";
+  }
+  return "unknown";
+}
+
+namespace {
+
+absl::StatusOr<Device> ParseBackend(const std::string& name) {
+  if (name == "cpu") return Device::Cpu();
+  if (name == "cuda") return Device::Cuda(0);
+  if (name == "xpu") return Device::Xpu(0);
+  return absl::InvalidArgumentError(
+      absl::StrCat("option backend=\"", name, "\" is not one of cpu, cuda, xpu"));
+}
+
+absl::StatusOr<DType> ParseDType(const std::string& name, const ModelConfig& config) {
+  if (name == "f32") return DType::kF32;
+  if (name == "bf16") return DType::kBF16;
+  if (name == "auto") {
+    const bool half = config.has_dtype &&
+                      (config.dtype == DType::kBF16 || config.dtype == DType::kF16);
+    return half ? DType::kBF16 : DType::kF32;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("option dtype=\"", name, "\" is not one of auto, f32, bf16"));
+}
+
+absl::Status CheckOptions(const EngineOptions& o) {
+  const auto positive = [](const char* name, int64_t v) {
+    return v >= 1 ? absl::OkStatus()
+                  : absl::InvalidArgumentError(absl::StrCat("option ", name, "=", v,
+                                                            " must be >= 1"));
+  };
+  MOE_RETURN_IF_ERROR(positive("max_batch_tokens", o.max_batch_tokens));
+  MOE_RETURN_IF_ERROR(positive("max_seqs", o.max_seqs));
+  MOE_RETURN_IF_ERROR(positive("kv_cache_bytes", o.kv_cache_bytes));
+  MOE_RETURN_IF_ERROR(positive("block_size", o.block_size));
+  if (o.max_tokens_per_seq < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "option max_tokens_per_seq=", o.max_tokens_per_seq, " must be >= 0 (0 = the model's)"));
+  }
+  if (o.threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("option threads=", o.threads, " must be >= 0 (0 = all cores)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// The engine's state. Everything under `mu` except the generator, model and backend, which
+// only the worker thread touches (and Validate, which is const).
+struct Engine::Impl {
+  struct Request {
+    GenerationRequest request;
+    TokenCallback on_token;
+    GenerationResult result;
+    absl::Status status;
+    bool done = false;
+  };
+
+  ModelInfo info;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Allocator> allocator;
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Generator> generator;
+
+  mutable std::mutex mu;
+  std::condition_variable work_cv;  // the worker waits here for requests
+  std::condition_variable done_cv;  // Await waits here
+  std::map<RequestId, Request> requests;
+  std::deque<RequestId> pending;    // submitted, not yet handed to the generator
+  std::deque<RequestId> cancelled;  // Cancel called, not yet handled by the worker
+  std::vector<RequestId> ending;   // finished by the worker, marked done after their callbacks
+  RequestId next_id = 1;
+  bool stopping = false;
+  EngineStats stats;
+  std::thread worker;
+
+  SequenceRequest ToSequence(const GenerationRequest& r) const {
+    SequenceRequest s;
+    s.prompt = r.prompt;
+    s.max_new_tokens = r.max_new_tokens;
+    s.sampling.temperature = r.sampling.temperature;
+    s.sampling.top_k = r.sampling.top_k;
+    s.sampling.top_p = r.sampling.top_p;
+    s.sampling.min_p = r.sampling.min_p;
+    s.sampling.repetition_penalty = r.sampling.repetition_penalty;
+    s.sampling.seed = r.sampling.seed;
+    s.stop_ids = r.stop_token_ids;
+    if (!r.ignore_eos) {
+      s.stop_ids.insert(s.stop_ids.end(), info.eos_token_ids.begin(), info.eos_token_ids.end());
+    }
+    s.return_logprobs = r.return_logprobs;
+    return s;
+  }
+
+  void Run();
+  // Validates and queues a request (`mu` held).
+  absl::StatusOr<RequestId> SubmitLocked(GenerationRequest request, TokenCallback on_token);
+  // Hands pending requests and cancellations to the generator (worker thread, `mu` held).
+  void DrainQueues(std::vector<std::pair<TokenCallback, TokenEvent>>* callbacks);
+  // Applies one sequence event to its request (`mu` held); queues its callback.
+  void Apply(const SequenceEvent& e, std::vector<std::pair<TokenCallback, TokenEvent>>* callbacks);
+  void Finish(RequestId id, FinishReason reason, absl::Status status);
+};
+
+void Engine::Impl::Finish(RequestId id, FinishReason reason, absl::Status status) {
+  Request& r = requests.at(id);
+  r.result.finish_reason = reason;
+  r.status = std::move(status);
+  r.done = true;
+}
+
+void Engine::Impl::Apply(const SequenceEvent& e,
+                         std::vector<std::pair<TokenCallback, TokenEvent>>* callbacks) {
+  auto it = requests.find(e.seq_id);
+  if (it == requests.end()) return;
+  Request& r = it->second;
+  TokenEvent te;
+  te.request_id = e.seq_id;
+  te.index = static_cast<int64_t>(r.result.tokens.size());
+  te.token = -1;
+  if (e.has_token) {
+    te.token = e.token;
+    te.logprob = e.logprob;
+    r.result.tokens.push_back(e.token);
+    if (r.request.return_logprobs) r.result.logprobs.push_back(e.logprob);
+    ++stats.generated_tokens;
+  }
+  if (e.end != SequenceEnd::kNone) {
+    te.finished = true;
+    te.finish_reason = e.end == SequenceEnd::kStop     ? FinishReason::kStop
+                       : e.end == SequenceEnd::kLength ? FinishReason::kLength
+                                                       : FinishReason::kCancelled;
+    r.result.finish_reason = te.finish_reason;
+    ending.push_back(e.seq_id);
+  }
+  if (r.on_token && (e.has_token || te.finished)) callbacks->push_back({r.on_token, te});
+}
+
+void Engine::Impl::DrainQueues(std::vector<std::pair<TokenCallback, TokenEvent>>* callbacks) {
+  while (!pending.empty()) {
+    const RequestId id = pending.front();
+    pending.pop_front();
+    Request& r = requests.at(id);
+    // Validated at Submit; Add can still refuse (an internal inconsistency): fail the request.
+    absl::Status s = generator->Add(id, ToSequence(r.request));
+    if (!s.ok()) Finish(id, FinishReason::kCancelled, std::move(s));
+  }
+  while (!cancelled.empty()) {
+    const RequestId id = cancelled.front();
+    cancelled.pop_front();
+    absl::StatusOr<SequenceEvent> e = generator->Cancel(id);
+    if (!e.ok()) continue;  // finished in the meantime
+    Apply(*e, callbacks);
+  }
+}
+
+void Engine::Impl::Run() {
+  std::vector<std::pair<TokenCallback, TokenEvent>> callbacks;
+  while (true) {
+    callbacks.clear();
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      work_cv.wait(lock, [&] {
+        return stopping || !pending.empty() || !cancelled.empty() || generator->HasWork();
+      });
+      if (stopping) {
+        // Cancel everything still here; the results keep their tokens so far.
+        for (auto& [id, r] : requests) {
+          if (r.done) continue;
+          generator->Cancel(id).IgnoreError();  // NotFound if it was still pending
+          Finish(id, FinishReason::kCancelled, {});
+        }
+        pending.clear();
+        cancelled.clear();
+        done_cv.notify_all();
+        return;
+      }
+      DrainQueues(&callbacks);
+    }
+    // The step runs without the lock: Submit, Cancel and Stats stay responsive.
+    StepOutcome outcome = generator->Step();
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (outcome.tokens > 0) ++stats.steps;
+      stats.prompt_tokens += outcome.prompt_tokens;
+      for (const SequenceEvent& e : outcome.events) Apply(e, &callbacks);
+      stats.running = generator->num_running();
+      stats.waiting = generator->num_waiting() + static_cast<int64_t>(pending.size());
+      stats.kv_blocks_used = generator->blocks().blocks_used();
+    }
+    // Callbacks run without the lock (they may Submit or Cancel), before the requests they
+    // finish are marked done, so Await returns only after a request's last callback.
+    for (auto& [callback, event] : callbacks) callback(event);
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      for (const RequestId id : ending) requests.at(id).done = true;
+      ending.clear();
+      for (const int64_t id : outcome.failed) {
+        if (requests.count(id) == 0) continue;
+        Finish(id, FinishReason::kCancelled,
+               absl::Status(outcome.error.code(), absl::StrCat("request ", id, ": step failed: ",
+                                                              outcome.error.message())));
+      }
+      done_cv.notify_all();
+    }
+  }
+}
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Engine::~Engine() { Shutdown(); }
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_dir,
+                                                       const EngineOptions& options) {
+  MOE_RETURN_IF_ERROR(CheckOptions(options));
+  MOE_ASSIGN_OR_RETURN(Device device, ParseBackend(options.backend));
+  auto impl = std::make_unique<Impl>();
+  MOE_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
+  MOE_ASSIGN_OR_RETURN(DType dtype, ParseDType(options.dtype, config));
+  BackendOptions backend_options;
+  backend_options.cpu_threads = options.threads;
+  MOE_ASSIGN_OR_RETURN(impl->backend, CreateBackend(device, backend_options));
+  impl->allocator = std::make_unique<Allocator>(impl->backend.get());
+  ModelOptions model_options;
+  model_options.dtype = dtype;
+  MOE_ASSIGN_OR_RETURN(impl->model, Model::Load(model_dir, model_options, impl->backend.get(),
+                                                impl->allocator.get()));
+  const ModelConfig& c = impl->model->config();
+
+  GeneratorOptions g;
+  g.max_batch_tokens = options.max_batch_tokens;
+  g.max_seqs = options.max_seqs;
+  g.block_size = options.block_size;
+  g.max_tokens_per_seq = options.max_tokens_per_seq;
+  const int64_t block_bytes = impl->model->KvBytesPerBlock(options.block_size);
+  g.num_blocks = options.kv_cache_bytes / block_bytes;
+  if (g.num_blocks < 1) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "option kv_cache_bytes=", options.kv_cache_bytes, " holds no KV cache block (one block of ",
+        options.block_size, " tokens takes ", block_bytes, " bytes)"));
+  }
+  MOE_ASSIGN_OR_RETURN(impl->generator, Generator::Create(impl->model.get(), impl->backend.get(),
+                                                          impl->allocator.get(), g));
+
+  ModelInfo& info = impl->info;
+  info.model_dir = model_dir;
+  info.family = std::string(ModelFamilyName(c.family));
+  info.vocab_size = c.vocab_size;
+  info.num_layers = c.num_hidden_layers;
+  info.max_position_embeddings = c.max_position_embeddings;
+  MOE_ASSIGN_OR_RETURN(info.eos_token_ids, LoadEosTokenIds(model_dir, c.vocab_size));
+  info.dtype = std::string(DTypeName(dtype));
+  info.weight_bytes = impl->model->weight_bytes();
+  info.kv_cache_blocks = g.num_blocks;
+  info.block_size = options.block_size;
+  impl->stats.kv_blocks_total = g.num_blocks;
+
+  Impl* raw = impl.get();
+  impl->worker = std::thread([raw] { raw->Run(); });
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+absl::StatusOr<RequestId> Engine::Impl::SubmitLocked(GenerationRequest request,
+                                                     TokenCallback on_token) {
+  // Validate is const and reads only immutable state.
+  MOE_RETURN_IF_ERROR(generator->Validate(ToSequence(request)));
+  if (stopping) return absl::FailedPreconditionError("the engine is shut down");
+  const RequestId id = next_id++;
+  Request& r = requests[id];
+  r.result.prompt_tokens = static_cast<int64_t>(request.prompt.size());
+  r.request = std::move(request);
+  r.on_token = std::move(on_token);
+  pending.push_back(id);
+  ++stats.waiting;
+  work_cv.notify_one();
+  return id;
+}
+
+absl::StatusOr<RequestId> Engine::Submit(GenerationRequest request, TokenCallback on_token) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->SubmitLocked(std::move(request), std::move(on_token));
+}
+
+absl::Status Engine::Cancel(RequestId id) {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
+  auto it = m.requests.find(id);
+  if (it == m.requests.end()) {
+    return absl::NotFoundError(absl::StrCat("request ", id, " is unknown or already awaited"));
+  }
+  if (it->second.done) return absl::OkStatus();
+  m.cancelled.push_back(id);
+  m.work_cv.notify_one();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<GenerationResult> Engine::Await(RequestId id) {
+  Impl& m = *impl_;
+  std::unique_lock<std::mutex> lock(m.mu);
+  auto it = m.requests.find(id);
+  if (it == m.requests.end()) {
+    return absl::NotFoundError(absl::StrCat("request ", id, " is unknown or already awaited"));
+  }
+  m.done_cv.wait(lock, [&] { return it->second.done; });
+  Impl::Request r = std::move(it->second);
+  m.requests.erase(it);
+  if (!r.status.ok()) return r.status;
+  return std::move(r.result);
+}
+
+std::vector<absl::StatusOr<GenerationResult>> Engine::Generate(
+    const std::vector<GenerationRequest>& requests) {
+  Impl& m = *impl_;
+  std::vector<absl::StatusOr<RequestId>> ids;
+  ids.reserve(requests.size());
+  {
+    // All requests enter under one lock: the worker sees them together, so an idle engine
+    // runs the same steps for the same batch every time (bit-reproducible results).
+    std::lock_guard<std::mutex> lock(m.mu);
+    for (const GenerationRequest& r : requests) ids.push_back(m.SubmitLocked(r, nullptr));
+  }
+  std::vector<absl::StatusOr<GenerationResult>> results;
+  results.reserve(requests.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (!ids[i].ok()) {
+      results.push_back(absl::Status(ids[i].status().code(),
+                                     absl::StrCat("request ", i, ": ", ids[i].status().message())));
+    } else {
+      results.push_back(Await(*ids[i]));
+    }
+  }
+  return results;
+}
+
+void Engine::Shutdown() {
+  Impl& m = *impl_;
+  {
+    std::lock_guard<std::mutex> lock(m.mu);
+    m.stopping = true;
+    m.work_cv.notify_one();
+  }
+  if (m.worker.joinable()) m.worker.join();
+}
+
+const ModelInfo& Engine::model_info() const { return impl_->info; }
+
+EngineStats Engine::Stats() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->stats;
+}
+
+}  // namespace moe

@@ -1,0 +1,193 @@
+// moe::Engine: the C++ API for embedding the engine in a service or a batch job.
+//
+// An Engine loads one Hugging Face MoE checkpoint folder (config.json, model.safetensors or a
+// sharded model-*-of-*.safetensors set with model.safetensors.index.json, optional
+// generation_config.json) onto one backend, and generates tokens for requests with continuous
+// batching: requests join the running batch between steps, prompt chunks (prefill) and single
+// decode tokens share one step, and a finished request's KV cache blocks are freed at once.
+//
+// Example (examples/embed_engine.cc builds and runs in the test suite):
+//
+//   absl::StatusOr<std::unique_ptr<moe::Engine>> engine =
+//       moe::Engine::Create("models/qwen3-moe-tiny", moe::EngineOptions{});
+//   if (!engine.ok()) return engine.status();
+//   moe::GenerationRequest request;
+//   request.prompt = {12, 7, 99};
+//   request.max_new_tokens = 16;
+//   request.sampling.temperature = 0.8f;
+//   request.sampling.seed = 42;
+//   // Blocking: many requests in, one result (or error) per request out, in order.
+//   std::vector<absl::StatusOr<moe::GenerationResult>> results = (*engine)->Generate({request});
+//   // Asynchronous: tokens stream to the callback (on the engine's thread) as they are made.
+//   absl::StatusOr<moe::RequestId> id = (*engine)->Submit(
+//       request, [](const moe::TokenEvent& e) { std::cout << e.token << "\n"; });
+//   absl::StatusOr<moe::GenerationResult> result = (*engine)->Await(*id);
+//
+// Memory: options.kv_cache_bytes bounds the paged KV cache. A request whose prompt plus
+// max_new_tokens can never fit (in the cache, in the model's max positions or in
+// max_tokens_per_seq) is rejected with InvalidArgument; one that cannot fit now waits in FIFO
+// order until running requests finish. The KV blocks of a request are reserved for its prompt
+// plus max_new_tokens when it is admitted, so an admitted request never stalls or is evicted.
+//
+// Determinism: sampling draws from a counter-based RNG seeded per request (seed, token index),
+// kernels use no float atomics and fixed reduction orders, so the same requests given to an
+// idle engine in one Generate call give the same tokens and log-prob bits run after run. The
+// same request alone or inside other batches gives the same tokens (greedy, and sampled with
+// the same seed, unless a probability sits within rounding of a sampling threshold), though not
+// always the same logit bits: GEMM kernels may round differently for different batch sizes.
+//
+// Thread-safety: every method may be called from any thread, concurrently. Callbacks run on
+// the engine's worker thread, one at a time, and must not block for long; they may call
+// Submit, Cancel and Stats, but not Await, Generate or Shutdown (that would deadlock).
+#ifndef MOE_ENGINE_API_ENGINE_H_
+#define MOE_ENGINE_API_ENGINE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace moe {
+
+// Token sampling, Hugging Face's logits processors in HF's order (repetition penalty, then
+// temperature, top-k, top-p, min-p). The default is greedy.
+struct SamplingOptions {
+  float temperature = 0.0f;         // >= 0; 0 = greedy (argmax, ties to the lowest id)
+  int32_t top_k = 0;                // >= 0; 0 = off
+  float top_p = 1.0f;               // in (0, 1]; 1 = off
+  float min_p = 0.0f;               // in [0, 1]; 0 = off
+  float repetition_penalty = 1.0f;  // > 0; 1 = off; over the prompt and generated tokens
+  uint64_t seed = 0;                // same seed + same request = same tokens
+};
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;  // token ids, at least one, each in [0, vocab_size)
+  int64_t max_new_tokens = 16;  // >= 1
+  SamplingOptions sampling;
+  // Generation stops after emitting any of these (the stop token is included in the output).
+  // The model's eos_token_id(s) (generation_config.json, else config.json) are added unless
+  // ignore_eos.
+  std::vector<int32_t> stop_token_ids;
+  bool ignore_eos = false;
+  bool return_logprobs = false;  // log-prob of each chosen token under the sampled distribution
+};
+
+enum class FinishReason {
+  kLength,     // max_new_tokens reached
+  kStop,       // a stop token (or eos) was generated
+  kCancelled,  // Cancel was called, or the engine shut down before the request finished
+};
+
+// "length", "stop", "cancelled".
+const char* FinishReasonName(FinishReason reason);
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;  // generated tokens, prompt excluded
+  std::vector<float> logprobs;  // one per token when return_logprobs, else empty
+  FinishReason finish_reason = FinishReason::kLength;
+  int64_t prompt_tokens = 0;
+};
+
+using RequestId = int64_t;
+
+// One generated token, delivered to the Submit callback in order.
+struct TokenEvent {
+  RequestId request_id = 0;
+  int64_t index = 0;     // 0 for the first generated token
+  int32_t token = 0;
+  float logprob = 0.0f;  // 0 unless return_logprobs
+  bool finished = false;  // the last event of the request; finish_reason is then set
+  FinishReason finish_reason = FinishReason::kLength;
+};
+using TokenCallback = std::function<void(const TokenEvent&)>;
+
+struct EngineOptions {
+  std::string backend = "cpu";  // "cpu"; "cuda" and "xpu" once built in
+  // Run dtype: "f32", "bf16", or "auto" = the checkpoint's dtype (bf16 for bf16 / f16
+  // checkpoints, else f32).
+  std::string dtype = "auto";
+  int64_t max_batch_tokens = 2048;  // tokens per step (prefill chunks + decode tokens), >= 1
+  int64_t max_seqs = 64;            // sequences per step, >= 1
+  int64_t kv_cache_bytes = int64_t{1} << 30;  // budget for the paged KV cache, all layers
+  int64_t block_size = 16;                    // tokens per KV cache block, >= 1
+  // Longest prompt + max_new_tokens one request may have; 0 = the model's
+  // max_position_embeddings.
+  int64_t max_tokens_per_seq = 0;
+  int threads = 0;  // CPU threads; 0 = the OpenMP default
+};
+
+// What an embedder needs to know about the loaded model.
+struct ModelInfo {
+  std::string model_dir;
+  std::string family;  // config.json model_type: "mixtral", "qwen3_moe", "qwen2_moe", ...
+  int64_t vocab_size = 0;
+  int64_t num_layers = 0;
+  int64_t max_position_embeddings = 0;
+  std::vector<int32_t> eos_token_ids;
+  std::string dtype;  // the run dtype
+  int64_t weight_bytes = 0;
+  int64_t kv_cache_blocks = 0;
+  int64_t block_size = 0;
+};
+
+struct EngineStats {
+  int64_t steps = 0;
+  int64_t prompt_tokens = 0;     // prefilled so far
+  int64_t generated_tokens = 0;  // sampled so far
+  int64_t running = 0;           // admitted, not finished
+  int64_t waiting = 0;           // submitted, not admitted (KV cache full)
+  int64_t kv_blocks_used = 0;
+  int64_t kv_blocks_total = 0;
+};
+
+class Engine {
+ public:
+  // Loads the model folder. NotFound / InvalidArgument / Unimplemented naming the file, tensor,
+  // field or option for a missing or corrupt checkpoint, an unsupported config, a bad option or
+  // a backend that is not available; ResourceExhausted if the KV budget holds no block.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const std::string& model_dir,
+                                                        const EngineOptions& options);
+  ~Engine();  // Shutdown()
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Runs all requests to completion (queued together, sharing steps with any submitted ones)
+  // and returns one entry per request, in order: the result, or the error of a request that
+  // was rejected (InvalidArgument naming the request index and field) without affecting the
+  // others.
+  std::vector<absl::StatusOr<GenerationResult>> Generate(
+      const std::vector<GenerationRequest>& requests);
+
+  // Queues a request and returns its id at once. InvalidArgument (naming the field) if the
+  // request is invalid or can never fit; FailedPrecondition after Shutdown. `on_token`, if
+  // set, gets every token as it is generated.
+  absl::StatusOr<RequestId> Submit(GenerationRequest request, TokenCallback on_token = nullptr);
+
+  // Stops a request: it finishes with kCancelled after the current step (its tokens so far
+  // are kept). NotFound for an unknown or already awaited id; OK if it already finished.
+  absl::Status Cancel(RequestId id);
+
+  // Blocks until the request finishes and returns its result (once: the id is then
+  // forgotten). NotFound for an unknown or already awaited id. An internal error of a step
+  // (a backend failure) is returned here for every request of that step.
+  absl::StatusOr<GenerationResult> Await(RequestId id);
+
+  // Cancels everything not finished, stops the worker thread and waits for it. Idempotent.
+  void Shutdown();
+
+  const ModelInfo& model_info() const;
+  EngineStats Stats() const;
+
+ private:
+  struct Impl;
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace moe
+
+#endif  // MOE_ENGINE_API_ENGINE_H_

@@ -1,0 +1,498 @@
+#include "engine/model/model.h"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "engine/core/tensor.h"
+#include "engine/layers/attention/gqa_attention.h"
+#include "engine/layers/attention/mla_attention.h"
+#include "engine/layers/host_weights.h"
+#include "engine/layers/mlp/dense_mlp.h"
+#include "engine/layers/moe/moe_block.h"
+#include "engine/model/checkpoint_layout.h"
+#include "engine/model/checkpoint_staging.h"
+#include "engine/model/moe_layer_loader.h"
+#include "engine/model/safetensors_index.h"
+#include "kernels/status_macros.h"
+
+namespace moe {
+
+// One decoder layer: its two norms, GQA or MLA attention, and an MoE block or a dense MLP.
+struct Model::Layer {
+  std::unique_ptr<Buffer> input_norm;           // [hidden], run dtype
+  std::unique_ptr<Buffer> post_attention_norm;  // [hidden], run dtype
+  std::unique_ptr<GqaAttention> gqa;
+  std::unique_ptr<MlaAttention> mla;
+  std::unique_ptr<MoeBlock> moe;
+  std::unique_ptr<DenseMlp> mlp;
+  int64_t cache_heads = 0;
+  int64_t cache_head_dim = 0;
+};
+
+namespace {
+
+// The tensors of `config` named `name` (ExpectedTensors order), or null.
+const ExpectedTensor* FindExpected(const std::vector<ExpectedTensor>& all,
+                                   const std::string& name) {
+  for (const ExpectedTensor& t : all) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+// Loads expected tensors by name into staging; the layer Create functions read the views.
+class LayerTensors {
+ public:
+  LayerTensors(const SafetensorsCheckpoint& checkpoint, const std::vector<ExpectedTensor>& all)
+      : checkpoint_(checkpoint), all_(all) {}
+
+  absl::StatusOr<Tensor> Get(const std::string& name) {
+    const ExpectedTensor* want = FindExpected(all_, name);
+    if (want == nullptr) {
+      return absl::InternalError(absl::StrCat("model: no expected tensor \"", name, "\""));
+    }
+    return staging_.Load(checkpoint_, *want);
+  }
+  // Sets *out to tensor `name` if `present`, else leaves it "not given".
+  absl::Status GetIf(bool present, const std::string& name, Tensor* out) {
+    if (!present) return absl::OkStatus();
+    MOE_ASSIGN_OR_RETURN(*out, Get(name));
+    return absl::OkStatus();
+  }
+
+ private:
+  const SafetensorsCheckpoint& checkpoint_;
+  const std::vector<ExpectedTensor>& all_;
+  CheckpointStaging staging_;
+};
+
+absl::StatusOr<std::unique_ptr<Buffer>> UploadAs(const Tensor& host, DType dtype, Backend* backend,
+                                                 Allocator* allocator) {
+  std::vector<uint8_t> bytes;
+  AppendHostAs(host, dtype, &bytes);
+  return UploadBytes(backend, allocator, bytes);
+}
+
+absl::StatusOr<std::unique_ptr<GqaAttention>> LoadGqa(const ModelConfig& c, int layer,
+                                                      LayerTensors& tensors, DType dtype,
+                                                      Backend* backend, Allocator* allocator) {
+  const std::string l = absl::StrCat("model.layers.", layer, ".self_attn.");
+  GqaAttentionConfig ac;
+  ac.hidden = c.hidden_size;
+  ac.heads = c.num_attention_heads;
+  ac.kv_heads = c.num_key_value_heads;
+  ac.head_dim = c.head_dim;
+  ac.qkv_bias = c.attention_bias;
+  ac.qk_norm = c.qk_norm;
+  ac.rope_theta = c.rope.theta;
+  ac.max_positions = c.max_position_embeddings;
+  ac.sliding_window =
+      static_cast<size_t>(layer) < c.layer_sliding.size() && c.layer_sliding[layer]
+          ? c.sliding_window
+          : 0;
+  ac.rms_eps = static_cast<float>(c.rms_norm_eps);
+  ac.dtype = dtype;
+  GqaAttentionWeights w;
+  MOE_ASSIGN_OR_RETURN(w.q_proj, tensors.Get(l + "q_proj.weight"));
+  MOE_ASSIGN_OR_RETURN(w.k_proj, tensors.Get(l + "k_proj.weight"));
+  MOE_ASSIGN_OR_RETURN(w.v_proj, tensors.Get(l + "v_proj.weight"));
+  MOE_ASSIGN_OR_RETURN(w.o_proj, tensors.Get(l + "o_proj.weight"));
+  MOE_RETURN_IF_ERROR(tensors.GetIf(c.attention_bias, l + "q_proj.bias", &w.q_bias));
+  MOE_RETURN_IF_ERROR(tensors.GetIf(c.attention_bias, l + "k_proj.bias", &w.k_bias));
+  MOE_RETURN_IF_ERROR(tensors.GetIf(c.attention_bias, l + "v_proj.bias", &w.v_bias));
+  MOE_RETURN_IF_ERROR(tensors.GetIf(c.qk_norm, l + "q_norm.weight", &w.q_norm));
+  MOE_RETURN_IF_ERROR(tensors.GetIf(c.qk_norm, l + "k_norm.weight", &w.k_norm));
+  return GqaAttention::Create(ac, w, backend, allocator);
+}
+
+absl::StatusOr<std::unique_ptr<MlaAttention>> LoadMla(const ModelConfig& c, int layer,
+                                                      LayerTensors& tensors, DType dtype,
+                                                      Backend* backend, Allocator* allocator) {
+  const std::string l = absl::StrCat("model.layers.", layer, ".self_attn.");
+  MlaAttentionConfig ac;
+  ac.hidden = c.hidden_size;
+  ac.heads = c.num_attention_heads;
+  ac.q_lora_rank = c.mla.q_lora_rank;
+  ac.kv_lora_rank = c.mla.kv_lora_rank;
+  ac.qk_nope_head_dim = c.mla.qk_nope_head_dim;
+  ac.qk_rope_head_dim = c.mla.qk_rope_head_dim;
+  ac.v_head_dim = c.mla.v_head_dim;
+  ac.attention_bias = c.attention_bias;
+  ac.rope_interleave = c.rope.interleave;
+  ac.rope_theta = c.rope.theta;
+  const bool yarn = c.rope.scaling == RopeConfig::Scaling::kYarn;
+  ac.rope_type = yarn ? RopeScalingType::kYarn : RopeScalingType::kDefault;
+  ac.yarn_factor = c.rope.factor;
+  ac.original_max_position_embeddings = c.rope.original_max_position_embeddings;
+  ac.beta_fast = c.rope.beta_fast;
+  ac.beta_slow = c.rope.beta_slow;
+  ac.mscale = c.rope.mscale;
+  ac.mscale_all_dim = c.rope.mscale_all_dim;
+  ac.max_positions = c.max_position_embeddings;
+  // HF builds q_a_layernorm and kv_a_layernorm with RMSNorm's default eps, not rms_norm_eps.
+  ac.rms_eps = 1e-6f;
+  ac.dtype = dtype;
+  const bool lora = c.mla.q_lora_rank > 0;
+  MlaAttentionWeights w;
+  MOE_RETURN_IF_ERROR(tensors.GetIf(lora, l + "q_a_proj.weight", &w.q_a_proj));
+  MOE_RETURN_IF_ERROR(tensors.GetIf(lora, l + "q_a_layernorm.weight", &w.q_a_layernorm));
+  MOE_RETURN_IF_ERROR(tensors.GetIf(lora, l + "q_b_proj.weight", &w.q_b_proj));
+  MOE_RETURN_IF_ERROR(tensors.GetIf(!lora, l + "q_proj.weight", &w.q_proj));
+  MOE_ASSIGN_OR_RETURN(w.kv_a_proj_with_mqa, tensors.Get(l + "kv_a_proj_with_mqa.weight"));
+  MOE_ASSIGN_OR_RETURN(w.kv_a_layernorm, tensors.Get(l + "kv_a_layernorm.weight"));
+  MOE_ASSIGN_OR_RETURN(w.kv_b_proj, tensors.Get(l + "kv_b_proj.weight"));
+  MOE_ASSIGN_OR_RETURN(w.o_proj, tensors.Get(l + "o_proj.weight"));
+  const bool bias = c.attention_bias;
+  MOE_RETURN_IF_ERROR(tensors.GetIf(bias && lora, l + "q_a_proj.bias", &w.q_a_bias));
+  MOE_RETURN_IF_ERROR(tensors.GetIf(bias, l + "kv_a_proj_with_mqa.bias", &w.kv_a_bias));
+  MOE_RETURN_IF_ERROR(tensors.GetIf(bias, l + "o_proj.bias", &w.o_bias));
+  return MlaAttention::Create(ac, w, backend, allocator);
+}
+
+absl::StatusOr<std::unique_ptr<DenseMlp>> LoadDenseMlp(const ModelConfig& c, int layer,
+                                                       LayerTensors& tensors, DType dtype,
+                                                       Backend* backend, Allocator* allocator) {
+  const std::string l = absl::StrCat("model.layers.", layer, ".mlp.");
+  DenseMlpConfig mc;
+  mc.hidden = c.hidden_size;
+  mc.inter = c.intermediate_size;
+  mc.dtype = dtype;
+  DenseMlpWeights w;
+  MOE_ASSIGN_OR_RETURN(w.gate_proj, tensors.Get(l + "gate_proj.weight"));
+  MOE_ASSIGN_OR_RETURN(w.up_proj, tensors.Get(l + "up_proj.weight"));
+  MOE_ASSIGN_OR_RETURN(w.down_proj, tensors.Get(l + "down_proj.weight"));
+  return DenseMlp::Create(mc, w, backend, allocator);
+}
+
+// Bytes of all expected tensors in the run dtype, plus the packed copy of a tied lm_head.
+int64_t WeightBytes(const ModelConfig& c, const std::vector<ExpectedTensor>& all, DType dtype) {
+  int64_t elems = 0;
+  for (const ExpectedTensor& t : all) elems += t.shape.numel();
+  if (c.tie_word_embeddings) elems += c.vocab_size * c.hidden_size;
+  return elems * static_cast<int64_t>(DTypeSize(dtype));
+}
+
+}  // namespace
+
+Model::Model(const ModelConfig& config, const ModelOptions& options, Backend* backend,
+             Allocator* allocator)
+    : config_(config), options_(options), backend_(backend), allocator_(allocator) {}
+
+Model::~Model() = default;
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
+                                                   const ModelOptions& options, Backend* backend,
+                                                   Allocator* allocator) {
+  if (options.dtype != DType::kF32 && options.dtype != DType::kBF16) {
+    return absl::InvalidArgumentError(absl::StrCat("model: run dtype ", DTypeName(options.dtype),
+                                                   " is not supported (f32 or bf16)"));
+  }
+  MOE_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
+                       SafetensorsCheckpoint::OpenDir(model_dir));
+  MOE_RETURN_IF_ERROR(CheckCheckpoint(config, *checkpoint));
+
+  std::unique_ptr<Model> m(new Model(config, options, backend, allocator));
+  const DType dtype = options.dtype;
+  const std::vector<ExpectedTensor> all = ExpectedTensors(config);
+  m->weight_bytes_ = WeightBytes(config, all, dtype);
+  {
+    LayerTensors tensors(*checkpoint, all);
+    MOE_ASSIGN_OR_RETURN(Tensor embed, tensors.Get("model.embed_tokens.weight"));
+    MOE_ASSIGN_OR_RETURN(m->embed_, UploadAs(embed, dtype, backend, allocator));
+    MOE_ASSIGN_OR_RETURN(Tensor norm, tensors.Get("model.norm.weight"));
+    MOE_ASSIGN_OR_RETURN(m->final_norm_, UploadAs(norm, dtype, backend, allocator));
+    Tensor head = embed;
+    if (!config.tie_word_embeddings) {
+      MOE_ASSIGN_OR_RETURN(head, tensors.Get("lm_head.weight"));
+    }
+    std::vector<uint8_t> head_bytes;
+    AppendHostAs(head, dtype, &head_bytes);
+    MOE_ASSIGN_OR_RETURN(m->lm_head_, PackLinear(backend, head_bytes, config.vocab_size,
+                                                 config.hidden_size, dtype));
+  }
+  for (int i = 0; i < config.num_hidden_layers; ++i) {
+    // One layer's staging at a time: host memory peaks at one layer's weights.
+    LayerTensors tensors(*checkpoint, all);
+    auto layer = std::make_unique<Layer>();
+    const std::string l = absl::StrCat("model.layers.", i, ".");
+    MOE_ASSIGN_OR_RETURN(Tensor in_norm, tensors.Get(l + "input_layernorm.weight"));
+    MOE_ASSIGN_OR_RETURN(layer->input_norm, UploadAs(in_norm, dtype, backend, allocator));
+    MOE_ASSIGN_OR_RETURN(Tensor post_norm, tensors.Get(l + "post_attention_layernorm.weight"));
+    MOE_ASSIGN_OR_RETURN(layer->post_attention_norm,
+                         UploadAs(post_norm, dtype, backend, allocator));
+    if (config.use_mla) {
+      MOE_ASSIGN_OR_RETURN(layer->mla, LoadMla(config, i, tensors, dtype, backend, allocator));
+      layer->cache_heads = layer->mla->cache_heads();
+      layer->cache_head_dim = layer->mla->cache_head_dim();
+    } else {
+      MOE_ASSIGN_OR_RETURN(layer->gqa, LoadGqa(config, i, tensors, dtype, backend, allocator));
+      layer->cache_heads = layer->gqa->cache_heads();
+      layer->cache_head_dim = layer->gqa->cache_head_dim();
+    }
+    if (config.layer_is_moe[i]) {
+      MOE_ASSIGN_OR_RETURN(layer->moe,
+                           LoadMoeLayer(config, *checkpoint, i, dtype, backend, allocator));
+    } else {
+      MOE_ASSIGN_OR_RETURN(layer->mlp,
+                           LoadDenseMlp(config, i, tensors, dtype, backend, allocator));
+    }
+    m->layers_.push_back(std::move(layer));
+  }
+  return m;
+}
+
+int64_t Model::KvBytesPerBlock(int64_t block_size) const {
+  int64_t elems = 0;
+  for (const auto& layer : layers_) elems += 2 * layer->cache_heads * layer->cache_head_dim;
+  return elems * block_size * static_cast<int64_t>(DTypeSize(options_.dtype));
+}
+
+absl::StatusOr<std::unique_ptr<KvCache>> Model::AllocateKvCache(int64_t num_blocks,
+                                                                int64_t block_size) {
+  if (num_blocks < 1 || block_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("kv cache: num_blocks=", num_blocks,
+                                                   " and block_size=", block_size,
+                                                   " must both be >= 1"));
+  }
+  std::unique_ptr<KvCache> cache(new KvCache());
+  cache->num_blocks_ = num_blocks;
+  cache->block_size_ = block_size;
+  for (const auto& layer : layers_) {
+    const size_t bytes = static_cast<size_t>(num_blocks * block_size * layer->cache_heads *
+                                             layer->cache_head_dim) *
+                         DTypeSize(options_.dtype);
+    const std::vector<uint8_t> zeros(bytes, 0);
+    MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> k, UploadBytes(backend_, allocator_, zeros));
+    MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> v, UploadBytes(backend_, allocator_, zeros));
+    cache->k_.push_back(std::move(k));
+    cache->v_.push_back(std::move(v));
+    cache->bytes_ += static_cast<int64_t>(2 * bytes);
+  }
+  return cache;
+}
+
+namespace {
+
+// Step activations: views into Model::scratch_ buffers sized for `tokens` rows and `rows`
+// logit rows.
+enum ScratchSlot { kX, kH, kY, kInts, kHeadIn, kLogits, kLogitsF32, kNumScratch };
+
+absl::Status CheckBatch(const ModelBatch& b, const ModelConfig& c) {
+  const size_t t = b.token_ids.size();
+  const auto size_error = [&](const char* field, size_t got, size_t want) {
+    return absl::InvalidArgumentError(absl::StrCat("model batch: ", field, " has ", got,
+                                                   " entries, expected ", want));
+  };
+  if (b.positions.size() != t) return size_error("positions", b.positions.size(), t);
+  if (b.seq_ids.size() != t) return size_error("seq_ids", b.seq_ids.size(), t);
+  if (b.slot_mapping.size() != t) return size_error("slot_mapping", b.slot_mapping.size(), t);
+  if (b.num_seqs < 0 || b.max_blocks_per_seq < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("model batch: num_seqs=", b.num_seqs,
+                                                   " and max_blocks_per_seq=",
+                                                   b.max_blocks_per_seq, " must be >= 0"));
+  }
+  const size_t table = static_cast<size_t>(b.num_seqs * b.max_blocks_per_seq);
+  if (b.block_tables.size() != table) return size_error("block_tables", b.block_tables.size(), table);
+  for (size_t i = 0; i < t; ++i) {
+    if (b.token_ids[i] < 0 || b.token_ids[i] >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("model batch: token_ids[", i, "]=",
+                                                     b.token_ids[i], " is outside [0, vocab_size=",
+                                                     c.vocab_size, ")"));
+    }
+    if (b.positions[i] < 0 || b.positions[i] >= c.max_position_embeddings) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model batch: positions[", i, "]=", b.positions[i],
+          " is outside [0, max_position_embeddings=", c.max_position_embeddings, ")"));
+    }
+  }
+  if (b.logit_rows.size() > t) {
+    return absl::InvalidArgumentError(absl::StrCat("model batch: ", b.logit_rows.size(),
+                                                   " logit_rows for ", t, " tokens"));
+  }
+  for (size_t i = 0; i < b.logit_rows.size(); ++i) {
+    if (b.logit_rows[i] < 0 || static_cast<size_t>(b.logit_rows[i]) >= t) {
+      return absl::InvalidArgumentError(absl::StrCat("model batch: logit_rows[", i, "]=",
+                                                     b.logit_rows[i], " is outside [0, ", t, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status Model::ReserveTokens(int64_t tokens) {
+  if (tokens <= scratch_tokens_) return absl::OkStatus();
+  const int64_t d = config_.hidden_size, v = config_.vocab_size;
+  const size_t es = DTypeSize(options_.dtype);
+  const size_t sizes[kNumScratch] = {
+      static_cast<size_t>(tokens * d) * es,           // x
+      static_cast<size_t>(tokens * d) * es,           // h
+      static_cast<size_t>(tokens * d) * es,           // y
+      static_cast<size_t>(5 * tokens) * sizeof(int32_t),  // ids, positions, seq_ids, slots, rows
+      static_cast<size_t>(tokens * d) * es,           // lm_head input rows
+      static_cast<size_t>(tokens * v) * es,           // logits in the run dtype
+      es == sizeof(float) ? 1 : static_cast<size_t>(tokens * v) * sizeof(float),  // widened
+  };
+  std::vector<std::unique_ptr<Buffer>> scratch;
+  for (size_t size : sizes) {
+    MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> b, allocator_->Allocate(size));
+    scratch.push_back(std::move(b));
+  }
+  for (auto& layer : layers_) {
+    if (layer->gqa != nullptr) MOE_RETURN_IF_ERROR(layer->gqa->ReserveTokens(tokens));
+    if (layer->mla != nullptr) MOE_RETURN_IF_ERROR(layer->mla->ReserveTokens(tokens));
+    if (layer->moe != nullptr) MOE_RETURN_IF_ERROR(layer->moe->ReserveTokens(tokens));
+    if (layer->mlp != nullptr) MOE_RETURN_IF_ERROR(layer->mlp->ReserveTokens(tokens));
+  }
+  scratch_ = std::move(scratch);
+  scratch_tokens_ = tokens;
+  return absl::OkStatus();
+}
+
+absl::Status Model::Forward(const ModelBatch& batch, KvCache& cache, std::vector<float>* logits) {
+  MOE_RETURN_IF_ERROR(CheckBatch(batch, config_));
+  const int64_t t = static_cast<int64_t>(batch.token_ids.size());
+  const int64_t rows = static_cast<int64_t>(batch.logit_rows.size());
+  const int64_t d = config_.hidden_size, v = config_.vocab_size;
+  const DType dtype = options_.dtype;
+  logits->assign(static_cast<size_t>(rows * v), 0.0f);
+  if (t == 0) return absl::OkStatus();
+  if (cache.k_.size() != layers_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("model: the KV cache has ", cache.k_.size(),
+                                                   " layers, the model ", layers_.size()));
+  }
+  MOE_RETURN_IF_ERROR(ReserveTokens(t));
+
+  // The int arrays go to the device once per step (a plain copy on the CPU backend).
+  int32_t* ints = static_cast<int32_t*>(scratch_[kInts]->data());
+  int32_t* ids = ints;
+  int32_t* positions = ints + t;
+  int32_t* seq_ids = ints + 2 * t;
+  int32_t* slots = ints + 3 * t;
+  int32_t* logit_rows = ints + 4 * t;
+  MOE_RETURN_IF_ERROR(backend_->CopyFromHost(ids, batch.token_ids.data(), t * sizeof(int32_t)));
+  MOE_RETURN_IF_ERROR(
+      backend_->CopyFromHost(positions, batch.positions.data(), t * sizeof(int32_t)));
+  MOE_RETURN_IF_ERROR(backend_->CopyFromHost(seq_ids, batch.seq_ids.data(), t * sizeof(int32_t)));
+  MOE_RETURN_IF_ERROR(
+      backend_->CopyFromHost(slots, batch.slot_mapping.data(), t * sizeof(int32_t)));
+  if (rows > 0) {
+    MOE_RETURN_IF_ERROR(
+        backend_->CopyFromHost(logit_rows, batch.logit_rows.data(), rows * sizeof(int32_t)));
+  }
+  // Block tables: num_seqs * max_blocks_per_seq ints, in a buffer grown on demand.
+  const size_t table_bytes = batch.block_tables.size() * sizeof(int32_t);
+  if (tables_ == nullptr || tables_->size() < table_bytes) {
+    MOE_ASSIGN_OR_RETURN(tables_, allocator_->Allocate(std::max<size_t>(table_bytes, 64)));
+  }
+  if (table_bytes > 0) {
+    MOE_RETURN_IF_ERROR(
+        backend_->CopyFromHost(tables_->data(), batch.block_tables.data(), table_bytes));
+  }
+  const Device dev = backend_->device();
+  const auto i32 = [&](void* p, Shape shape) {
+    return Tensor::Wrap(p, dev, DType::kI32, std::move(shape));
+  };
+  GqaAttentionBatch attn_batch;
+  attn_batch.positions = i32(positions, {t});
+  attn_batch.seq_ids = i32(seq_ids, {t});
+  attn_batch.slot_mapping = i32(slots, {t});
+  attn_batch.block_tables = i32(tables_->data(), {batch.num_seqs, batch.max_blocks_per_seq});
+
+  void* x = scratch_[kX]->data();
+  void* h = scratch_[kH]->data();
+  void* y = scratch_[kY]->data();
+  const auto act = [&](void* p) { return Tensor::Wrap(p, dev, dtype, {t, d}); };
+  const auto rms_norm = [&](const void* in, const Buffer& weight, void* out, int64_t n) {
+    return backend_->RmsNorm({.rows = n,
+                              .cols = d,
+                              .dtype = dtype,
+                              .x = in,
+                              .x_ld = d,
+                              .weight = weight.data(),
+                              .eps = static_cast<float>(config_.rms_norm_eps),
+                              .out = out,
+                              .out_ld = d});
+  };
+  const auto add_to_x = [&](const void* delta) {
+    return backend_->Add({.n = t * d, .dtype = dtype, .a = x, .b = delta, .out = x});
+  };
+
+  MOE_RETURN_IF_ERROR(backend_->Embedding({.tokens = t,
+                                           .ids = ids,
+                                           .vocab = v,
+                                           .cols = d,
+                                           .dtype = dtype,
+                                           .table = embed_->data(),
+                                           .table_ld = d,
+                                           .out = x,
+                                           .out_ld = d}));
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    Layer& layer = *layers_[i];
+    const Shape cache_shape = {cache.num_blocks_, cache.block_size_, layer.cache_heads,
+                               layer.cache_head_dim};
+    const KvCacheView kv{Tensor::Wrap(cache.k_[i]->data(), dev, dtype, cache_shape),
+                         Tensor::Wrap(cache.v_[i]->data(), dev, dtype, cache_shape)};
+    // x += attention(input_layernorm(x))
+    MOE_RETURN_IF_ERROR(rms_norm(x, *layer.input_norm, h, t));
+    if (layer.mla != nullptr) {
+      MOE_RETURN_IF_ERROR(layer.mla->Forward(act(h), attn_batch, kv, act(y)));
+    } else {
+      MOE_RETURN_IF_ERROR(layer.gqa->Forward(act(h), attn_batch, kv, act(y)));
+    }
+    MOE_RETURN_IF_ERROR(add_to_x(y));
+    // x += moe_or_mlp(post_attention_layernorm(x))
+    MOE_RETURN_IF_ERROR(rms_norm(x, *layer.post_attention_norm, h, t));
+    if (layer.moe != nullptr) {
+      MOE_ASSIGN_OR_RETURN(Tensor out, layer.moe->Forward(act(h), act(y)));
+      MOE_RETURN_IF_ERROR(add_to_x(out.data()));
+    } else {
+      MOE_RETURN_IF_ERROR(layer.mlp->Forward(act(h), act(y)));
+      MOE_RETURN_IF_ERROR(add_to_x(y));
+    }
+  }
+  if (rows == 0) return absl::OkStatus();
+
+  // logits = norm(x[logit_rows]) lm_head^T, rounded to the run dtype as HF's lm_head output
+  // is, then widened to f32.
+  void* head_in = scratch_[kHeadIn]->data();
+  void* head_out = scratch_[kLogits]->data();
+  MOE_RETURN_IF_ERROR(backend_->GatherRows({.rows = rows,
+                                            .cols = d,
+                                            .dtype = dtype,
+                                            .src = x,
+                                            .src_ld = d,
+                                            .src_rows = t,
+                                            .index = logit_rows,
+                                            .dst = h,
+                                            .dst_ld = d}));
+  MOE_RETURN_IF_ERROR(rms_norm(h, *final_norm_, head_in, rows));
+  MOE_RETURN_IF_ERROR(backend_->Gemm({.m = rows,
+                                      .n = v,
+                                      .k = d,
+                                      .a = head_in,
+                                      .a_dtype = dtype,
+                                      .lda = d,
+                                      .b_dtype = dtype,
+                                      .ldb = v,
+                                      .c = head_out,
+                                      .c_dtype = dtype,
+                                      .ldc = v,
+                                      .packed_b = lm_head_.get()}));
+  void* head_f32 = head_out;
+  if (dtype != DType::kF32) {
+    head_f32 = scratch_[kLogitsF32]->data();
+    MOE_RETURN_IF_ERROR(backend_->Cast({.n = rows * v,
+                                        .src = head_out,
+                                        .src_dtype = dtype,
+                                        .dst = head_f32,
+                                        .dst_dtype = DType::kF32}));
+  }
+  return backend_->CopyToHost(logits->data(), head_f32, rows * v * sizeof(float));
+}
+
+}  // namespace moe

@@ -1,0 +1,128 @@
+// A whole decoder-only MoE model of a supported family (Mixtral, Qwen3-MoE, Qwen2-MoE,
+// DeepSeek-V3), assembled from engine/layers and loaded from a Hugging Face checkpoint folder.
+//
+// Forward computes, for one step's tokens (any mix of sequences in prefill and in decode):
+//   x = embed(ids)
+//   per layer: x += attention(input_layernorm(x)); x += moe_or_mlp(post_attention_layernorm(x))
+//   logits = norm(x) lm_head^T            only for the rows the caller asks for, f32
+// with Hugging Face semantics (tied or untied lm_head, DeepSeek-V3's first_k_dense_replace,
+// Qwen3-MoE's decoder_sparse_step / mlp_only_layers). A token's logits are a deterministic
+// function of the step's batch; across different batches they agree to rounding (GEMM kernels
+// may round differently for different row counts).
+//
+// Load reads config.json, opens the checkpoint (one file or a sharded index), checks every
+// tensor against ExpectedTensors before touching any (one Status listing the problems, naming
+// file and tensor), converts each weight once to the run dtype and transforms it once into the
+// engine's layout (fused w13, transposed w2, fused qkv, packed GEMM operands). The memory map
+// is closed when Load returns.
+//
+// Thread-compatible: one thread at a time. The backend and allocator must outlive the model.
+#ifndef MOE_ENGINE_MODEL_MODEL_H_
+#define MOE_ENGINE_MODEL_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/core/buffer.h"
+#include "engine/model/model_config.h"
+#include "kernels/backend.h"
+#include "kernels/dtype.h"
+
+namespace moe {
+
+// One step's tokens, in host memory. Token t belongs to sequence row seq_ids[t] of
+// block_tables, sits at absolute position positions[t] and writes its K / V to cache slot
+// slot_mapping[t] (see KvBlockManager). Logits come back for the token rows listed in
+// logit_rows, in that order.
+struct ModelBatch {
+  std::vector<int32_t> token_ids;     // [T]
+  std::vector<int32_t> positions;     // [T]
+  std::vector<int32_t> seq_ids;       // [T]
+  std::vector<int32_t> slot_mapping;  // [T]
+  std::vector<int32_t> block_tables;  // [num_seqs, max_blocks_per_seq], -1 = unused
+  int64_t num_seqs = 0;
+  int64_t max_blocks_per_seq = 0;
+  std::vector<int32_t> logit_rows;  // token rows whose logits Forward returns
+};
+
+// The paged KV cache of every layer: per layer one K and one V array of
+// [num_blocks, block_size, cache_heads, cache_head_dim] in the run dtype on the device.
+class KvCache {
+ public:
+  int64_t num_blocks() const { return num_blocks_; }
+  int64_t block_size() const { return block_size_; }
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  friend class Model;
+  KvCache() = default;
+  int64_t num_blocks_ = 0;
+  int64_t block_size_ = 0;
+  int64_t bytes_ = 0;
+  std::vector<std::unique_ptr<Buffer>> k_;  // per layer
+  std::vector<std::unique_ptr<Buffer>> v_;  // per layer
+};
+
+struct ModelOptions {
+  DType dtype = DType::kF32;  // run dtype: f32 or bf16
+};
+
+class Model {
+ public:
+  // Loads <model_dir>. Errors: LoadModelConfig's, the checkpoint's (NotFound for a missing
+  // model.safetensors / index naming both, InvalidArgument naming file and tensor),
+  // CheckCheckpoint's, InvalidArgument for a run dtype other than f32 / bf16, and the
+  // backend's (ResourceExhausted when the weights do not fit).
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& model_dir,
+                                                     const ModelOptions& options,
+                                                     Backend* backend, Allocator* allocator);
+  ~Model();
+
+  const ModelConfig& config() const { return config_; }
+  DType dtype() const { return options_.dtype; }
+  // Device bytes of all weights as held (packed layouts included).
+  int64_t weight_bytes() const { return weight_bytes_; }
+  // Bytes one KV cache block of block_size tokens takes over all layers (K and V).
+  int64_t KvBytesPerBlock(int64_t block_size) const;
+
+  // A zero-filled cache of num_blocks blocks. InvalidArgument for sizes < 1;
+  // ResourceExhausted from the allocator.
+  absl::StatusOr<std::unique_ptr<KvCache>> AllocateKvCache(int64_t num_blocks,
+                                                           int64_t block_size);
+
+  // Runs the batch, writes its K / V into `cache` and returns the logits of logit_rows as f32
+  // [logit_rows.size(), vocab_size] into `logits` (resized). InvalidArgument naming the field
+  // for inconsistent array sizes, a token id outside [0, vocab_size), a position outside
+  // [0, max_position_embeddings), a logit row outside [0, T); the backend's errors for slots
+  // and blocks. T = 0 returns no logits.
+  absl::Status Forward(const ModelBatch& batch, KvCache& cache, std::vector<float>* logits);
+
+  // Grows every layer's workspace for steps of up to `tokens` tokens now.
+  absl::Status ReserveTokens(int64_t tokens);
+
+ private:
+  struct Layer;
+  Model(const ModelConfig& config, const ModelOptions& options, Backend* backend,
+        Allocator* allocator);
+
+  ModelConfig config_;
+  ModelOptions options_;
+  Backend* backend_;
+  Allocator* allocator_;
+  int64_t weight_bytes_ = 0;
+  std::unique_ptr<Buffer> embed_;     // [vocab, hidden], run dtype
+  std::unique_ptr<Buffer> final_norm_;  // [hidden], run dtype
+  std::unique_ptr<PackedWeights> lm_head_;  // B = lm_head^T [hidden, vocab]
+  std::vector<std::unique_ptr<Layer>> layers_;
+  std::vector<std::unique_ptr<Buffer>> scratch_;  // step activations, grown on demand
+  int64_t scratch_tokens_ = 0;
+  std::unique_ptr<Buffer> tables_;  // the step's block tables on the device
+};
+
+}  // namespace moe
+
+#endif  // MOE_ENGINE_MODEL_MODEL_H_
