@@ -188,6 +188,7 @@ void Engine::Impl::Run() {
   std::vector<std::pair<TokenCallback, TokenEvent>> callbacks;
   while (true) {
     callbacks.clear();
+    bool stopped = false;
     {
       std::unique_lock<std::mutex> lock(mu);
       work_cv.wait(lock, [&] {
@@ -198,14 +199,25 @@ void Engine::Impl::Run() {
         for (auto& [id, r] : requests) {
           if (r.done) continue;
           generator->Cancel(id).IgnoreError();  // NotFound if it was still pending
-          Finish(id, FinishReason::kCancelled, {});
+          SequenceEvent e;
+          e.seq_id = id;
+          e.end = SequenceEnd::kCancelled;
+          Apply(e, &callbacks);
         }
         pending.clear();
         cancelled.clear();
-        done_cv.notify_all();
-        return;
+        stopped = true;
+      } else {
+        DrainQueues(&callbacks);
       }
-      DrainQueues(&callbacks);
+    }
+    if (stopped) {
+      for (auto& [callback, event] : callbacks) callback(event);
+      std::lock_guard<std::mutex> lock(mu);
+      for (const RequestId id : ending) requests.at(id).done = true;
+      ending.clear();
+      done_cv.notify_all();
+      return;
     }
     // The step runs without the lock: Submit, Cancel and Stats stay responsive.
     StepOutcome outcome = generator->Step();

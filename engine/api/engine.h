@@ -94,11 +94,13 @@ struct GenerationResult {
 
 using RequestId = int64_t;
 
-// One generated token, delivered to the Submit callback in order.
+// One generated token, delivered to the Submit callback in order; the last event of a request
+// has finished = true. A request ended by Cancel or Shutdown gets a last event without a
+// token (token = -1, index = the number of tokens it got).
 struct TokenEvent {
   RequestId request_id = 0;
   int64_t index = 0;     // 0 for the first generated token
-  int32_t token = 0;
+  int32_t token = 0;     // -1: no token (a cancelled request's last event)
   float logprob = 0.0f;  // 0 unless return_logprobs
   bool finished = false;  // the last event of the request; finish_reason is then set
   FinishReason finish_reason = FinishReason::kLength;

@@ -358,8 +358,15 @@ TEST(EngineTest, ShutdownCancelsWhatIsLeftAndRefusesNewWork) {
   auto engine = MakeEngine(kModel);
   ASSERT_NE(engine, nullptr);
   std::vector<RequestId> ids;
+  std::atomic<int> last_events{0};
   for (int i = 0; i < 4; ++i) {
-    auto id = engine->Submit(Greedy({1, 2, 3}, 200));
+    auto id = engine->Submit(Greedy({1, 2, 3}, 200), [&](const TokenEvent& e) {
+      if (e.finished) {
+        EXPECT_EQ(e.finish_reason, FinishReason::kCancelled);
+        EXPECT_EQ(e.token, -1);
+        ++last_events;
+      }
+    });
     ASSERT_TRUE(id.ok());
     ids.push_back(*id);
   }
@@ -370,6 +377,7 @@ TEST(EngineTest, ShutdownCancelsWhatIsLeftAndRefusesNewWork) {
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_LE(r->tokens.size(), 200u);
   }
+  EXPECT_EQ(last_events.load(), 4);
   EXPECT_EQ(engine->Submit(Greedy({1}, 1)).status().code(),
             absl::StatusCode::kFailedPrecondition);
   engine->Shutdown();  // idempotent
