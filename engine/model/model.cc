@@ -265,9 +265,9 @@ absl::StatusOr<std::unique_ptr<KvCache>> Model::AllocateKvCache(int64_t num_bloc
     const size_t bytes = static_cast<size_t>(num_blocks * block_size * layer->cache_heads *
                                              layer->cache_head_dim) *
                          DTypeSize(options_.dtype);
-    const std::vector<uint8_t> zeros(bytes, 0);
-    MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> k, UploadBytes(backend_, allocator_, zeros));
-    MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> v, UploadBytes(backend_, allocator_, zeros));
+    // Left uninitialised: attention reads only positions that KvWrite has written.
+    MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> k, allocator_->Allocate(bytes));
+    MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> v, allocator_->Allocate(bytes));
     cache->k_.push_back(std::move(k));
     cache->v_.push_back(std::move(v));
     cache->bytes_ += static_cast<int64_t>(2 * bytes);

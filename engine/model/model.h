@@ -89,7 +89,7 @@ class Model {
   // Bytes one KV cache block of block_size tokens takes over all layers (K and V).
   int64_t KvBytesPerBlock(int64_t block_size) const;
 
-  // A zero-filled cache of num_blocks blocks. InvalidArgument for sizes < 1;
+  // A cache of num_blocks blocks, uninitialised (every slot is written before it is read). InvalidArgument for sizes < 1;
   // ResourceExhausted from the allocator.
   absl::StatusOr<std::unique_ptr<KvCache>> AllocateKvCache(int64_t num_blocks,
                                                            int64_t block_size);
