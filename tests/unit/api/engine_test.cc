@@ -2,12 +2,14 @@
 // transformers' (alone and batched), determinism (run twice, alone vs in a batch, sampled
 // too), streaming callbacks, cancellation, stop tokens, the KV budget (waiting and rejection),
 // bad requests and bad options.
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <thread>
@@ -352,6 +354,41 @@ TEST(EngineTest, CreateErrorsNameTheFileOrOption) {
   o = {};
   o.max_tokens_per_seq = 100000000;
   bad(o, "max_tokens_per_seq");
+}
+
+// A copy of the model folder with model.safetensors cut to `keep_bytes`.
+std::string TruncatedModel(const std::string& model, size_t keep_bytes) {
+  const std::string dir = std::string(getenv("TEST_TMPDIR")) + "/" + model + "-truncated";
+  const std::string src = "models/" + model;
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(src + "/config.json", dir + "/config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  std::ifstream in(src + "/model.safetensors", std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::ofstream(dir + "/model.safetensors", std::ios::binary | std::ios::trunc)
+      << bytes.substr(0, std::min(keep_bytes, bytes.size()));
+  return dir;
+}
+
+TEST(EngineTest, CorruptCheckpointIsAStatusNamingTheFile) {
+  for (size_t keep : {size_t{0}, size_t{5}, size_t{200}, size_t{100000}}) {
+    const std::string dir = TruncatedModel(kModel, keep);
+    auto engine = Engine::Create(dir, {});
+    ASSERT_FALSE(engine.ok()) << keep;
+    EXPECT_EQ(engine.status().code(), absl::StatusCode::kInvalidArgument) << engine.status();
+    EXPECT_TRUE(absl::StrContains(engine.status().message(), dir + "/model.safetensors"))
+        << engine.status();
+  }
+  // No weights at all: NotFound naming what was looked for.
+  const std::string empty = std::string(getenv("TEST_TMPDIR")) + "/config-only";
+  std::filesystem::create_directories(empty);
+  std::filesystem::copy_file(std::string("models/") + kModel + "/config.json",
+                             empty + "/config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  auto engine = Engine::Create(empty, {});
+  ASSERT_FALSE(engine.ok());
+  EXPECT_EQ(engine.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(absl::StrContains(engine.status().message(), "model.safetensors")) << engine.status();
 }
 
 TEST(EngineTest, ShutdownCancelsWhatIsLeftAndRefusesNewWork) {
