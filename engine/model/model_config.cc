@@ -249,16 +249,26 @@ absl::Status QwenLayers(const Fields& f, ModelConfig* c) {
   return absl::OkStatus();
 }
 
-// Qwen: a window only with use_sliding_window; per layer from layer_types, else layers at
-// or past max_window_layers (as transformers derives layer_types).
+// Qwen: a window only with use_sliding_window; which layers, as transformers 5.23 does it:
+// Qwen3-MoE slides every layer: modeling_qwen3_moe.py:472 builds one sliding mask for all
+// layers, and Qwen3MoeConfig has no layer_types or max_window_layers (both keys ignored).
+// Qwen2-MoE: per layer from layer_types (modeling_qwen2_moe.py:487-496), which
+// configuration_qwen2_moe.py:114-120 derives when absent as: layer i slides iff i is even and
+// i < max_window_layers (default 28) -- not the dense Qwen2 / Qwen3 rule i >= max_window_layers.
 absl::Status QwenSliding(const Fields& f, ModelConfig* c) {
   MOE_ASSIGN_OR_RETURN(bool use, f.BoolOr("use_sliding_window", false));
   if (!use) return absl::OkStatus();
   MOE_ASSIGN_OR_RETURN(c->sliding_window, f.Positive("sliding_window"));
+  if (c->family == ModelFamily::kQwen3Moe) {
+    c->layer_sliding.assign(c->num_hidden_layers, true);
+    return absl::OkStatus();
+  }
   MOE_ASSIGN_OR_RETURN(const JsonValue* types, f.OptArray("layer_types"));
   if (types == nullptr) {
-    MOE_ASSIGN_OR_RETURN(int64_t first, f.IntOr("max_window_layers", 0));
-    for (int64_t i = 0; i < c->num_hidden_layers; ++i) c->layer_sliding[i] = i >= first;
+    MOE_ASSIGN_OR_RETURN(int64_t bound, f.IntOr("max_window_layers", 28));
+    for (int64_t i = 0; i < c->num_hidden_layers; ++i) {
+      c->layer_sliding[i] = i % 2 == 0 && i < bound;
+    }
     return absl::OkStatus();
   }
   if (static_cast<int64_t>(types->array().size()) != c->num_hidden_layers) {
@@ -281,6 +291,11 @@ absl::Status ReadMixtral(const Fields& f, ModelConfig* c) {
   c->moe.inter = c->intermediate_size;
   c->moe.score = ScoreFunction::kSoftmax;
   c->moe.renormalize = true;
+  // transformers 5.23 modeling_mixtral.py:105-108, MixtralTopKRouter.forward:
+  // router_logits = F.linear(hidden_states, self.weight) in the model dtype, softmax on
+  // router_logits.float(); the top-k weights stay fp32 into the experts' weighted sum.
+  c->moe.router_gemm = RouterGemm::kRunDType;
+  c->moe.route_weights = RouteWeights::kFp32;
   // router_jitter_noise only acts in training: accepted whatever its value.
   MOE_ASSIGN_OR_RETURN(std::optional<int64_t> window, f.OptInt("sliding_window"));
   if (window.has_value()) {
@@ -301,6 +316,14 @@ absl::Status ReadQwen(const Fields& f, ModelConfig* c) {
   MOE_ASSIGN_OR_RETURN(c->moe.inter, f.Positive("moe_intermediate_size"));
   c->moe.score = ScoreFunction::kSoftmax;
   MOE_ASSIGN_OR_RETURN(c->moe.renormalize, f.BoolOr("norm_topk_prob", false));
+  // transformers 5.23 modeling_qwen3_moe.py:259-264 (modeling_qwen2_moe.py:321-326),
+  // Qwen*MoeTopKRouter.forward: router_logits = F.linear(hidden_states, self.weight) in the
+  // model dtype, softmax(router_logits, dtype=torch.float), then
+  // router_top_value.to(router_logits.dtype): the weights enter the experts' sum in the model
+  // dtype. Qwen2-MoE's shared_expert_gate is a model-dtype nn.Linear too
+  // (modeling_qwen2_moe.py:346, F.sigmoid(self.shared_expert_gate(x)) * shared_expert_output).
+  c->moe.router_gemm = RouterGemm::kRunDType;
+  c->moe.route_weights = RouteWeights::kRunDType;
   if (qwen2) {
     MOE_ASSIGN_OR_RETURN(c->moe.shared_inter, f.Positive("shared_expert_intermediate_size"));
     c->moe.num_shared_experts = 1;
@@ -328,6 +351,11 @@ absl::Status ReadDeepseek(const Fields& f, ModelConfig* c) {
     return f.Unsupported(absl::StrCat("scoring_func=\"", *scoring, "\""));
   }
   m.score = ScoreFunction::kSigmoid;
+  // transformers 5.23 modeling_deepseek_v3.py:135, DeepseekV3TopkRouter.forward:
+  // router_logits = F.linear(hidden_states.type(torch.float32), self.weight.type(torch.float32))
+  // (the weight holds model-dtype values), and the top-k weights stay fp32 (lines 153-157).
+  m.router_gemm = RouterGemm::kFp32;
+  m.route_weights = RouteWeights::kFp32;
   MOE_ASSIGN_OR_RETURN(std::optional<std::string> method, f.OptString("topk_method"));
   const std::string topk_method = method.value_or("noaux_tc");
   if (topk_method != "noaux_tc" && topk_method != "greedy") {

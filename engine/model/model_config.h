@@ -96,7 +96,9 @@ struct ModelConfig {
   // layer_is_moe[i]: layer i has the MoE block `moe`, else a dense MLP of intermediate_size.
   std::vector<bool> layer_is_moe;
   // The MoE block of every MoE layer. moe.dtype is left at its default: the run dtype is an
-  // engine option, not part of the checkpoint.
+  // engine option, not part of the checkpoint. moe.router_gemm / moe.route_weights follow the
+  // family's transformers code (only bf16 runs differ): Mixtral run-dtype gate GEMM, fp32
+  // weights; Qwen2/3-MoE run-dtype gate GEMM and weights; DeepSeek-V3 fp32 for both.
   MoeConfig moe;
 
   bool use_mla = false;  // DeepSeek-V3

@@ -53,10 +53,26 @@ absl::StatusOr<std::vector<float>> Golden::Logits(bool bf16, const std::string& 
 }
 
 absl::StatusOr<Golden> LoadGolden(const std::string& name) {
-  const std::string dir = "tests/golden/" + name;
-  MOE_ASSIGN_OR_RETURN(JsonValue root, ReadJsonFile(dir + "/golden.json"));
+  std::string dir = "tests/golden/" + name;
+  absl::StatusOr<JsonValue> json = ReadJsonFile(dir + "/golden.json");
+  if (absl::IsNotFound(json.status()) && name.find('/') == std::string::npos) {
+    const std::string variant = "tests/golden/variants/" + name;
+    absl::StatusOr<JsonValue> v = ReadJsonFile(variant + "/golden.json");
+    if (v.ok() || !absl::IsNotFound(v.status())) {
+      dir = variant;
+      json = std::move(v);
+    }
+  }
+  if (!json.ok()) return json.status();
+  const JsonValue& root = *json;
   Golden g;
   g.model_dir = "models/" + name;
+  if (const JsonValue* m = root.Find("model_dir"); m != nullptr) {
+    if (m->kind() != JsonValue::Kind::kString || m->string().empty()) {
+      return absl::InvalidArgumentError(dir + "/golden.json: model_dir is not a path");
+    }
+    g.model_dir = m->string();
+  }
   const JsonValue* n = root.Find("max_new_tokens");
   const JsonValue* prompts = root.Find("prompts");
   if (n == nullptr || prompts == nullptr) {

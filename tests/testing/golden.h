@@ -1,7 +1,8 @@
 // The golden files of tests/golden/<model>/ that tools/fixtures/make_fixtures.py writes with
 // Hugging Face transformers: golden.json (prompts, greedy continuations in fp32 and bf16, alone
 // and as a left-padded batch) and logits_{fp32,bf16}.safetensors ("promptI.logits" [T, vocab]
-// of the prompt, "promptI.gen_logits" [max_new_tokens, vocab] of the greedy steps).
+// of the prompt, "promptI.gen_logits" [max_new_tokens, vocab] of the greedy steps). The variant
+// checkpoints (make_fixtures.py --variants) keep model and goldens in tests/golden/variants/<v>/.
 #ifndef MOE_TESTS_TESTING_GOLDEN_H_
 #define MOE_TESTS_TESTING_GOLDEN_H_
 
@@ -16,7 +17,7 @@
 namespace moe::testing {
 
 struct Golden {
-  std::string model_dir;  // "models/<name>"
+  std::string model_dir;  // "models/<name>", or the variant's own folder
   int64_t max_new_tokens = 0;
   std::vector<std::vector<int32_t>> prompts;
   std::vector<std::vector<int32_t>> greedy_fp32;  // per prompt, run alone
@@ -30,7 +31,10 @@ struct Golden {
   absl::StatusOr<std::vector<float>> Logits(bool bf16, const std::string& name) const;
 };
 
-// Reads tests/golden/<name>/ (name: "mixtral-tiny", ...).
+// Reads tests/golden/<name>/ (name: "mixtral-tiny", ...; or "variants/<v>"), else, if that
+// has no golden.json, tests/golden/variants/<name>/ (name: a variant, "mixtral-sliding", ...).
+// model_dir is golden.json's "model_dir" (relative to the workspace root) when present, else
+// "models/<name>".
 absl::StatusOr<Golden> LoadGolden(const std::string& name);
 
 }  // namespace moe::testing

@@ -42,6 +42,14 @@ std::vector<uint8_t> Encode(const std::vector<float>& v, DType dtype) {
   return out;
 }
 
+// `v` with every value rounded to `dtype` (f32 or bf16) and widened back, exactly.
+std::vector<float> RoundedTo(std::vector<float> v, DType dtype) {
+  if (dtype == DType::kBF16) {
+    for (float& x : v) x = Bf16ToFloat(FloatToBf16(x));
+  }
+  return v;
+}
+
 std::vector<float> Decode(const std::vector<uint8_t>& bytes, DType dtype) {
   std::vector<float> out(bytes.size() / DTypeSize(dtype));
   if (dtype == DType::kF32) {
@@ -120,10 +128,15 @@ absl::StatusOr<std::unique_ptr<ExpertWeights>> ExpertWeights::Create(const MoeCo
                                                                      Allocator* allocator) {
   std::unique_ptr<ExpertWeights> w(new ExpertWeights(config, backend, allocator));
   const int64_t e = config.num_experts, d = config.hidden, i = config.inter;
-  MOE_ASSIGN_OR_RETURN(w->gate_, Upload(backend, allocator, ToFloats(weights.gate), DType::kF32));
+  // The router's weights hold run-dtype values whatever the GEMM's precision, as a model
+  // converted to the run dtype holds them; the bias stays an fp32 array for the router op.
+  MOE_ASSIGN_OR_RETURN(
+      w->gate_,
+      Upload(backend, allocator, RoundedTo(ToFloats(weights.gate), config.dtype), w->gate_dtype()));
   if (config.use_expert_bias) {
-    MOE_ASSIGN_OR_RETURN(w->bias_,
-                         Upload(backend, allocator, ToFloats(weights.expert_bias), DType::kF32));
+    MOE_ASSIGN_OR_RETURN(
+        w->bias_, Upload(backend, allocator, RoundedTo(ToFloats(weights.expert_bias), config.dtype),
+                         DType::kF32));
   }
   {
     // Freed before Create returns: only the packed copies stay.

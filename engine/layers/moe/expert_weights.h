@@ -1,7 +1,9 @@
 // The MoE block's weights in device memory, in the layouts the kernels consume, built once at
 // load and rebuilt per expert on an explicit update:
-//   gate      f32   [E, D]       router (kept fp32: routing is computed in fp32)
-//   bias      f32   [E]          selection-only expert bias, or absent
+//   gate      f32 | dtype [E, D] router: dtype for RouterGemm::kRunDType, else f32; its
+//                                values rounded to dtype either way (a bf16 run routes with
+//                                the bf16 gate, as a model converted to bf16 does)
+//   bias      f32   [E]          selection-only expert bias (values rounded to dtype), or absent
 //   w13       dtype [E, D, 2I]   per expert the GEMM B operand [K=D, N=2I]: gate cols, then up
 //   w2t       dtype [E, I, D]    per expert W2^T, the B operand [K=I, N=D]
 //   shared_w13 [D, 2S], shared_w2t [S, D], shared_gate dtype [1, D] (each optional)
@@ -43,7 +45,10 @@ class ExpertWeights {
   // scratch allocation fails.
   absl::Status UpdateExpert(int64_t expert, const Tensor* w1, const Tensor* w3, const Tensor* w2);
 
-  const float* gate() const { return static_cast<const float*>(gate_->data()); }
+  const void* gate() const { return gate_->data(); }
+  DType gate_dtype() const {
+    return config_.router_gemm == RouterGemm::kRunDType ? config_.dtype : DType::kF32;
+  }
   const float* expert_bias() const {
     return bias_ ? static_cast<const float*>(bias_->data()) : nullptr;
   }

@@ -12,15 +12,26 @@ struct Entry {
   Shape shape;
 };
 
+// Upper bound on the plan's length, so that building it never allocates.
+constexpr size_t kMaxEntries = 24;
+
 // One list drives both the sizing and the carving, so they cannot disagree.
-absl::InlinedVector<Entry, 16> Plan(const MoeConfig& c, int64_t t) {
+absl::InlinedVector<Entry, kMaxEntries> Plan(const MoeConfig& c, int64_t t) {
   const int64_t n = t * c.top_k, d = c.hidden, e = c.num_experts, i = c.inter;
   const int64_t s = c.num_shared_experts * c.shared_inter;
-  absl::InlinedVector<Entry, 16> plan;
-  if (c.dtype != DType::kF32) plan.push_back({&ForwardScratch::x32, DType::kF32, Shape({t, d})});
+  const bool gemm_rd = RouterGemmInRunDType(c);
+  absl::InlinedVector<Entry, kMaxEntries> plan;
+  if (c.dtype != DType::kF32 && !gemm_rd) {
+    plan.push_back({&ForwardScratch::x32, DType::kF32, Shape({t, d})});
+  }
+  if (gemm_rd) plan.push_back({&ForwardScratch::logits_rd, c.dtype, Shape({t, e})});
   plan.push_back({&ForwardScratch::logits, DType::kF32, Shape({t, e})});
   plan.push_back({&ForwardScratch::ids, DType::kI32, Shape({n})});
   plan.push_back({&ForwardScratch::weights, DType::kF32, Shape({n})});
+  if (RouteWeightsInRunDType(c)) {
+    plan.push_back({&ForwardScratch::weights_rd, c.dtype, Shape({n})});
+    plan.push_back({&ForwardScratch::row_weights, DType::kF32, Shape({n})});
+  }
   plan.push_back({&ForwardScratch::counts, DType::kI64, Shape({e})});
   plan.push_back({&ForwardScratch::sorted_slots, DType::kI32, Shape({n})});
   plan.push_back({&ForwardScratch::slot_to_row, DType::kI32, Shape({n})});
@@ -33,12 +44,25 @@ absl::InlinedVector<Entry, 16> Plan(const MoeConfig& c, int64_t t) {
   }
   if (c.shared_gate) {
     plan.push_back({&ForwardScratch::shared_gate_logit, DType::kF32, Shape({t})});
+    if (gemm_rd) {
+      plan.push_back({&ForwardScratch::shared_gate_rd, c.dtype, Shape({t})});
+      plan.push_back({&ForwardScratch::shared_gate_ids, DType::kI32, Shape({t})});
+      plan.push_back({&ForwardScratch::shared_gate_score, DType::kF32, Shape({t})});
+    }
   }
   plan.push_back({&ForwardScratch::result, c.dtype, Shape({t, d})});
   return plan;
 }
 
 }  // namespace
+
+bool RouterGemmInRunDType(const MoeConfig& config) {
+  return config.router_gemm == RouterGemm::kRunDType && config.dtype != DType::kF32;
+}
+
+bool RouteWeightsInRunDType(const MoeConfig& config) {
+  return config.route_weights == RouteWeights::kRunDType && config.dtype != DType::kF32;
+}
 
 size_t ForwardScratchBytes(const MoeConfig& config, int64_t tokens) {
   size_t bytes = 0;

@@ -1,7 +1,8 @@
 // The MoE block, no grad:
-//   router (fp32) -> integer counts -> dispatch (stable by expert, token) -> experts (fused w13,
-//   transposed w2; one batched GEMM when all counts are equal, else grouped GEMM) ->
-//   deterministic in-place combine (+ shared experts).
+//   router (fp32 scores from fp32 or run-dtype logits, MoeConfig::router_gemm) -> integer
+//   counts -> dispatch (stable by expert, token) -> experts (fused w13, transposed w2; one
+//   batched GEMM when all counts are equal, else grouped GEMM) -> deterministic in-place
+//   combine (+ shared experts; fp32 or run-dtype weights, MoeConfig::route_weights).
 // See DESIGN.md ("The MoE block") and MOE_SEMANTICS.md for the exact arithmetic.
 #ifndef MOE_ENGINE_LAYERS_MOE_MOE_BLOCK_H_
 #define MOE_ENGINE_LAYERS_MOE_MOE_BLOCK_H_
@@ -59,8 +60,9 @@ struct MoeCounters {
 class MoeBlock {
  public:
   // Validates config (MoeConfig::Validate) and weights (CheckMoeWeights: InvalidArgument naming
-  // the tensor and both shapes), converts weights to config.dtype (the router gate and bias to
-  // f32) and fuses them into w13 [E, D, 2I] (gate | up) and w2t [E, I, D], kept on the device
+  // the tensor and both shapes), converts weights to config.dtype (the router gate and bias
+  // keep f32 storage unless config.router_gemm says otherwise, holding config.dtype values either
+  // way) and fuses them into w13 [E, D, 2I] (gate | up) and w2t [E, I, D], kept on the device
   // only as the backend's packed copies (see packed_weight_bytes).
   static absl::StatusOr<std::unique_ptr<MoeBlock>> Create(const MoeConfig& config,
                                                           const MoeWeights& weights,
@@ -94,7 +96,8 @@ class MoeBlock {
   void set_batched_path_enabled(bool enabled) { batched_path_enabled_ = enabled; }
 
   // The last Forward's routing, copied to the host: ids [T * K] (ascending expert id within a
-  // token) and weights [T * K] (fp32, after renormalisation and route_scale).
+  // token) and weights [T * K] (fp32, after renormalisation and route_scale; in a bf16 run with
+  // RouteWeights::kRunDType, rounded to bf16 values, as the combine uses them).
   // FailedPrecondition if there is none (no Forward yet, or ReserveTokens since).
   absl::Status CopyLastRouting(std::vector<int32_t>* ids, std::vector<float>* weights) const;
 
@@ -117,6 +120,12 @@ class MoeBlock {
   absl::Status RunExperts(const Tensor& x, const ForwardScratch& s);
   absl::Status RunShared(const Tensor& x, const ForwardScratch& s, const Tensor& target);
   absl::Status RunCombine(const ForwardScratch& s, const Tensor& target);
+  // RouteWeights::kRunDType: expert output rows *= their slot's weight, rounded.
+  absl::Status ScaleExpertRows(const ForwardScratch& s);
+  // dst (f32) = src (any float dtype), and dst (dst's dtype) = src (f32), rounding to nearest
+  // even; src.numel() elements.
+  absl::Status Widen(const Tensor& src, const Tensor& dst);
+  absl::Status Narrow(const Tensor& src, const Tensor& dst);
 
   MoeConfig config_;
   Backend* backend_;

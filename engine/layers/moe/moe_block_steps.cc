@@ -17,32 +17,54 @@ T* Ptr(const Tensor& t) {
 
 }  // namespace
 
+absl::Status MoeBlock::Widen(const Tensor& src, const Tensor& dst) {
+  CastArgs cast;
+  cast.n = src.numel();
+  cast.src = src.data();
+  cast.src_dtype = src.dtype();
+  cast.dst = dst.data();
+  cast.dst_dtype = DType::kF32;
+  return backend_->Cast(cast);
+}
+
+absl::Status MoeBlock::Narrow(const Tensor& src, const Tensor& dst) {
+  CastArgs cast;
+  cast.n = src.numel();
+  cast.src = src.data();
+  cast.src_dtype = DType::kF32;
+  cast.dst = dst.data();
+  cast.dst_dtype = dst.dtype();
+  return backend_->Cast(cast);
+}
+
 absl::Status MoeBlock::Route(const Tensor& x, const ForwardScratch& s) {
   const int64_t t = x.dim(0), d = config_.hidden, e = config_.num_experts;
-  // MOE_SEMANTICS 1.1: the gate runs in fp32 on x up-cast to fp32.
-  const void* x32 = x.data();
-  if (config_.dtype != DType::kF32) {
-    CastArgs cast;
-    cast.n = t * d;
-    cast.src = x.data();
-    cast.src_dtype = config_.dtype;
-    cast.dst = s.x32.data();
-    cast.dst_dtype = DType::kF32;
-    MOE_RETURN_IF_ERROR(backend_->Cast(cast));
-    x32 = s.x32.data();
-  }
   GemmArgs gemm;
   gemm.m = t;
   gemm.n = e;
   gemm.k = d;
-  gemm.a = x32;
   gemm.lda = d;
   gemm.b = weights_->gate();
   gemm.ldb = d;
   gemm.trans_b = true;
-  gemm.c = s.logits.data();
   gemm.ldc = e;
-  MOE_RETURN_IF_ERROR(backend_->Gemm(gemm));
+  if (config_.router_gemm == RouterGemm::kRunDType) {
+    // nn.Linear in the run dtype: the logits are rounded to it, then routed in fp32.
+    gemm.a = x.data();
+    gemm.a_dtype = gemm.b_dtype = gemm.c_dtype = config_.dtype;
+    gemm.c = RouterGemmInRunDType(config_) ? s.logits_rd.data() : s.logits.data();
+    MOE_RETURN_IF_ERROR(backend_->Gemm(gemm));
+    if (RouterGemmInRunDType(config_)) MOE_RETURN_IF_ERROR(Widen(s.logits_rd, s.logits));
+  } else {
+    // MOE_SEMANTICS 1.1: the gate runs in fp32 on x up-cast to fp32.
+    gemm.a = x.data();
+    if (config_.dtype != DType::kF32) {
+      MOE_RETURN_IF_ERROR(Widen(x, s.x32));
+      gemm.a = s.x32.data();
+    }
+    gemm.c = s.logits.data();
+    MOE_RETURN_IF_ERROR(backend_->Gemm(gemm));
+  }
 
   RouterArgs router;
   router.tokens = t;
@@ -59,6 +81,11 @@ absl::Status MoeBlock::Route(const Tensor& x, const ForwardScratch& s) {
   router.ids = Ptr<int32_t>(s.ids);
   router.weights = Ptr<float>(s.weights);
   MOE_RETURN_IF_ERROR(backend_->Router(router));
+  if (RouteWeightsInRunDType(config_)) {
+    // The weights as the run dtype holds them (CopyLastRouting reports these).
+    MOE_RETURN_IF_ERROR(Narrow(s.weights, s.weights_rd));
+    MOE_RETURN_IF_ERROR(Widen(s.weights_rd, s.weights));
+  }
 
   // MOE_SEMANTICS 1.7 / 7.1 / 7.10: exact integer counts of the dispatched slots.
   BincountArgs bincount;
@@ -246,19 +273,22 @@ absl::Status MoeBlock::RunShared(const Tensor& x, const ForwardScratch& s, const
   MOE_RETURN_IF_ERROR(backend_->Gemm(down));
   if (!config_.shared_gate) return absl::OkStatus();
 
-  // Qwen2-MoE: shared *= sigmoid(x . w_gate), the logit in fp32, one rounding of the product.
+  // Qwen2-MoE: shared *= sigmoid(x . w_gate). RouterGemm::kFp32: the logit in fp32, one
+  // rounding of the product. kRunDType (bf16): HF's bf16 nn.Linear and F.sigmoid, so the logit
+  // and the sigmoid are rounded to the run dtype before the (rounded) product.
+  const bool run_dtype = RouterGemmInRunDType(config_);
   GemmArgs logit;
   logit.m = t;
   logit.n = 1;
   logit.k = d;
   logit.a = x.data();
   logit.a_dtype = logit.b_dtype = config_.dtype;
-  logit.c_dtype = DType::kF32;
+  logit.c_dtype = run_dtype ? config_.dtype : DType::kF32;
   logit.lda = d;
   logit.b = weights_->shared_gate();
   logit.ldb = d;
   logit.trans_b = true;
-  logit.c = s.shared_gate_logit.data();
+  logit.c = run_dtype ? s.shared_gate_rd.data() : s.shared_gate_logit.data();
   logit.ldc = 1;
   MOE_RETURN_IF_ERROR(backend_->Gemm(logit));
   ScaleRowsArgs scale;
@@ -271,12 +301,62 @@ absl::Status MoeBlock::RunShared(const Tensor& x, const ForwardScratch& s, const
   scale.sigmoid_of_scale = true;
   scale.dst = target.data();
   scale.dst_ld = d;
+  if (run_dtype) {
+    MOE_RETURN_IF_ERROR(Widen(s.shared_gate_rd, s.shared_gate_logit));
+    // sigmoid(logit) in fp32: the router op over one expert (top-1, no renormalisation, scale
+    // 1) returns exactly the score; then rounded to the run dtype.
+    RouterArgs sigmoid;
+    sigmoid.tokens = t;
+    sigmoid.num_experts = 1;
+    sigmoid.top_k = 1;
+    sigmoid.logits = Ptr<const float>(s.shared_gate_logit);
+    sigmoid.score = ScoreFunction::kSigmoid;
+    sigmoid.ids = Ptr<int32_t>(s.shared_gate_ids);
+    sigmoid.weights = Ptr<float>(s.shared_gate_score);
+    MOE_RETURN_IF_ERROR(backend_->Router(sigmoid));
+    MOE_RETURN_IF_ERROR(Narrow(s.shared_gate_score, s.shared_gate_rd));
+    MOE_RETURN_IF_ERROR(Widen(s.shared_gate_rd, s.shared_gate_score));
+    scale.scale = Ptr<const float>(s.shared_gate_score);
+    scale.sigmoid_of_scale = false;
+  }
+  return backend_->ScaleRows(scale);
+}
+
+absl::Status MoeBlock::ScaleExpertRows(const ForwardScratch& s) {
+  const int64_t rows = offsets_host_[config_.num_experts];
+  if (rows == 0) return absl::OkStatus();
+  // Each row's weight, in dispatch order (the kept rows only, in capacity mode).
+  GatherRowsArgs gather;
+  gather.rows = rows;
+  gather.cols = 1;
+  gather.dtype = DType::kF32;
+  gather.src = s.weights.data();
+  gather.src_ld = 1;
+  gather.src_rows = s.weights.numel();
+  gather.index = Ptr<const int32_t>(s.sorted_slots);
+  gather.index_divisor = 1;
+  gather.dst = s.row_weights.data();
+  gather.dst_ld = 1;
+  MOE_RETURN_IF_ERROR(backend_->GatherRows(gather));
+  ScaleRowsArgs scale;
+  scale.rows = rows;
+  scale.cols = config_.hidden;
+  scale.dtype = config_.dtype;
+  scale.src = s.rows.data();
+  scale.src_ld = config_.hidden;
+  scale.scale = Ptr<const float>(s.row_weights);
+  scale.dst = s.rows.data();
+  scale.dst_ld = config_.hidden;
   return backend_->ScaleRows(scale);
 }
 
 absl::Status MoeBlock::RunCombine(const ForwardScratch& s, const Tensor& target) {
   // MOE_SEMANTICS 4.2 / 7.14: routed = round(fp32 sum in ascending expert id), then
   // out = round(routed + shared), the shared output already sitting in `target`.
+  // RouteWeights::kRunDType (bf16): each y * w is rounded first (ScaleExpertRows), and the
+  // combine sums the rounded products.
+  const bool scaled_rows = config_.score_before_experts || RouteWeightsInRunDType(config_);
+  if (!config_.score_before_experts && scaled_rows) MOE_RETURN_IF_ERROR(ScaleExpertRows(s));
   CombineArgs combine;
   combine.tokens = target.dim(0);
   combine.top_k = config_.top_k;
@@ -286,7 +366,7 @@ absl::Status MoeBlock::RunCombine(const ForwardScratch& s, const Tensor& target)
   combine.expert_out_ld = config_.hidden;
   combine.slot_to_row = Ptr<const int32_t>(s.slot_to_row);
   combine.ids = Ptr<const int32_t>(s.ids);
-  combine.weights = config_.score_before_experts ? nullptr : Ptr<const float>(s.weights);
+  combine.weights = scaled_rows ? nullptr : Ptr<const float>(s.weights);
   combine.add_to_out = config_.num_shared_experts > 0;
   combine.out = target.data();
   combine.out_ld = config_.hidden;

@@ -19,6 +19,8 @@ absl::Status CheckPositive(absl::string_view field, int64_t v) {
 
 absl::string_view YesNo(bool b) { return b ? "yes" : "no"; }
 
+absl::string_view Precision(bool run_dtype) { return run_dtype ? "run_dtype" : "fp32"; }
+
 }  // namespace
 
 absl::Status MoeConfig::Validate() const {
@@ -89,7 +91,10 @@ std::string MoeConfig::ToString() const {
       " route_scale=", route_scale, " score_before_experts=", YesNo(score_before_experts),
       " num_shared_experts=", num_shared_experts, " shared_inter=", shared_inter,
       " shared_gate=", YesNo(shared_gate), " force_balanced=", YesNo(force_balanced),
-      " capacity_factor=", capacity_factor, " dtype=", DTypeName(dtype), "}");
+      " capacity_factor=", capacity_factor,
+      " router_gemm=", Precision(router_gemm == RouterGemm::kRunDType),
+      " route_weights=", Precision(route_weights == RouteWeights::kRunDType),
+      " dtype=", DTypeName(dtype), "}");
 }
 
 }  // namespace moe

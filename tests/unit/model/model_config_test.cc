@@ -620,7 +620,8 @@ TEST(ModelConfigTest, AcceptedVariations) {
       kQwen3,
       {{"use_sliding_window", "true"}, {"sliding_window", "16"}, {"max_window_layers", "1"}});
   EXPECT_EQ(qwin.sliding_window, 16);
-  EXPECT_EQ(qwin.layer_sliding, std::vector<bool>({false, true, true}));
+  // Qwen3-MoE slides every layer; max_window_layers is not a Qwen3MoeConfig field (HF 5.23).
+  EXPECT_EQ(qwin.layer_sliding, std::vector<bool>({true, true, true}));
   const ModelConfig q2win =
       ParseOk(kQwen2, {{"use_sliding_window", "true"},
                        {"sliding_window", "8"},

@@ -52,8 +52,9 @@ std::vector<double> Read(const SafetensorsCheckpoint& ckpt, const std::string& n
   return RoundTo(Decode(aligned.data(), t->shape.numel(), t->dtype), dtype);
 }
 
-// The layer's weights as the block stores them in `dtype`: the router gate and bias in f32,
-// the rest in dtype. Names written out per family, independently of checkpoint_layout.
+// The layer's weights read from the checkpoint: the router gate and bias at full f32 value
+// (the naive reference rounds them to a bf16 run's values itself), the rest in `dtype`. Names
+// written out per family, independently of checkpoint_layout.
 NaiveMoeWeights ReadWeights(const ModelConfig& c, const SafetensorsCheckpoint& ckpt, int layer,
                             DType dtype) {
   const std::string l = absl::StrCat("model.layers.", layer, ".");

@@ -184,7 +184,11 @@ TEST(MoeConfigTest, ToStringNamesEveryField) {
             "moe{num_experts=8 top_k=2 hidden=32 inter=16 score=sigmoid expert_bias=no "
             "num_groups=4 topk_groups=2 renormalize=no route_scale=2.5 score_before_experts=no "
             "num_shared_experts=0 shared_inter=0 shared_gate=no force_balanced=no "
-            "capacity_factor=0 dtype=f32}");
+            "capacity_factor=0 router_gemm=fp32 route_weights=fp32 dtype=f32}");
+  c.router_gemm = RouterGemm::kRunDType;
+  c.route_weights = RouteWeights::kRunDType;
+  EXPECT_NE(c.ToString().find(" router_gemm=run_dtype route_weights=run_dtype "), std::string::npos)
+      << c.ToString();
 }
 
 // --- Create: every weight tensor against the config. ---

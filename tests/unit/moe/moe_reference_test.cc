@@ -2,8 +2,10 @@
 // with and without shared experts, f32 and bf16, odd and round sizes.
 //
 // Routing: inputs are drawn with a clear margin (RandomRoutableInput re-draws any token whose
-// float64 top-k or group decision is closer than kRoutingMargin), so the engine's fp32 logits
-// must pick exactly the reference's experts; the test asserts that before comparing values.
+// float64 top-k or group decision is closer than kRoutingMargin, or, in the run-dtype router
+// modes, whose logits or weights lie that close to a bf16 rounding boundary), so the engine's
+// fp32 logits must pick exactly the reference's experts; the test asserts that before comparing
+// values.
 #include <string>
 #include <vector>
 
@@ -28,6 +30,8 @@ struct Variant {
   bool shared_gate = false;
   bool force_balanced = false;
   int64_t top_k = 0;  // 0: the size's K
+  RouterGemm router_gemm = RouterGemm::kFp32;
+  RouteWeights route_weights = RouteWeights::kFp32;
 };
 
 struct Size {
@@ -50,6 +54,19 @@ const Variant kVariants[] = {
      true},
     {"force_balanced_before_renorm", ScoreFunction::kSigmoid, false, 0, true, 1.0f, true, 0, false,
      true},
+    // Hugging Face's bf16 router precisions (MoeConfig::router_gemm / route_weights).
+    {"softmax_renorm_rungemm_mixtral", ScoreFunction::kSoftmax, false, 0, true, 1.0f, false, 0,
+     false, false, 0, RouterGemm::kRunDType},
+    {"softmax_renorm_rungemm_runweights_qwen3", ScoreFunction::kSoftmax, false, 0, true, 1.0f,
+     false, 0, false, false, 0, RouterGemm::kRunDType, RouteWeights::kRunDType},
+    {"softmax_shared_gate_rungemm_runweights_qwen2", ScoreFunction::kSoftmax, false, 0, false, 1.0f,
+     false, 1, true, false, 0, RouterGemm::kRunDType, RouteWeights::kRunDType},
+    {"sigmoid_bias_groups_renorm_rungemm_runweights", ScoreFunction::kSigmoid, true, 2, true, 2.5f,
+     false, 1, false, false, 0, RouterGemm::kRunDType, RouteWeights::kRunDType},
+    {"softmax_before_runweights", ScoreFunction::kSoftmax, false, 0, true, 1.0f, true, 0, false,
+     false, 0, RouterGemm::kFp32, RouteWeights::kRunDType},
+    {"force_balanced_runweights", ScoreFunction::kSoftmax, false, 0, false, 1.0f, false, 0, false,
+     true, 0, RouterGemm::kRunDType, RouteWeights::kRunDType},
 };
 
 const Size kSizes[] = {
@@ -93,6 +110,8 @@ MoeConfig ConfigFor(const Case& c) {
   config.shared_inter = c.variant.shared > 0 ? c.size.inter : 0;
   config.shared_gate = c.variant.shared_gate;
   config.force_balanced = c.variant.force_balanced;
+  config.router_gemm = c.variant.router_gemm;
+  config.route_weights = c.variant.route_weights;
   config.dtype = c.dtype;
   return config;
 }

@@ -59,7 +59,7 @@ NaiveMoeWeights RandomWeights(const MoeConfig& c, std::mt19937_64& rng) {
   const DType t = c.dtype;
   NaiveMoeWeights w;
   w.gate = Scaled(e * d, 2.0 / std::sqrt(static_cast<double>(d)), t, rng);
-  if (c.use_expert_bias) w.bias = Scaled(e, 0.1, DType::kF32, rng);
+  if (c.use_expert_bias) w.bias = Scaled(e, 0.1, t, rng);
   const double in_scale = std::sqrt(3.0 / d);
   for (int64_t x = 0; x < e; ++x) {
     w.w1.push_back(Scaled(i * d, in_scale, t, rng));

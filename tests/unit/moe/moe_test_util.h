@@ -38,7 +38,8 @@ class HostTensors {
 };
 
 // The block's weights over `host`: gate and expert/shared weights in config.dtype, the bias in
-// f32. The values must already be representable (RandomWeights rounds them).
+// f32 (holding config.dtype values). The values must already be representable (RandomWeights
+// rounds them).
 MoeWeights ToMoeWeights(const MoeConfig& config, const NaiveMoeWeights& w, HostTensors* host);
 
 // Random weights scaled for unit-size activations, rounded to the stored dtypes.

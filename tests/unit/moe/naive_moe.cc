@@ -5,6 +5,8 @@
 #include <limits>
 #include <numeric>
 
+#include "kernels/dtype.h"
+
 namespace moe::testing {
 namespace {
 
@@ -12,6 +14,24 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 
 double Silu(double g) { return g / (1.0 + std::exp(-g)); }
 double Sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
+
+// The value the run dtype holds for v: bf16 rounds (through float, as the engine's fp32 values
+// are rounded); f32 keeps the float64 value, the reference's own precision.
+double Held(double v, DType dtype) {
+  return dtype == DType::kBF16 ? RoundToBf16(static_cast<float>(v)) : v;
+}
+
+// Distance from v to the nearest point where its rounding to bf16 changes; +inf for f32.
+double RoundingBoundaryDistance(double v, DType dtype) {
+  if (dtype != DType::kBF16) return kInf;
+  const bf16 r = FloatToBf16(static_cast<float>(v));
+  double best = kInf;
+  for (int step : {-1, 1}) {
+    const double next = Bf16ToFloat(bf16{static_cast<uint16_t>(r.bits + step)});
+    if (std::isfinite(next)) best = std::min(best, std::fabs(v - 0.5 * (Bf16ToFloat(r) + next)));
+  }
+  return best;
+}
 
 // Indices of `v` ordered by value descending, ties to the lower index.
 std::vector<int64_t> RankDescending(const std::vector<double>& v) {
@@ -46,6 +66,12 @@ std::vector<double> NaiveFfn(const std::vector<double>& w1, const std::vector<do
 NaiveRouting NaiveRoute(const MoeConfig& c, const NaiveMoeWeights& w, const std::vector<double>& x,
                         int64_t tokens) {
   const int64_t e = c.num_experts, k = c.top_k, d = c.hidden;
+  // The block holds the gate and the bias as run-dtype values.
+  std::vector<double> gate(w.gate.size()), bias(w.bias.size());
+  for (size_t i = 0; i < gate.size(); ++i) gate[i] = Held(w.gate[i], c.dtype);
+  for (size_t i = 0; i < bias.size(); ++i) bias[i] = Held(w.bias[i], c.dtype);
+  const bool logits_rd = c.router_gemm == RouterGemm::kRunDType;
+  const bool weights_rd = c.route_weights == RouteWeights::kRunDType;
   NaiveRouting r;
   r.ids.resize(tokens * k);
   r.weights.resize(tokens * k);
@@ -54,7 +80,12 @@ NaiveRouting NaiveRoute(const MoeConfig& c, const NaiveMoeWeights& w, const std:
     std::vector<double> scores(e);
     for (int64_t j = 0; j < e; ++j) {
       double logit = 0.0;
-      for (int64_t i = 0; i < d; ++i) logit += x[t * d + i] * w.gate[j * d + i];
+      for (int64_t i = 0; i < d; ++i) logit += x[t * d + i] * gate[j * d + i];
+      if (logits_rd) {
+        // A logit this close to a rounding boundary may round the other way from fp32.
+        r.margin[t] = std::min(r.margin[t], RoundingBoundaryDistance(logit, c.dtype));
+        logit = Held(logit, c.dtype);
+      }
       scores[j] = logit;
     }
     if (c.score == ScoreFunction::kSigmoid) {
@@ -71,7 +102,7 @@ NaiveRouting NaiveRoute(const MoeConfig& c, const NaiveMoeWeights& w, const std:
     } else {
       std::vector<double> choice = scores;
       if (c.use_expert_bias) {
-        for (int64_t j = 0; j < e; ++j) choice[j] += w.bias[j];
+        for (int64_t j = 0; j < e; ++j) choice[j] += bias[j];
       }
       std::vector<bool> allowed(e, true);
       if (c.num_groups > 1) {
@@ -108,7 +139,12 @@ NaiveRouting NaiveRoute(const MoeConfig& c, const NaiveMoeWeights& w, const std:
       double wt = scores[ids[s]];
       if (c.renormalize) wt /= (sum + 1e-20);
       r.ids[t * k + s] = ids[s];
-      r.weights[t * k + s] = wt * c.route_scale;
+      wt *= c.route_scale;
+      if (weights_rd) {
+        r.margin[t] = std::min(r.margin[t], RoundingBoundaryDistance(wt, c.dtype));
+        wt = Held(wt, c.dtype);
+      }
+      r.weights[t * k + s] = wt;
     }
   }
   return r;
@@ -140,15 +176,24 @@ std::vector<double> NaiveMoe(const MoeConfig& c, const NaiveMoeWeights& w,
       }
       const std::vector<double> y = NaiveFfn(w.w1[id], w.w3[id], w.w2[id], c.inter, in);
       const double scale = c.score_before_experts ? 1.0 : wt;
-      for (int64_t i = 0; i < d; ++i) out[t * d + i] += scale * y[i];
+      // RouteWeights::kRunDType rounds each weighted expert output (score after experts).
+      const bool round_terms =
+          !c.score_before_experts && c.route_weights == RouteWeights::kRunDType;
+      for (int64_t i = 0; i < d; ++i) {
+        out[t * d + i] += round_terms ? Held(scale * y[i], c.dtype) : scale * y[i];
+      }
     }
     if (c.num_shared_experts > 0) {
       const int64_t sh = c.num_shared_experts * c.shared_inter;
       std::vector<double> y = NaiveFfn(w.shared_w1, w.shared_w3, w.shared_w2, sh, row);
       if (c.shared_gate) {
         double logit = 0.0;
-        for (int64_t i = 0; i < d; ++i) logit += row[i] * w.shared_gate[i];
-        for (double& v : y) v *= Sigmoid(logit);
+        for (int64_t i = 0; i < d; ++i) logit += row[i] * Held(w.shared_gate[i], c.dtype);
+        // RouterGemm::kRunDType: the logit and the sigmoid are rounded to the run dtype.
+        const bool rd = c.router_gemm == RouterGemm::kRunDType;
+        const double gate_value =
+            rd ? Held(Sigmoid(Held(logit, c.dtype)), c.dtype) : Sigmoid(logit);
+        for (double& v : y) v *= gate_value;
       }
       for (int64_t i = 0; i < d; ++i) out[t * d + i] += y[i];
     }

@@ -1,6 +1,13 @@
 // A float64 MoE block written from MOE_SEMANTICS.md, independent of the engine: loops over
-// tokens and experts, no rounding anywhere. Inputs are the values the block sees (already
-// rounded to its storage dtypes), so the only differences are the engine's own roundings.
+// tokens and experts, no rounding anywhere except the run-dtype rounding points that
+// MoeConfig asks for (they decide routing, so the reference must take them too):
+//   - the gate, the expert bias and the shared gate are held as config.dtype values (bf16 runs
+//     round them, as the block does whatever the router precision);
+//   - router_gemm kRunDType: each logit rounded to config.dtype; the shared gate's logit and
+//     sigmoid too;
+//   - route_weights kRunDType: each weight and each weighted expert output rounded.
+// Inputs are otherwise the values the block sees (already rounded to its storage dtypes), so
+// the only other differences are the engine's own roundings.
 #ifndef MOE_TESTS_UNIT_MOE_NAIVE_MOE_H_
 #define MOE_TESTS_UNIT_MOE_NAIVE_MOE_H_
 
@@ -27,7 +34,9 @@ struct NaiveRouting {
   std::vector<int32_t> ids;     // [T * K]: ascending expert id per token (slot order if forced)
   std::vector<double> weights;  // [T * K]
   // [T]: the smallest score gap that decided the token's selection (top-k boundary and group
-  // boundary); +inf when nothing was decided by a comparison (forced routing, K = E).
+  // boundary) and, in the run-dtype modes of a bf16 config, the smallest distance of a logit or
+  // weight from a bf16 rounding boundary (where the engine's fp32 value could round the other
+  // way); +inf when nothing was decided by a comparison or a rounding (forced routing, K = E).
   std::vector<double> margin;
 };
 
