@@ -87,7 +87,9 @@ struct ModelConfig {
   bool attention_bias = false;  // biases on q/k/v (Qwen2-MoE: true)
   bool qk_norm = false;         // RMSNorm on q and k per head (Qwen3-MoE)
 
-  // Sliding-window attention: 0 = none. layer_sliding[i] says whether layer i uses it.
+  // Sliding-window attention: 0 = none. layer_sliding[i] says whether layer i uses it:
+  // Mixtral and Qwen3-MoE every layer; Qwen2-MoE from layer_types, else (as transformers
+  // derives it) layer i iff i is even and i < max_window_layers (default 28).
   int64_t sliding_window = 0;
   std::vector<bool> layer_sliding;
 
