@@ -234,8 +234,15 @@ absl::Status Run(const GenerateOptions& opt) {
   // Declared before the engine, which may still run callbacks while it shuts down.
   LiveCounts live;
   const double t_load = NowSeconds();
+  EngineOptions engine_options = ToEngineOptions(opt);
+  if (opt.progress) {
+    engine_options.on_load_progress = [t_load](int64_t done, int64_t total) {
+      std::fprintf(stderr, "\r%s%s", RenderLoadLine(done, total, NowSeconds() - t_load).c_str(),
+                   done == total ? "\n" : "");
+    };
+  }
   absl::StatusOr<std::unique_ptr<Engine>> engine =
-      Engine::Create(ResolveUserPath(opt.model), ToEngineOptions(opt));
+      Engine::Create(ResolveUserPath(opt.model), engine_options);
   if (!engine.ok()) return engine.status();
   const ModelInfo& info = (*engine)->model_info();
   Report(absl::StrFormat("loaded %s from %s (%s, %d KV blocks of %d tokens) in %.2f s", info.family,

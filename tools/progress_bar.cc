@@ -22,6 +22,15 @@ std::string FormatElapsed(double seconds) {
   return absl::StrFormat("%d:%02d.%d", whole / 60, whole % 60, tenths % 10);
 }
 
+std::string RenderLoadLine(int64_t done, int64_t total, double elapsed_s, int bar_width) {
+  total = std::max<int64_t>(total, 0);
+  done = std::clamp<int64_t>(done, 0, total);
+  const int width = std::max(bar_width, 1);
+  const int filled = total > 0 ? static_cast<int>(done * width / total) : 0;
+  return absl::StrFormat("loading [%s%s]  %d/%d steps  %s", std::string(filled, '#'),
+                         std::string(width - filled, '.'), done, total, FormatElapsed(elapsed_s));
+}
+
 std::string RenderProgressLine(const ProgressCounts& counts, double elapsed_s, int bar_width) {
   const int64_t total = std::max<int64_t>(counts.total, 0);
   const int64_t done = std::clamp<int64_t>(counts.done, 0, total);

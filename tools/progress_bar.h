@@ -20,6 +20,10 @@ struct ProgressCounts {
 // tok/s is 0 until some time has passed. No '\r' or newline.
 std::string RenderProgressLine(const ProgressCounts& counts, double elapsed_s, int bar_width = 24);
 
+// "loading [#####...........]  3/49 steps  0:04.9": the weights being loaded (steps are the
+// embedding + lm_head, then each layer); done clamped to [0, total]. No '\r' or newline.
+std::string RenderLoadLine(int64_t done, int64_t total, double elapsed_s, int bar_width = 24);
+
 // Seconds as "m:ss.s" under an hour, "h:mm:ss" from one hour on; negative counts as 0.
 std::string FormatElapsed(double seconds);
 

@@ -265,6 +265,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   impl->allocator = std::make_unique<Allocator>(impl->backend.get());
   ModelOptions model_options;
   model_options.dtype = dtype;
+  model_options.on_load_progress = options.on_load_progress;
   MOE_ASSIGN_OR_RETURN(impl->model, Model::Load(model_dir, model_options, impl->backend.get(),
                                                 impl->allocator.get()));
   const ModelConfig& c = impl->model->config();

@@ -120,6 +120,9 @@ struct EngineOptions {
   // max_position_embeddings.
   int64_t max_tokens_per_seq = 0;
   int threads = 0;  // CPU threads; 0 = the OpenMP default
+  // Called while Create loads the weights with (steps done, total steps): the embedding and
+  // lm_head, then each layer. On the calling thread; may be empty.
+  std::function<void(int64_t, int64_t)> on_load_progress;
 };
 
 // What an embedder needs to know about the loaded model.

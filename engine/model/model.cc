@@ -214,6 +214,11 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
     MOE_ASSIGN_OR_RETURN(m->lm_head_, PackLinear(backend, head_bytes, config.vocab_size,
                                                  config.hidden_size, dtype));
   }
+  const int64_t steps = config.num_hidden_layers + 1;
+  const auto progress = [&](int64_t done) {
+    if (options.on_load_progress) options.on_load_progress(done, steps);
+  };
+  progress(1);
   for (int i = 0; i < config.num_hidden_layers; ++i) {
     // One layer's staging at a time: host memory peaks at one layer's weights.
     LayerTensors tensors(*checkpoint, all);
@@ -241,6 +246,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
                            LoadDenseMlp(config, i, tensors, dtype, backend, allocator));
     }
     m->layers_.push_back(std::move(layer));
+    progress(i + 2);
   }
   return m;
 }

@@ -21,6 +21,7 @@
 #define MOE_ENGINE_MODEL_MODEL_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -69,6 +70,9 @@ class KvCache {
 
 struct ModelOptions {
   DType dtype = DType::kF32;  // run dtype: f32 or bf16
+  // Called during Load after each of the steps (embedding and lm_head, then every layer) with
+  // (steps done, total steps), on the loading thread; may be empty.
+  std::function<void(int64_t, int64_t)> on_load_progress;
 };
 
 class Model {

@@ -46,6 +46,12 @@ TEST(ProgressBarTest, EdgesDoNotDivideByZeroOrOverflowTheBar) {
             "[.....]  0/5 requests  0 tokens  0.0 tok/s  0:02.0");
 }
 
+TEST(ProgressBarTest, RendersLoadLine) {
+  EXPECT_EQ(RenderLoadLine(3, 12, 4.93, 12), "loading [###.........]  3/12 steps  0:04.9");
+  EXPECT_EQ(RenderLoadLine(20, 12, 0, 4), "loading [####]  12/12 steps  0:00.0");
+  EXPECT_EQ(RenderLoadLine(1, 0, 0, 4), "loading [....]  0/0 steps  0:00.0");
+}
+
 TEST(ProgressBarTest, RendersSummary) {
   ThroughputTotals t;
   t.requests = 40;
