@@ -283,9 +283,10 @@ absl::StatusOr<std::unique_ptr<KvCache>> Model::AllocateKvCache(int64_t num_bloc
 
 namespace {
 
-// Step activations: views into Model::scratch_ buffers sized for `tokens` rows and `rows`
-// logit rows.
-enum ScratchSlot { kX, kH, kY, kInts, kHeadIn, kLogits, kLogitsF32, kNumScratch };
+// Step activations: Model::scratch_ buffers sized for `tokens` rows (x, h, y, int arrays);
+// Model::head_scratch_ sized for the logit rows (at most one per sequence of the step).
+enum ScratchSlot { kX, kH, kY, kInts, kNumScratch };
+enum HeadScratchSlot { kHeadIn, kLogits, kLogitsF32, kNumHeadScratch };
 
 absl::Status CheckBatch(const ModelBatch& b, const ModelConfig& c) {
   const size_t t = b.token_ids.size();
@@ -330,18 +331,34 @@ absl::Status CheckBatch(const ModelBatch& b, const ModelConfig& c) {
 
 }  // namespace
 
+absl::Status Model::ReserveLogitRows(int64_t rows) {
+  if (rows <= head_rows_) return absl::OkStatus();
+  const int64_t d = config_.hidden_size, v = config_.vocab_size;
+  const size_t es = DTypeSize(options_.dtype);
+  const size_t sizes[kNumHeadScratch] = {
+      static_cast<size_t>(rows * d) * es,  // normed rows, the lm_head GEMM's input
+      static_cast<size_t>(rows * v) * es,  // logits in the run dtype
+      es == sizeof(float) ? 1 : static_cast<size_t>(rows * v) * sizeof(float),  // widened
+  };
+  std::vector<std::unique_ptr<Buffer>> scratch;
+  for (size_t size : sizes) {
+    MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> b, allocator_->Allocate(size));
+    scratch.push_back(std::move(b));
+  }
+  head_scratch_ = std::move(scratch);
+  head_rows_ = rows;
+  return absl::OkStatus();
+}
+
 absl::Status Model::ReserveTokens(int64_t tokens) {
   if (tokens <= scratch_tokens_) return absl::OkStatus();
   const int64_t d = config_.hidden_size, v = config_.vocab_size;
   const size_t es = DTypeSize(options_.dtype);
   const size_t sizes[kNumScratch] = {
-      static_cast<size_t>(tokens * d) * es,           // x
-      static_cast<size_t>(tokens * d) * es,           // h
-      static_cast<size_t>(tokens * d) * es,           // y
+      static_cast<size_t>(tokens * d) * es,               // x
+      static_cast<size_t>(tokens * d) * es,               // h
+      static_cast<size_t>(tokens * d) * es,               // y
       static_cast<size_t>(5 * tokens) * sizeof(int32_t),  // ids, positions, seq_ids, slots, rows
-      static_cast<size_t>(tokens * d) * es,           // lm_head input rows
-      static_cast<size_t>(tokens * v) * es,           // logits in the run dtype
-      es == sizeof(float) ? 1 : static_cast<size_t>(tokens * v) * sizeof(float),  // widened
   };
   std::vector<std::unique_ptr<Buffer>> scratch;
   for (size_t size : sizes) {
@@ -372,6 +389,7 @@ absl::Status Model::Forward(const ModelBatch& batch, KvCache& cache, std::vector
                                                    " layers, the model ", layers_.size()));
   }
   MOE_RETURN_IF_ERROR(ReserveTokens(t));
+  MOE_RETURN_IF_ERROR(ReserveLogitRows(rows));
 
   // The int arrays go to the device once per step (a plain copy on the CPU backend).
   int32_t* ints = static_cast<int32_t*>(scratch_[kInts]->data());
@@ -465,8 +483,8 @@ absl::Status Model::Forward(const ModelBatch& batch, KvCache& cache, std::vector
 
   // logits = norm(x[logit_rows]) lm_head^T, rounded to the run dtype as HF's lm_head output
   // is, then widened to f32.
-  void* head_in = scratch_[kHeadIn]->data();
-  void* head_out = scratch_[kLogits]->data();
+  void* head_in = head_scratch_[kHeadIn]->data();
+  void* head_out = head_scratch_[kLogits]->data();
   MOE_RETURN_IF_ERROR(backend_->GatherRows({.rows = rows,
                                             .cols = d,
                                             .dtype = dtype,
@@ -491,7 +509,7 @@ absl::Status Model::Forward(const ModelBatch& batch, KvCache& cache, std::vector
                                       .packed_b = lm_head_.get()}));
   void* head_f32 = head_out;
   if (dtype != DType::kF32) {
-    head_f32 = scratch_[kLogitsF32]->data();
+    head_f32 = head_scratch_[kLogitsF32]->data();
     MOE_RETURN_IF_ERROR(backend_->Cast({.n = rows * v,
                                         .src = head_out,
                                         .src_dtype = dtype,

@@ -105,7 +105,8 @@ class Model {
   // and blocks. T = 0 returns no logits.
   absl::Status Forward(const ModelBatch& batch, KvCache& cache, std::vector<float>* logits);
 
-  // Grows every layer's workspace for steps of up to `tokens` tokens now.
+  // Grows every layer's workspace for steps of up to `tokens` tokens now (the lm_head's
+  // buffers grow with the logit rows a Forward asks for).
   absl::Status ReserveTokens(int64_t tokens);
 
  private:
@@ -122,8 +123,13 @@ class Model {
   std::unique_ptr<Buffer> final_norm_;  // [hidden], run dtype
   std::unique_ptr<PackedWeights> lm_head_;  // B = lm_head^T [hidden, vocab]
   std::vector<std::unique_ptr<Layer>> layers_;
+  // Grows head_scratch_ (lm_head input and logits) for `rows` logit rows.
+  absl::Status ReserveLogitRows(int64_t rows);
+
   std::vector<std::unique_ptr<Buffer>> scratch_;  // step activations, grown on demand
   int64_t scratch_tokens_ = 0;
+  std::vector<std::unique_ptr<Buffer>> head_scratch_;  // lm_head rows, grown on demand
+  int64_t head_rows_ = 0;
   std::unique_ptr<Buffer> tables_;  // the step's block tables on the device
 };
 
