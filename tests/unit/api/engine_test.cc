@@ -143,6 +143,33 @@ TEST(EngineTest, DeterministicAloneBatchedAndRepeated) {
   EXPECT_NE(Unwrap(engine->Generate({other}))[0].tokens, runs[0].tokens);
 }
 
+// One thread or two: the same bits (no kernel's arithmetic depends on the thread count).
+TEST(EngineTest, SameBitsWithOneAndTwoThreads) {
+  auto golden = LoadGolden("qwen3-moe-tiny");
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  std::vector<GenerationRequest> requests;
+  for (uint64_t i = 0; i < golden->prompts.size(); ++i) {
+    requests.push_back(Sampled(golden->prompts[i], 10, 40 + i));
+  }
+  std::vector<std::vector<GenerationResult>> runs;
+  for (int threads : {1, 2}) {
+    for (const char* dtype : {"f32", "bf16"}) {
+      EngineOptions options;
+      options.threads = threads;
+      options.dtype = dtype;
+      auto engine = MakeEngine("qwen3-moe-tiny", options);
+      ASSERT_NE(engine, nullptr);
+      runs.push_back(Unwrap(engine->Generate(requests)));
+    }
+  }
+  for (size_t dtype = 0; dtype < 2; ++dtype) {
+    for (size_t i = 0; i < requests.size(); ++i) {
+      EXPECT_EQ(runs[dtype][i].tokens, runs[2 + dtype][i].tokens) << dtype << " " << i;
+      EXPECT_TRUE(SameBits(runs[dtype][i].logprobs, runs[2 + dtype][i].logprobs)) << dtype;
+    }
+  }
+}
+
 TEST(EngineTest, StreamsTokensInOrderThenFinishes) {
   auto golden = LoadGolden(kModel);
   ASSERT_TRUE(golden.ok()) << golden.status();
