@@ -1,6 +1,10 @@
-// Helpers shared by the layers for weights given as host tensors: checking them, converting
-// their values to the run dtype, uploading bytes to the device, and packing nn.Linear matrices
-// as a GEMM's B operand.
+// Helpers shared by the layers for weights given as host tensors: checking them, copying their
+// values to the device in the run dtype, and packing nn.Linear matrices as a GEMM's B operand.
+//
+// Loading is a copy, not a computation: a host tensor already in the wanted dtype goes to the
+// device with one CopyFromHost straight from its memory (a checkpoint's memory map, say), bit
+// for bit; only a tensor in another dtype is converted, through a bounded host buffer, never a
+// float copy of a whole matrix.
 //
 // Error messages are "<prefix>: <what>", `prefix` naming the layer ("attention", "dense_mlp"),
 // so each layer keeps its own message texts.
@@ -15,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "engine/core/buffer.h"
 #include "engine/core/shape.h"
 #include "engine/core/tensor.h"
@@ -35,28 +40,40 @@ bool IsGivenTensor(const Tensor& t);
 absl::Status CheckHostWeight(absl::string_view prefix, absl::string_view name, const Tensor& t,
                              const Shape& want, bool wanted = true);
 
-// Appends the numel() values of the host tensor `t` (f32, bf16 or f16, any shape, row-major) to
-// `out` as floats (exact: every bf16 and f16 value is a float).
-void AppendHostFloats(const Tensor& t, std::vector<float>* out);
+// Copies the values of the host tensors `parts` (checked as by CheckHostWeight; any shape,
+// row-major), one after another, to the device memory `dst` of `backend` in `dtype` storage
+// (f32 or bf16): the sum of their numel() * DTypeSize(dtype) bytes. A part already in `dtype`
+// is copied bit for bit, one CopyFromHost from its own memory; another is converted a bounded
+// chunk at a time through host memory (widening exactly, narrowing to bf16 rounding to nearest
+// even, NaN staying a quiet NaN), the chunk split over OpenMP threads that each convert their
+// own elements, so the bytes do not depend on the thread count. Returns OK, InvalidArgument
+// for a dtype outside those, or the first copy error.
+absl::Status CopyHostAs(Backend* backend, absl::Span<const Tensor* const> parts, DType dtype,
+                        void* dst);
 
-// Returns the storage of `v` in `dtype` (f32 or bf16): v.size() * DTypeSize(dtype) bytes, bf16
-// rounding to nearest even.
-std::vector<uint8_t> EncodeFloats(const std::vector<float>& v, DType dtype);
+// Allocates the bytes CopyHostAs writes from `allocator` and fills them with it. Returns the
+// buffer, or the allocation or copy error.
+absl::StatusOr<std::unique_ptr<Buffer>> UploadHostAs(Backend* backend, Allocator* allocator,
+                                                     absl::Span<const Tensor* const> parts,
+                                                     DType dtype);
 
-// Appends the numel() values of the host tensor `t` (f32, bf16 or f16) to `out` in `dtype`
-// storage (f32 or bf16), rounding to nearest even: numel() * DTypeSize(dtype) bytes.
-void AppendHostAs(const Tensor& t, DType dtype, std::vector<uint8_t>* out);
+// Allocates the float arrays `parts`, one after another, from `allocator` and copies them
+// there. Returns the buffer, or the allocation or copy error.
+absl::StatusOr<std::unique_ptr<Buffer>> UploadFloats(
+    Backend* backend, Allocator* allocator, absl::Span<const std::vector<float>* const> parts);
 
-// Allocates bytes.size() bytes from `allocator` and copies `bytes` into them through `backend`.
-// Returns the buffer, or the allocation or copy error.
-absl::StatusOr<std::unique_ptr<Buffer>> UploadBytes(Backend* backend, Allocator* allocator,
-                                                    const std::vector<uint8_t>& bytes);
+// Packs the device matrix W [n, k] at `w` (nn.Linear's [out, in], `dtype` storage, row-major)
+// as a GEMM's B = W^T [k, n] (trans_b, batch 1). `w` is not read after this returns. Returns
+// the packed weights, or the backend's error.
+absl::StatusOr<std::unique_ptr<PackedWeights>> PackDeviceLinear(Backend* backend, const void* w,
+                                                                int64_t n, int64_t k, DType dtype);
 
-// Packs the host matrix W [n, k] (nn.Linear's [out, in]) in `dtype` storage `bytes`
-// (n * k * DTypeSize(dtype) bytes, row-major) as a GEMM's B = W^T [k, n] (trans_b, batch 1).
-// Returns the packed weights, or the backend's error.
-absl::StatusOr<std::unique_ptr<PackedWeights>> PackLinear(Backend* backend,
-                                                          const std::vector<uint8_t>& bytes,
+// Packs W [n, k] (nn.Linear's [out, in]), the rows of the host tensors `parts` stacked (their
+// numel() must add up to n * k), as a GEMM's B = W^T [k, n] in `dtype` (trans_b, batch 1).
+// W goes to the device once, in a scratch buffer from `allocator` that is freed before this
+// returns. Returns the packed weights, or the allocation, copy or backend error.
+absl::StatusOr<std::unique_ptr<PackedWeights>> PackLinear(Backend* backend, Allocator* allocator,
+                                                          absl::Span<const Tensor* const> parts,
                                                           int64_t n, int64_t k, DType dtype);
 
 }  // namespace moe

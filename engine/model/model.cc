@@ -71,9 +71,7 @@ class LayerTensors {
 
 absl::StatusOr<std::unique_ptr<Buffer>> UploadAs(const Tensor& host, DType dtype, Backend* backend,
                                                  Allocator* allocator) {
-  std::vector<uint8_t> bytes;
-  AppendHostAs(host, dtype, &bytes);
-  return UploadBytes(backend, allocator, bytes);
+  return UploadHostAs(backend, allocator, {&host}, dtype);
 }
 
 absl::StatusOr<std::unique_ptr<GqaAttention>> LoadGqa(const ModelConfig& c, int layer,
@@ -202,17 +200,22 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
   {
     LayerTensors tensors(*checkpoint, all);
     MOE_ASSIGN_OR_RETURN(Tensor embed, tensors.Get("model.embed_tokens.weight"));
-    MOE_ASSIGN_OR_RETURN(m->embed_, UploadAs(embed, dtype, backend, allocator));
     MOE_ASSIGN_OR_RETURN(Tensor norm, tensors.Get("model.norm.weight"));
-    MOE_ASSIGN_OR_RETURN(m->final_norm_, UploadAs(norm, dtype, backend, allocator));
     Tensor head = embed;
     if (!config.tie_word_embeddings) {
       MOE_ASSIGN_OR_RETURN(head, tensors.Get("lm_head.weight"));
     }
-    std::vector<uint8_t> head_bytes;
-    AppendHostAs(head, dtype, &head_bytes);
-    MOE_ASSIGN_OR_RETURN(m->lm_head_, PackLinear(backend, head_bytes, config.vocab_size,
-                                                 config.hidden_size, dtype));
+    // lm_head and the embedding table are both [vocab, hidden]: the table's buffer serves as
+    // lm_head's packing source first and takes the table after, so the largest matrices of
+    // the model need no scratch buffer (fresh memory costs its page faults on every load).
+    MOE_ASSIGN_OR_RETURN(m->embed_, UploadAs(head, dtype, backend, allocator));
+    MOE_ASSIGN_OR_RETURN(
+        m->lm_head_,
+        PackDeviceLinear(backend, m->embed_->data(), config.vocab_size, config.hidden_size, dtype));
+    if (!config.tie_word_embeddings) {
+      MOE_RETURN_IF_ERROR(CopyHostAs(backend, {&embed}, dtype, m->embed_->data()));
+    }
+    MOE_ASSIGN_OR_RETURN(m->final_norm_, UploadAs(norm, dtype, backend, allocator));
   }
   const int64_t steps = config.num_hidden_layers + 1;
   const auto progress = [&](int64_t done) {

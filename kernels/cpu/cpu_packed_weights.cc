@@ -1,7 +1,9 @@
 #include "kernels/cpu/cpu_packed_weights.h"
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <new>
@@ -16,8 +18,88 @@ namespace moe {
 namespace {
 
 constexpr size_t kAlignment = 64;
+constexpr size_t kPageBytes = 4096;
 
-size_t RoundUp(size_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
+size_t RoundUp(size_t bytes, size_t to = kAlignment) { return (bytes + to - 1) / to * to; }
+
+// `bytes` (rounded up to whole pages) of zeros straight from the kernel, or null. Nothing is
+// written here: the kernel zeroes a page when it is first touched, which the packing does
+// anyway (on every thread of the reorder), so storage made to be filled is written once
+// rather than memset on one thread first. (Transparent huge pages are not asked for: on the
+// VMs measured, first-touching them was four times slower than small pages.)
+void* MapZeroed(size_t bytes) {
+  void* p = ::mmap(nullptr, RoundUp(bytes, kPageBytes), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+void Unmap(void* data, size_t bytes) {
+  if (data != nullptr) ::munmap(data, RoundUp(bytes, kPageBytes));
+}
+
+// oneDNN's brgemm weights layout for bf16 on AVX-512 (BA16a64b2a on avx512_core_bf16): a
+// [k, width] tile in blocks of 32 k x 64 n, the n blocks outermost, each block [16][64][2]:
+// for every n, its k values in consecutive pairs (the VNNI pairs a dot-product instruction
+// reads). k and width are padded up to whole blocks with zeros.
+constexpr int64_t kBlockK = 32;
+constexpr int64_t kBlockN = 64;
+
+int64_t VnniTileBytes(int64_t k, int64_t width) {
+  return (k + kBlockK - 1) / kBlockK * kBlockK * ((width + kBlockN - 1) / kBlockN * kBlockN) *
+         static_cast<int64_t>(sizeof(uint16_t));
+}
+
+// True if `md` is exactly that layout for a [k, width] bf16 tile, which PackVnniTiles writes.
+bool IsBf16Vnni32x64(const dnnl::memory::desc& md, int64_t k, int64_t width) {
+  return md == dnnl::memory::desc({k, width}, dnnl::memory::data_type::bf16,
+                                  dnnl::memory::format_tag::BA16a64b2a) &&
+         static_cast<int64_t>(md.get_size()) == VnniTileBytes(k, width);
+}
+
+// One 32 x 64 block from a trans_b source: `rows` points at the block's first n row, at its
+// first k (rows ldb elements apart); `kn` and `nn` (at most 32 and 64) are the k and n the
+// matrix has inside the block, the rest being padding.
+void PackVnniBlock(const uint16_t* rows, int64_t ldb, int64_t kn, int64_t nn, uint16_t* block) {
+  if (kn == kBlockK && nn == kBlockN) {
+    for (int64_t n = 0; n < kBlockN; ++n) {
+      const uint16_t* row = rows + n * ldb;
+      for (int64_t p = 0; p < kBlockK / 2; ++p) {
+        std::memcpy(block + (p * kBlockN + n) * 2, row + 2 * p, 2 * sizeof(uint16_t));
+      }
+    }
+    return;
+  }
+  for (int64_t n = 0; n < kBlockN; ++n) {
+    for (int64_t kk = 0; kk < kBlockK; ++kk) {
+      block[((kk / 2) * kBlockN + n) * 2 + kk % 2] = n < nn && kk < kn ? rows[n * ldb + kk] : 0;
+    }
+  }
+}
+
+// Packs tiles [first, first + count) of one matrix, each [k, width] taken from the trans_b
+// source `src` (row n holds output column n, ldb elements apart), into `tile(j)`. Blocks are
+// shared out over up to `num_threads` OpenMP threads, each writing its own: only elements
+// move, so the bits do not depend on the split. This is the reorder oneDNN would run for the
+// layout, without its generic kernel's cost, and it runs for every expert matrix of a load.
+template <typename TileFn>
+void PackVnniTiles(const uint16_t* src, int64_t ldb, int64_t k, int64_t width, int64_t first,
+                   int64_t count, TileFn tile, int num_threads) {
+  const int64_t k_blocks = (k + kBlockK - 1) / kBlockK;
+  const int64_t n_blocks = (width + kBlockN - 1) / kBlockN;
+  const int64_t items = count * n_blocks;
+#pragma omp parallel for schedule(static) num_threads(num_threads) if (items > 1)
+  for (int64_t item = 0; item < items; ++item) {
+    const int64_t j = first + item / n_blocks;
+    const int64_t nb = item % n_blocks;
+    const int64_t n0 = j * kGemmTileN + nb * kBlockN;
+    const int64_t nn = std::min(kBlockN, width - nb * kBlockN);
+    auto* out = static_cast<uint16_t*>(tile(j)) + nb * k_blocks * kBlockK * kBlockN;
+    for (int64_t kb = 0; kb < k_blocks; ++kb) {
+      PackVnniBlock(src + n0 * ldb + kb * kBlockK, ldb, std::min(kBlockK, k - kb * kBlockK), nn,
+                    out + kb * kBlockK * kBlockN);
+    }
+  }
+}
 
 std::string Describe(const PackedWeights& p) {
   return absl::StrCat("batch=", p.batch(), " k=", p.k(), " n=", p.n(), " ", DTypeName(p.dtype()),
@@ -54,21 +136,20 @@ absl::StatusOr<std::unique_ptr<CpuPackedWeights>> CpuPackedWeights::Create(
   }
   p->matrix_bytes_ = p->full_tiles_ * p->tile_bytes_[0] + (p->tail_n_ > 0 ? p->tile_bytes_[1] : 0);
   const size_t batch = static_cast<size_t>(args.batch);
+  // Zeros, so storage made without a source (PackWeightsArgs.b = null) reads as zero matrices.
   void* data = p->matrix_bytes_ > std::numeric_limits<size_t>::max() / batch
                    ? nullptr
-                   : std::aligned_alloc(kAlignment, batch * p->matrix_bytes_);
+                   : MapZeroed(batch * p->matrix_bytes_);
   if (data == nullptr) {
     return absl::ResourceExhaustedError(absl::StrCat("cpu pack_weights ", Describe(*p),
                                                      ": cannot allocate ", args.batch, " x ",
                                                      p->matrix_bytes_, " bytes"));
   }
-  // Zeros, so storage made without a source (PackWeightsArgs.b = null) reads as zero matrices.
-  std::memset(data, 0, batch * p->matrix_bytes_);
   p->data_ = data;
   return p;
 }
 
-CpuPackedWeights::~CpuPackedWeights() { std::free(data_); }
+CpuPackedWeights::~CpuPackedWeights() { Unmap(data_, bytes()); }
 
 absl::Status CpuPackedWeights::Pack(int64_t index, const void* src, int64_t ldb,
                                     OneDnnMatmulCache* cache, int num_threads) {
@@ -100,6 +181,13 @@ absl::Status CpuPackedWeights::Reorder(int64_t index, void* plain, int64_t ldb, 
       const int64_t first = c == 0 ? 0 : full_tiles_;
       const int64_t count = c == 0 ? full_tiles_ : (tail_n_ > 0 ? 1 : 0);
       if (count == 0) continue;
+      if (to_packed && trans_b() && dtype() == DType::kBF16 &&
+          IsBf16Vnni32x64(md_[c], k(), width)) {
+        PackVnniTiles(
+            static_cast<const uint16_t*>(plain), ldb, k(), width, first, count,
+            [&](int64_t j) { return const_cast<void*>(tile(index, j)); }, num_threads);
+        continue;
+      }
       // One tile of the plain matrix, [k, width] as op(B): a transposed one is column-major.
       const dnnl::memory::desc plain_md({k(), width}, type,
                                         trans_b() ? dims{1, ldb} : dims{ldb, 1});

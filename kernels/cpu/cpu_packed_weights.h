@@ -29,7 +29,8 @@ class CpuPackedWeights final : public PackedWeights {
   ~CpuPackedWeights() override;
 
   // Packs matrix `index` from `src` ([k, n], or [n, k] when trans_b(), leading dim ldb), with
-  // oneDNN reorders on up to `num_threads` threads.
+  // oneDNN reorders on up to `num_threads` threads; a trans_b bf16 source bound for oneDNN's
+  // AVX-512 bf16 layout (BA16a64b2a) is copied into it directly instead, to the same bytes.
   absl::Status Pack(int64_t index, const void* src, int64_t ldb, OneDnnMatmulCache* cache,
                     int num_threads);
   // The inverse: writes matrix `index` to `dst` in the layout Pack reads, exactly.

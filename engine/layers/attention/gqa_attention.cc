@@ -80,32 +80,24 @@ absl::StatusOr<std::unique_ptr<GqaAttention>> GqaAttention::Create(
   layer->qkv_cols_ = q_rows + 2 * kv_rows;
 
   // The rows of q, k and v stacked: one [qkv_cols, D] matrix, so one GEMM reads x once.
-  std::vector<float> values;
-  AppendHostFloats(weights.q_proj, &values);
-  AppendHostFloats(weights.k_proj, &values);
-  AppendHostFloats(weights.v_proj, &values);
-  MOE_ASSIGN_OR_RETURN(layer->qkv_weight_, PackLinear(backend, EncodeFloats(values, config.dtype),
-                                                      layer->qkv_cols_, d, config.dtype));
-  values.clear();
-  AppendHostFloats(weights.o_proj, &values);
-  MOE_ASSIGN_OR_RETURN(layer->o_weight_, PackLinear(backend, EncodeFloats(values, config.dtype), d,
-                                                    q_rows, config.dtype));
+  MOE_ASSIGN_OR_RETURN(
+      layer->qkv_weight_,
+      PackLinear(backend, allocator, {&weights.q_proj, &weights.k_proj, &weights.v_proj},
+                 layer->qkv_cols_, d, config.dtype));
+  MOE_ASSIGN_OR_RETURN(layer->o_weight_,
+                       PackLinear(backend, allocator, {&weights.o_proj}, d, q_rows, config.dtype));
 
   if (config.qkv_bias) {
     // Bias in f32, added to the f32 GEMM result before the one rounding (torch's addmm).
-    values.clear();
-    AppendHostFloats(weights.q_bias, &values);
-    AppendHostFloats(weights.k_bias, &values);
-    AppendHostFloats(weights.v_bias, &values);
-    MOE_ASSIGN_OR_RETURN(layer->qkv_bias_,
-                         UploadBytes(backend, allocator, EncodeFloats(values, DType::kF32)));
+    MOE_ASSIGN_OR_RETURN(
+        layer->qkv_bias_,
+        UploadHostAs(backend, allocator, {&weights.q_bias, &weights.k_bias, &weights.v_bias},
+                     DType::kF32));
   }
   if (config.qk_norm) {
-    values.clear();
-    AppendHostFloats(weights.q_norm, &values);
-    AppendHostFloats(weights.k_norm, &values);
-    MOE_ASSIGN_OR_RETURN(layer->norms_,
-                         UploadBytes(backend, allocator, EncodeFloats(values, config.dtype)));
+    MOE_ASSIGN_OR_RETURN(
+        layer->norms_,
+        UploadHostAs(backend, allocator, {&weights.q_norm, &weights.k_norm}, config.dtype));
   }
 
   RopeTableOptions rope;
@@ -113,10 +105,7 @@ absl::StatusOr<std::unique_ptr<GqaAttention>> GqaAttention::Create(
   rope.max_positions = config.max_positions;
   rope.theta = config.rope_theta;
   MOE_ASSIGN_OR_RETURN(const RopeTable table, MakeRopeTable(rope));
-  values = table.cos;
-  values.insert(values.end(), table.sin.begin(), table.sin.end());
-  MOE_ASSIGN_OR_RETURN(layer->rope_,
-                       UploadBytes(backend, allocator, EncodeFloats(values, DType::kF32)));
+  MOE_ASSIGN_OR_RETURN(layer->rope_, UploadFloats(backend, allocator, {&table.cos, &table.sin}));
   return layer;
 }
 

@@ -125,45 +125,34 @@ absl::StatusOr<std::unique_ptr<MlaAttention>> MlaAttention::Create(
   layer->scale_ = static_cast<float>(config.softmax_scale());
 
   // Both projections of x stacked, [q_a_proj | q_proj; kv_a_proj_with_mqa]: one GEMM reads x once.
-  std::vector<float> values;
-  AppendHostFloats(lora ? weights.q_a_proj : weights.q_proj, &values);
-  AppendHostFloats(weights.kv_a_proj_with_mqa, &values);
-  MOE_ASSIGN_OR_RETURN(layer->x_weight_, PackLinear(backend, EncodeFloats(values, config.dtype),
-                                                    layer->x_cols_, d, config.dtype));
+  const Tensor& q_first = lora ? weights.q_a_proj : weights.q_proj;
+  MOE_ASSIGN_OR_RETURN(layer->x_weight_,
+                       PackLinear(backend, allocator, {&q_first, &weights.kv_a_proj_with_mqa},
+                                  layer->x_cols_, d, config.dtype));
   if (lora) {
-    values.clear();
-    AppendHostFloats(weights.q_b_proj, &values);
-    MOE_ASSIGN_OR_RETURN(layer->q_b_weight_, PackLinear(backend, EncodeFloats(values, config.dtype),
+    MOE_ASSIGN_OR_RETURN(layer->q_b_weight_, PackLinear(backend, allocator, {&weights.q_b_proj},
                                                         h * qk, ql, config.dtype));
   }
-  values.clear();
-  AppendHostFloats(weights.kv_b_proj, &values);
-  MOE_ASSIGN_OR_RETURN(layer->kv_b_weight_, PackLinear(backend, EncodeFloats(values, config.dtype),
+  MOE_ASSIGN_OR_RETURN(layer->kv_b_weight_, PackLinear(backend, allocator, {&weights.kv_b_proj},
                                                        h * (nope + v), kvl, config.dtype));
-  values.clear();
-  AppendHostFloats(weights.o_proj, &values);
-  MOE_ASSIGN_OR_RETURN(layer->o_weight_, PackLinear(backend, EncodeFloats(values, config.dtype), d,
-                                                    h * v, config.dtype));
+  MOE_ASSIGN_OR_RETURN(layer->o_weight_,
+                       PackLinear(backend, allocator, {&weights.o_proj}, d, h * v, config.dtype));
 
   if (bias) {
     // Biases in f32, added to the f32 GEMM result before the one rounding (torch's addmm). q_proj
     // has none, so without q_a_proj the bias covers only the kv_a columns.
     layer->x_bias_from_ = lora ? 0 : layer->q_cols_;
-    values.clear();
-    if (lora) AppendHostFloats(weights.q_a_bias, &values);
-    AppendHostFloats(weights.kv_a_bias, &values);
-    MOE_ASSIGN_OR_RETURN(layer->x_bias_,
-                         UploadBytes(backend, allocator, EncodeFloats(values, DType::kF32)));
-    values.clear();
-    AppendHostFloats(weights.o_bias, &values);
+    std::vector<const Tensor*> x_bias;
+    if (lora) x_bias.push_back(&weights.q_a_bias);
+    x_bias.push_back(&weights.kv_a_bias);
+    MOE_ASSIGN_OR_RETURN(layer->x_bias_, UploadHostAs(backend, allocator, x_bias, DType::kF32));
     MOE_ASSIGN_OR_RETURN(layer->o_bias_,
-                         UploadBytes(backend, allocator, EncodeFloats(values, DType::kF32)));
+                         UploadHostAs(backend, allocator, {&weights.o_bias}, DType::kF32));
   }
-  values.clear();
-  if (lora) AppendHostFloats(weights.q_a_layernorm, &values);
-  AppendHostFloats(weights.kv_a_layernorm, &values);
-  MOE_ASSIGN_OR_RETURN(layer->norms_,
-                       UploadBytes(backend, allocator, EncodeFloats(values, config.dtype)));
+  std::vector<const Tensor*> norms;
+  if (lora) norms.push_back(&weights.q_a_layernorm);
+  norms.push_back(&weights.kv_a_layernorm);
+  MOE_ASSIGN_OR_RETURN(layer->norms_, UploadHostAs(backend, allocator, norms, config.dtype));
 
   RopeTableOptions options;
   options.rotary_dim = rope;
@@ -179,10 +168,7 @@ absl::StatusOr<std::unique_ptr<MlaAttention>> MlaAttention::Create(
     options.mscale_all_dim = config.mscale_all_dim;
   }
   MOE_ASSIGN_OR_RETURN(const RopeTable table, MakeRopeTable(options));
-  values = table.cos;
-  values.insert(values.end(), table.sin.begin(), table.sin.end());
-  MOE_ASSIGN_OR_RETURN(layer->rope_,
-                       UploadBytes(backend, allocator, EncodeFloats(values, DType::kF32)));
+  MOE_ASSIGN_OR_RETURN(layer->rope_, UploadFloats(backend, allocator, {&table.cos, &table.sin}));
   return layer;
 }
 

@@ -47,13 +47,11 @@ absl::StatusOr<std::unique_ptr<DenseMlp>> DenseMlp::Create(const DenseMlpConfig&
   std::unique_ptr<DenseMlp> layer(new DenseMlp(config, backend, allocator));
   // gate rows then up rows: one [2I, D] matrix, so one GEMM reads x once and writes the
   // [gate | up] rows SwiGlu expects.
-  std::vector<uint8_t> bytes;
-  AppendHostAs(weights.gate_proj, config.dtype, &bytes);
-  AppendHostAs(weights.up_proj, config.dtype, &bytes);
-  MOE_ASSIGN_OR_RETURN(layer->gate_up_weight_, PackLinear(backend, bytes, 2 * i, d, config.dtype));
-  bytes.clear();
-  AppendHostAs(weights.down_proj, config.dtype, &bytes);
-  MOE_ASSIGN_OR_RETURN(layer->down_weight_, PackLinear(backend, bytes, d, i, config.dtype));
+  MOE_ASSIGN_OR_RETURN(layer->gate_up_weight_,
+                       PackLinear(backend, allocator, {&weights.gate_proj, &weights.up_proj}, 2 * i,
+                                  d, config.dtype));
+  MOE_ASSIGN_OR_RETURN(layer->down_weight_,
+                       PackLinear(backend, allocator, {&weights.down_proj}, d, i, config.dtype));
   return layer;
 }
 

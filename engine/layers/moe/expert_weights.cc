@@ -1,10 +1,10 @@
 #include "engine/layers/moe/expert_weights.h"
 
-#include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/layers/host_weights.h"
 #include "kernels/status_macros.h"
 
 namespace moe {
@@ -50,74 +50,12 @@ std::vector<float> RoundedTo(std::vector<float> v, DType dtype) {
   return v;
 }
 
-std::vector<float> Decode(const std::vector<uint8_t>& bytes, DType dtype) {
-  std::vector<float> out(bytes.size() / DTypeSize(dtype));
-  if (dtype == DType::kF32) {
-    std::memcpy(out.data(), bytes.data(), bytes.size());
-  } else {
-    const auto* src = reinterpret_cast<const bf16*>(bytes.data());
-    for (size_t i = 0; i < out.size(); ++i) out[i] = Bf16ToFloat(src[i]);
-  }
-  return out;
-}
-
-// dst[c * dst_ld + col0 + r] = src[r * cols + c]: a transpose in tiles, so that neither side
-// is walked with a large stride (expert matrices run to hundreds of MB).
-void TransposeInto(const float* src, int64_t rows, int64_t cols, float* dst, int64_t dst_ld,
-                   int64_t col0) {
-  constexpr int64_t kTile = 64;
-  for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
-    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
-      const int64_t r1 = std::min(rows, r0 + kTile), c1 = std::min(cols, c0 + kTile);
-      for (int64_t r = r0; r < r1; ++r) {
-        for (int64_t c = c0; c < c1; ++c) dst[c * dst_ld + col0 + r] = src[r * cols + c];
-      }
-    }
-  }
-}
-
-// fused[d, col0 + j] = w[j, d] for w of shape [inter, hidden]; fused rows have 2 * inter.
-void ScatterColumns(const Tensor& w, int64_t inter, int64_t hidden, int64_t col0,
-                    std::vector<float>* fused) {
-  TransposeInto(ToFloats(w).data(), inter, hidden, fused->data(), 2 * inter, col0);
-}
-
-// The transpose of a [rows, cols] host tensor, [cols, rows].
-std::vector<float> Transposed(const Tensor& w) {
-  std::vector<float> out(w.numel());
-  TransposeInto(ToFloats(w).data(), w.dim(0), w.dim(1), out.data(), w.dim(0), 0);
-  return out;
-}
-
 absl::StatusOr<std::unique_ptr<Buffer>> Upload(Backend* backend, Allocator* allocator,
                                                const std::vector<float>& v, DType dtype) {
   const std::vector<uint8_t> bytes = Encode(v, dtype);
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> buffer, allocator->Allocate(bytes.size()));
   MOE_RETURN_IF_ERROR(backend->CopyFromHost(buffer->data(), bytes.data(), bytes.size()));
   return buffer;
-}
-
-// `batch` dense [k, n] device matrices at b, stride_b elements apart (0: one for all).
-absl::StatusOr<std::unique_ptr<PackedWeights>> Pack(Backend* backend, int64_t batch, int64_t k,
-                                                    int64_t n, const void* b, DType dtype,
-                                                    int64_t stride_b) {
-  PackWeightsArgs args;
-  args.batch = batch;
-  args.k = k;
-  args.n = n;
-  args.b = b;
-  args.dtype = dtype;
-  args.ldb = n;
-  args.stride_b = stride_b;
-  return backend->PackWeights(args);
-}
-
-// The shared experts' [k, n] matrix: uploaded, packed, and only the packed copy kept.
-absl::StatusOr<std::unique_ptr<PackedWeights>> UploadPacked(Backend* backend, Allocator* allocator,
-                                                            const std::vector<float>& v, int64_t k,
-                                                            int64_t n, DType dtype) {
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> plain, Upload(backend, allocator, v, dtype));
-  return Pack(backend, 1, k, n, plain->data(), dtype, 0);
 }
 
 }  // namespace
@@ -152,18 +90,15 @@ absl::StatusOr<std::unique_ptr<ExpertWeights>> ExpertWeights::Create(const MoeCo
   }
   const int64_t s = config.num_shared_experts * config.shared_inter;
   if (s > 0) {
-    std::vector<float> fused(d * 2 * s);
-    ScatterColumns(weights.shared_w1, s, d, 0, &fused);
-    ScatterColumns(weights.shared_w3, s, d, s, &fused);
     MOE_ASSIGN_OR_RETURN(w->shared_w13_packed_,
-                         UploadPacked(backend, allocator, fused, d, 2 * s, config.dtype));
-    MOE_ASSIGN_OR_RETURN(
-        w->shared_w2t_packed_,
-        UploadPacked(backend, allocator, Transposed(weights.shared_w2), s, d, config.dtype));
+                         PackLinear(backend, allocator, {&weights.shared_w1, &weights.shared_w3},
+                                    2 * s, d, config.dtype));
+    MOE_ASSIGN_OR_RETURN(w->shared_w2t_packed_,
+                         PackLinear(backend, allocator, {&weights.shared_w2}, d, s, config.dtype));
   }
   if (config.shared_gate) {
     MOE_ASSIGN_OR_RETURN(w->shared_gate_,
-                         Upload(backend, allocator, ToFloats(weights.shared_gate), config.dtype));
+                         UploadHostAs(backend, allocator, {&weights.shared_gate}, config.dtype));
   }
   return w;
 }
@@ -182,39 +117,43 @@ size_t ExpertWeights::ScratchBytes() const {
 
 absl::Status ExpertWeights::BuildW13(int64_t e, const Tensor* w1, const Tensor* w3, void* scratch) {
   const int64_t d = config_.hidden, i = config_.inter;
-  const size_t bytes = ScratchBytes();
-  std::vector<float> fused(d * 2 * i);
-  if (w1 == nullptr || w3 == nullptr) {
-    // Keep the columns of the projection that is not replaced: unpacking gives back exactly
-    // the bits that were packed.
-    MOE_RETURN_IF_ERROR(backend_->UnpackWeights(*w13_packed_, e, scratch, 2 * i));
+  if (w1 != nullptr && w3 != nullptr) {
+    MOE_RETURN_IF_ERROR(CopyHostAs(backend_, {w1, w3}, config_.dtype, scratch));
+  } else {
+    // Keep the rows of the projection that is not replaced: unpacking gives back exactly the
+    // bits that were packed.
+    MOE_RETURN_IF_ERROR(backend_->UnpackWeights(*w13_packed_, e, scratch, d));
     ++w13_unpacks_;
-    std::vector<uint8_t> current(bytes);
-    MOE_RETURN_IF_ERROR(backend_->CopyToHost(current.data(), scratch, bytes));
-    fused = Decode(current, config_.dtype);
+    if (w1 != nullptr) MOE_RETURN_IF_ERROR(CopyHostAs(backend_, {w1}, config_.dtype, scratch));
+    if (w3 != nullptr) {
+      void* up_rows = static_cast<uint8_t*>(scratch) + i * d * DTypeSize(config_.dtype);
+      MOE_RETURN_IF_ERROR(CopyHostAs(backend_, {w3}, config_.dtype, up_rows));
+    }
   }
-  if (w1 != nullptr) ScatterColumns(*w1, i, d, 0, &fused);
-  if (w3 != nullptr) ScatterColumns(*w3, i, d, i, &fused);
-  const std::vector<uint8_t> encoded = Encode(fused, config_.dtype);
-  MOE_RETURN_IF_ERROR(backend_->CopyFromHost(scratch, encoded.data(), bytes));
   ++w13_rebuilds_;
   return absl::OkStatus();
 }
 
 absl::Status ExpertWeights::BuildW2t(int64_t e, const Tensor& w2, void* scratch) {
-  const std::vector<uint8_t> encoded = Encode(Transposed(w2), config_.dtype);
-  MOE_RETURN_IF_ERROR(backend_->CopyFromHost(scratch, encoded.data(), encoded.size()));
+  MOE_RETURN_IF_ERROR(CopyHostAs(backend_, {&w2}, config_.dtype, scratch));
   ++w2t_rebuilds_;
   return absl::OkStatus();
 }
 
 absl::Status ExpertWeights::PackExpert(int64_t e, int64_t k, int64_t n, const void* scratch,
                                        std::unique_ptr<PackedWeights>* packed) {
-  if (*packed != nullptr) return backend_->RepackWeights(packed->get(), e, scratch, n);
-  // First expert: make the storage without a source, then fill expert by expert.
-  MOE_ASSIGN_OR_RETURN(*packed,
-                       Pack(backend_, config_.num_experts, k, n, nullptr, config_.dtype, 0));
-  return backend_->RepackWeights(packed->get(), e, scratch, n);
+  if (*packed == nullptr) {
+    // First expert: make the storage without a source, then fill expert by expert.
+    PackWeightsArgs args;
+    args.batch = config_.num_experts;
+    args.k = k;
+    args.n = n;
+    args.dtype = config_.dtype;
+    args.ldb = k;
+    args.trans_b = true;
+    MOE_ASSIGN_OR_RETURN(*packed, backend_->PackWeights(args));
+  }
+  return backend_->RepackWeights(packed->get(), e, scratch, k);
 }
 
 absl::Status ExpertWeights::UpdateExpert(int64_t expert, const Tensor* w1, const Tensor* w3,
@@ -241,12 +180,12 @@ absl::Status ExpertWeights::UpdateExpert(int64_t expert, const Tensor* w1, const
   // stale.
   if (w1 != nullptr || w3 != nullptr) {
     MOE_RETURN_IF_ERROR(BuildW13(expert, w1, w3, scratch->data()));
-    MOE_RETURN_IF_ERROR(backend_->RepackWeights(w13_packed_.get(), expert, scratch->data(), 2 * i));
+    MOE_RETURN_IF_ERROR(backend_->RepackWeights(w13_packed_.get(), expert, scratch->data(), d));
     ++w13_packs_;
   }
   if (w2 != nullptr) {
     MOE_RETURN_IF_ERROR(BuildW2t(expert, *w2, scratch->data()));
-    MOE_RETURN_IF_ERROR(backend_->RepackWeights(w2t_packed_.get(), expert, scratch->data(), d));
+    MOE_RETURN_IF_ERROR(backend_->RepackWeights(w2t_packed_.get(), expert, scratch->data(), i));
     ++w2t_packs_;
   }
   return absl::OkStatus();

@@ -8,10 +8,13 @@
 //   w2t       dtype [E, I, D]    per expert W2^T, the B operand [K=I, N=D]
 //   shared_w13 [D, 2S], shared_w2t [S, D], shared_gate dtype [1, D] (each optional)
 // w13, w2t and the shared pair exist only as PackedWeights (Backend::PackWeights, memory held
-// by the backend), the layout the expert GEMMs read, so the experts are stored once. Fusing
-// and packing go one expert at a time through a one-expert scratch buffer, so loading never
-// holds a plain copy of all experts either. An update that replaces only one of w1 / w3 reads
-// the expert's w13 back (Backend::UnpackWeights, exact) to keep the other projection's columns.
+// by the backend), the layout the expert GEMMs read, so the experts are stored once. They are
+// packed from the checkpoint's own [out, in] matrices as trans_b sources (w13's source is
+// [w1; w3], [2I, D]; w2t's is w2 itself, [D, I]), so nothing is transposed on the host: an
+// expert's matrices go to a one-expert device scratch buffer with one copy each (converted
+// only if the checkpoint's dtype is not the run dtype) and are packed from there, so loading
+// never holds a plain copy of all experts either. An update that replaces only one of w1 / w3
+// reads the expert's [w1; w3] back (Backend::UnpackWeights, exact) to keep the other's rows.
 #ifndef MOE_ENGINE_LAYERS_MOE_EXPERT_WEIGHTS_H_
 #define MOE_ENGINE_LAYERS_MOE_EXPERT_WEIGHTS_H_
 
@@ -75,15 +78,15 @@ class ExpertWeights {
   ExpertWeights(const MoeConfig& config, Backend* backend, Allocator* allocator)
       : config_(config), backend_(backend), allocator_(allocator) {}
 
-  // Device scratch for one expert's w13 [D, 2I] (w2t [I, D] fits in it too).
+  // Device scratch for one expert's [w1; w3] [2I, D] (w2 [D, I] fits in it too).
   size_t ScratchBytes() const;
-  // Writes expert e's fused w13 into `scratch` from w1 and/or w3; a missing one keeps its
-  // current columns, read back from the packed copy.
+  // Writes expert e's [w1; w3] into `scratch` from w1 and/or w3; a missing one keeps its
+  // current rows, read back from the packed copy.
   absl::Status BuildW13(int64_t e, const Tensor* w1, const Tensor* w3, void* scratch);
-  // Writes expert e's w2t into `scratch`.
+  // Writes expert e's w2 [D, I] (the trans_b source of w2t) into `scratch`.
   absl::Status BuildW2t(int64_t e, const Tensor& w2, void* scratch);
-  // Packs the dense [k, n] matrix at `scratch` as expert e's matrix of *packed. The first
-  // call makes the handle of E matrices (every one a copy of this matrix until repacked).
+  // Packs the [n, k] matrix at `scratch` (B^T, trans_b) as expert e's matrix of *packed. The
+  // first call makes the handle of E matrices (all zeros until packed).
   absl::Status PackExpert(int64_t e, int64_t k, int64_t n, const void* scratch,
                           std::unique_ptr<PackedWeights>* packed);
 
