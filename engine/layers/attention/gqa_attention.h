@@ -18,6 +18,7 @@
 #include "engine/core/buffer.h"
 #include "engine/core/tensor.h"
 #include "engine/core/workspace.h"
+#include "engine/layers/attention/attention_inputs.h"
 #include "kernels/backend.h"
 
 namespace moe {
@@ -56,22 +57,6 @@ struct GqaAttentionWeights {
   Tensor k_norm;  // [hd], exactly when qk_norm
 };
 
-// The tokens of one Forward and where their K / V go. Device tensors, int32 unless stated.
-// See AttentionArgs and KvWriteArgs in kernels/backend.h for the exact meaning.
-struct GqaAttentionBatch {
-  Tensor positions;     // [T] absolute position of each token in its sequence
-  Tensor seq_ids;       // [T] row of block_tables
-  Tensor slot_mapping;  // [T] cache slot (block * block_size + offset) of each token's K / V
-  Tensor block_tables;  // [num_seqs, max_blocks_per_seq]
-};
-
-// One layer's paged KV cache, owned by the caller: [num_blocks, block_size, KV, hd] each, in
-// config.dtype on the backend's device. Forward writes the batch's slots and reads the rest.
-struct KvCacheView {
-  Tensor k;
-  Tensor v;
-};
-
 // Thread-compatible: one thread at a time (like the Backend it uses). The backend and the
 // allocator must outlive the layer. Stateless across Forward calls apart from its weights and
 // workspace: all sequence state lives in the caller's cache.
@@ -107,8 +92,6 @@ class GqaAttention {
  private:
   GqaAttention(const GqaAttentionConfig& config, Backend* backend, Allocator* allocator);
 
-  absl::Status CheckInputs(const Tensor& x, const GqaAttentionBatch& batch,
-                           const KvCacheView& cache, const Tensor& out) const;
   size_t WorkspaceBytes(int64_t tokens) const;
 
   GqaAttentionConfig config_;

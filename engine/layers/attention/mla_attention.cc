@@ -209,64 +209,6 @@ absl::Status MlaAttention::ReserveTokens(int64_t tokens) {
   return absl::OkStatus();
 }
 
-absl::Status MlaAttention::CheckInputs(const Tensor& x, const GqaAttentionBatch& batch,
-                                       const KvCacheView& cache, const Tensor& out) const {
-  const Device device = backend_->device();
-  const auto check = [&](absl::string_view name, const Tensor& t, DType dtype, const Shape& want,
-                         const std::string& want_text) -> absl::Status {
-    if (t.shape() != want) {
-      return Invalid(
-          absl::StrCat(name, " has shape ", t.shape().ToString(), ", expected ", want_text));
-    }
-    if (t.dtype() != dtype) {
-      return Invalid(
-          absl::StrCat(name, " has dtype ", DTypeName(t.dtype()), ", expected ", DTypeName(dtype)));
-    }
-    if (t.device() != device) {
-      return Invalid(absl::StrCat(name, " is on ", t.device().ToString(), ", expected ",
-                                  device.ToString(), " (the backend's device)"));
-    }
-    if (t.data() == nullptr && t.numel() > 0) return Invalid(absl::StrCat(name, " has no data"));
-    return absl::OkStatus();
-  };
-  const int64_t d = config_.hidden;
-  if (x.rank() != 2) {
-    return Invalid(absl::StrCat("x has shape ", x.shape().ToString(), ", expected [T, ", d, "]"));
-  }
-  const int64_t t = x.dim(0);
-  const std::string rows = absl::StrCat(t, " (x's rows)");
-  MOE_RETURN_IF_ERROR(check("x", x, config_.dtype, Shape{t, d}, absl::StrCat("[T, ", d, "]")));
-  MOE_RETURN_IF_ERROR(
-      check("out", out, config_.dtype, Shape{t, d}, absl::StrCat("[", t, ", ", d, "]")));
-  if (out.Overlaps(x)) return Invalid("out overlaps x");
-  MOE_RETURN_IF_ERROR(
-      check("positions", batch.positions, DType::kI32, Shape{t}, absl::StrCat("[", rows, "]")));
-  MOE_RETURN_IF_ERROR(
-      check("seq_ids", batch.seq_ids, DType::kI32, Shape{t}, absl::StrCat("[", rows, "]")));
-  MOE_RETURN_IF_ERROR(check("slot_mapping", batch.slot_mapping, DType::kI32, Shape{t},
-                            absl::StrCat("[", rows, "]")));
-  const Tensor& bt = batch.block_tables;
-  if (bt.rank() != 2) {
-    return Invalid(absl::StrCat("block_tables has shape ", bt.shape().ToString(),
-                                ", expected [num_seqs, max_blocks_per_seq]"));
-  }
-  MOE_RETURN_IF_ERROR(check("block_tables", bt, DType::kI32, bt.shape(), ""));
-  const Tensor& k = cache.k;
-  const int64_t heads = cache_heads(), hd = cache_head_dim();
-  const std::string cache_text =
-      absl::StrCat("[num_blocks, block_size, ", heads, ", ", hd, "] (cache_heads, cache_head_dim)");
-  if (k.rank() != 4 || k.dim(2) != heads || k.dim(3) != hd) {
-    return Invalid(
-        absl::StrCat("cache.k has shape ", k.shape().ToString(), ", expected ", cache_text));
-  }
-  MOE_RETURN_IF_ERROR(check("cache.k", k, config_.dtype, k.shape(), cache_text));
-  MOE_RETURN_IF_ERROR(check("cache.v", cache.v, config_.dtype, k.shape(),
-                            k.shape().ToString() + " (cache.k's shape)"));
-  if (k.Overlaps(cache.v)) return Invalid("cache.k overlaps cache.v");
-  if (out.Overlaps(k) || out.Overlaps(cache.v)) return Invalid("out overlaps the KV cache");
-  return absl::OkStatus();
-}
-
 absl::Status MlaAttention::Linear(int64_t t, const void* a, int64_t lda, const PackedWeights& w,
                                   const Buffer* bias, int64_t bias_from, void* c,
                                   const Tensor& f32_scratch) {
@@ -311,7 +253,10 @@ absl::Status MlaAttention::Linear(int64_t t, const void* a, int64_t lda, const P
 
 absl::Status MlaAttention::Forward(const Tensor& x, const GqaAttentionBatch& batch,
                                    const KvCacheView& cache, const Tensor& out) {
-  MOE_RETURN_IF_ERROR(CheckInputs(x, batch, cache, out));
+  MOE_RETURN_IF_ERROR(CheckAttentionInputs(
+      {kPrefix, config_.hidden, cache_heads(), cache_head_dim(), config_.dtype,
+       backend_->device()},
+      x, batch, cache, out));
   const int64_t t = x.dim(0);
   if (t == 0) return absl::OkStatus();
   if (t > reserved_tokens_) MOE_RETURN_IF_ERROR(ReserveTokens(t));

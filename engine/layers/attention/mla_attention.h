@@ -145,8 +145,6 @@ class MlaAttention {
  private:
   MlaAttention(const MlaAttentionConfig& config, Backend* backend, Allocator* allocator);
 
-  absl::Status CheckInputs(const Tensor& x, const GqaAttentionBatch& batch,
-                           const KvCacheView& cache, const Tensor& out) const;
   size_t WorkspaceBytes(int64_t tokens) const;
   // c[t, n] = a[t, k] w^T (+ bias on columns [bias_from, n)), fp32 accumulation and bias, one
   // rounding; f32_scratch holds the fp32 result for a bf16 c with a bias.
