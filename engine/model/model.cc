@@ -355,7 +355,7 @@ absl::Status Model::ReserveLogitRows(int64_t rows) {
 
 absl::Status Model::ReserveTokens(int64_t tokens) {
   if (tokens <= scratch_tokens_) return absl::OkStatus();
-  const int64_t d = config_.hidden_size, v = config_.vocab_size;
+  const int64_t d = config_.hidden_size;
   const size_t es = DTypeSize(options_.dtype);
   const size_t sizes[kNumScratch] = {
       static_cast<size_t>(tokens * d) * es,               // x

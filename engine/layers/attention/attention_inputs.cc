@@ -68,4 +68,48 @@ absl::Status CheckAttentionInputs(const AttentionInputSpec& spec, const Tensor& 
   return absl::OkStatus();
 }
 
+absl::Status WriteKvAndAttend(Backend* backend, const CachedAttention& a,
+                              const GqaAttentionBatch& batch, const KvCacheView& cache) {
+  const int64_t t = batch.positions.dim(0);
+  const int64_t num_blocks = cache.k.dim(0), block_size = cache.k.dim(1);
+  KvWriteArgs write;
+  write.tokens = t;
+  write.kv_heads = a.kv_heads;
+  write.head_dim = a.head_dim;
+  write.dtype = a.dtype;
+  write.k = a.k;
+  write.k_ld = a.k_ld;
+  write.v = a.v;
+  write.v_ld = a.v_ld;
+  write.slot_mapping = static_cast<const int32_t*>(batch.slot_mapping.data());
+  write.num_blocks = num_blocks;
+  write.block_size = block_size;
+  write.k_cache = cache.k.data();
+  write.v_cache = cache.v.data();
+  MOE_RETURN_IF_ERROR(backend->KvWrite(write));
+
+  AttentionArgs att;
+  att.tokens = t;
+  att.heads = a.heads;
+  att.kv_heads = a.kv_heads;
+  att.head_dim = a.head_dim;
+  att.dtype = a.dtype;
+  att.q = a.q;
+  att.q_ld = a.q_ld;
+  att.k_cache = cache.k.data();
+  att.v_cache = cache.v.data();
+  att.num_blocks = num_blocks;
+  att.block_size = block_size;
+  att.num_seqs = batch.block_tables.dim(0);
+  att.max_blocks_per_seq = batch.block_tables.dim(1);
+  att.block_tables = static_cast<const int32_t*>(batch.block_tables.data());
+  att.seq_ids = static_cast<const int32_t*>(batch.seq_ids.data());
+  att.positions = static_cast<const int32_t*>(batch.positions.data());
+  att.sliding_window = a.sliding_window;
+  att.scale = a.scale;
+  att.out = a.out;
+  att.out_ld = a.heads * a.head_dim;
+  return backend->Attention(att);
+}
+
 }  // namespace moe

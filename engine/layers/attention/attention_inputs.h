@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "engine/core/tensor.h"
+#include "kernels/backend.h"
 #include "kernels/device.h"
 #include "kernels/dtype.h"
 
@@ -47,6 +48,28 @@ struct AttentionInputSpec {
 absl::Status CheckAttentionInputs(const AttentionInputSpec& spec, const Tensor& x,
                                   const GqaAttentionBatch& batch, const KvCacheView& cache,
                                   const Tensor& out);
+
+// One step's attention over the cache: the new tokens' K / V rows are written to their slots
+// (Backend::KvWrite), then every query attends to its sequence's cached positions
+// (Backend::Attention). q, k, v: [T, heads * head_dim] / [T, kv_heads * head_dim] rows with
+// leading dims; out: [T, heads * head_dim], contiguous.
+struct CachedAttention {
+  int64_t heads = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  DType dtype = DType::kF32;
+  const void* q = nullptr;
+  int64_t q_ld = 0;
+  const void* k = nullptr;
+  int64_t k_ld = 0;
+  const void* v = nullptr;
+  int64_t v_ld = 0;
+  int64_t sliding_window = 0;
+  float scale = 1.0f;
+  void* out = nullptr;
+};
+absl::Status WriteKvAndAttend(Backend* backend, const CachedAttention& a,
+                              const GqaAttentionBatch& batch, const KvCacheView& cache);
 
 }  // namespace moe
 

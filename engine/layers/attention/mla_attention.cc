@@ -370,44 +370,21 @@ absl::Status MlaAttention::Forward(const Tensor& x, const GqaAttentionBatch& bat
   copy.dst = v_rows_->data();
   MOE_RETURN_IF_ERROR(backend_->GatherRows(copy));
 
-  const int64_t num_blocks = cache.k.dim(0), block_size = cache.k.dim(1);
-  KvWriteArgs write;
-  write.tokens = t;
-  write.kv_heads = h;
-  write.head_dim = qk;
-  write.dtype = dtype;
-  write.k = k_rows.data();
-  write.k_ld = h * qk;
-  write.v = v_rows_->data();
-  write.v_ld = h * qk;
-  write.slot_mapping = static_cast<const int32_t*>(batch.slot_mapping.data());
-  write.num_blocks = num_blocks;
-  write.block_size = block_size;
-  write.k_cache = cache.k.data();
-  write.v_cache = cache.v.data();
-  MOE_RETURN_IF_ERROR(backend_->KvWrite(write));
-
-  AttentionArgs att;
-  att.tokens = t;
+  // Every head has its own K / V in the cache (kv_heads = H), V zero-padded to qk.
+  CachedAttention att;
   att.heads = h;
   att.kv_heads = h;
   att.head_dim = qk;
   att.dtype = dtype;
   att.q = q;
   att.q_ld = q_ld;
-  att.k_cache = cache.k.data();
-  att.v_cache = cache.v.data();
-  att.num_blocks = num_blocks;
-  att.block_size = block_size;
-  att.num_seqs = batch.block_tables.dim(0);
-  att.max_blocks_per_seq = batch.block_tables.dim(1);
-  att.block_tables = static_cast<const int32_t*>(batch.block_tables.data());
-  att.seq_ids = static_cast<const int32_t*>(batch.seq_ids.data());
-  att.positions = rope.positions;
+  att.k = k_rows.data();
+  att.k_ld = h * qk;
+  att.v = v_rows_->data();
+  att.v_ld = h * qk;
   att.scale = scale_;
   att.out = attn.data();
-  att.out_ld = h * qk;
-  MOE_RETURN_IF_ERROR(backend_->Attention(att));
+  MOE_RETURN_IF_ERROR(WriteKvAndAttend(backend_, att, batch, cache));
 
   // o_proj reads the first v columns of each head. Compacting them (a copy of T * H * v values)
   // is cheaper than an o_proj re-laid to [D, H * qk] with zero columns, which would spend
