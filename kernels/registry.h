@@ -16,7 +16,11 @@ struct BackendOptions {
 };
 
 // Creates the backend for `device`. Unimplemented naming the device if this binary was built
-// without that backend; NotFound if the device does not exist.
+// without that backend (cuda is built in where the CUDA toolkit was found at build time, unless
+// --define=moe_cuda=off); NotFound naming the device if it does not exist, with the number of
+// devices of its type or why none can be counted (e.g. "no device cuda:0 (cudaGetDeviceCount
+// failed: cudaErrorNoDevice: ...)"); for CUDA, the Status of a failed CUDA call while setting
+// the backend up.
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(Device device, BackendOptions options = {});
 
 }  // namespace moe

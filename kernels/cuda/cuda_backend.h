@@ -1,0 +1,158 @@
+// The CUDA backend: one NVIDIA GPU, one stream. Ops are enqueued on the backend's own
+// non-blocking stream and run in stream order; every CUDA error becomes a Status naming the
+// failed call and file:line (kernels/cuda/cuda_status.h). An op whose kernel is not built yet
+// returns Unimplemented "<op>: not built for cuda yet"; nothing falls back to the CPU.
+//
+// Memory: Allocate / Free are stream-ordered (cudaMallocFromPoolAsync / cudaFreeAsync on the
+// backend's stream) from a memory pool the backend owns, whose release threshold keeps freed
+// memory cached in the pool, so steady-state allocation makes no driver call that synchronizes
+// or maps memory. Memory from Allocate is ready in stream order: ops and copies of this backend
+// may use it at once; another stream or the host must Synchronize() first. Free may be called
+// while queued work still uses the memory (the pool reuses it only after that work).
+//
+// Copies (either host pointer may be pageable or pinned memory):
+// - CopyFromHost returns once the host buffer may be reused, without waiting for the GPU: the
+//   bytes go through the backend's pinned staging buffers (device sources are copied directly).
+// - CopyToHost returns once the bytes are on the host (it synchronizes the stream).
+// - CopyOnDevice is stream-ordered; like the CPU backend's memmove, src and dst may overlap.
+// A null pointer with bytes > 0 is InvalidArgument naming the copy; bytes = 0 does nothing.
+//
+// Thread safety: one thread at a time (backend.h). Every method makes the backend's device
+// current on the calling thread first.
+#ifndef MOE_KERNELS_CUDA_CUDA_BACKEND_H_
+#define MOE_KERNELS_CUDA_CUDA_BACKEND_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "kernels/backend.h"
+
+namespace moe {
+namespace cuda {
+class CublasLtGemm;
+}  // namespace cuda
+
+class CudaBackend final : public Backend {
+ public:
+  // The backend for CUDA device `index`. NotFound naming the device and the number of devices
+  // (or cudaGetDeviceCount's error, e.g. no driver) when there is no such device; otherwise the
+  // Status of the first failed CUDA call (stream, pool, staging buffers).
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(int index);
+
+  // Waits for queued work, then releases the stream, the pool and the staging buffers. Memory
+  // still allocated from the pool is released with it once its last use completes.
+  ~CudaBackend() override;
+
+  Device device() const override { return Device::Cuda(index_); }
+  // "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB, CUDA runtime 13.0, driver 13.0)".
+  std::string Describe() const override;
+
+  // ResourceExhausted "cuda:0: cannot allocate <bytes> bytes: <free> of <total> bytes free on
+  // the device, ..." when the device is out of memory (after trimming the pool and retrying
+  // once). A zero-byte request still returns a unique non-null pointer.
+  absl::StatusOr<void*> Allocate(size_t bytes) override;
+  // Stream-ordered; null is ignored.
+  void Free(void* ptr) override;
+  absl::Status CopyFromHost(void* dst, const void* host_src, size_t bytes) override;
+  absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes) override;
+  absl::Status CopyOnDevice(void* dst, const void* src, size_t bytes) override;
+  absl::Status Synchronize() override;
+
+  // Sized for the sampler this backend will run (not built yet): per logit, an fp32 key and an
+  // int32 id, both double-buffered for a device radix sort (16 bytes), and an fp64 probability
+  // (8 bytes); per row 256 bytes of reduction results; plus 1 MiB of sort scratch and 256 bytes
+  // to align an unaligned workspace. Non-decreasing in rows and vocab; 0 when either is <= 0.
+  size_t SampleWorkspaceBytes(int64_t rows, int64_t vocab) const override;
+
+  int index() const { return index_; }
+  // The stream every op and copy is enqueued on (for code that interoperates: NCCL, graphs).
+  cudaStream_t stream() const { return stream_; }
+
+ protected:
+  // Defined in cuda_backend_ops.cc: one line per op.
+  absl::StatusOr<std::unique_ptr<PackedWeights>> RunPackWeights(
+      const PackWeightsArgs& args) override;
+  absl::Status RunRepackWeights(PackedWeights* packed, int64_t index, const void* b,
+                                int64_t ldb) override;
+  absl::Status RunUnpackWeights(const PackedWeights& packed, int64_t index, void* b,
+                                int64_t ldb) override;
+  absl::Status RunGemm(const GemmArgs& args) override;
+  absl::Status RunBatchedGemm(const BatchedGemmArgs& args) override;
+  absl::Status RunGroupedGemm(const GroupedGemmArgs& args) override;
+  absl::Status RunRouter(const RouterArgs& args) override;
+  absl::Status RunBincount(const BincountArgs& args) override;
+  absl::Status RunExpertOrder(const ExpertOrderArgs& args) override;
+  absl::Status RunGatherRows(const GatherRowsArgs& args) override;
+  absl::Status RunSwiGlu(const SwiGluArgs& args) override;
+  absl::Status RunCombine(const CombineArgs& args) override;
+  absl::Status RunScaleRows(const ScaleRowsArgs& args) override;
+  absl::Status RunAdd(const AddArgs& args) override;
+  absl::Status RunCast(const CastArgs& args) override;
+  absl::Status RunRmsNorm(const RmsNormArgs& args) override;
+  absl::Status RunRope(const RopeArgs& args) override;
+  absl::Status RunEmbedding(const EmbeddingArgs& args) override;
+  absl::Status RunKvWrite(const KvWriteArgs& args) override;
+  absl::Status RunAttention(const AttentionArgs& args) override;
+  absl::Status RunSample(const SampleArgs& args) override;
+
+ private:
+  // Pinned host memory that CopyFromHost stages through; `done` is recorded after the DMA
+  // that reads it, so the host waits on it before writing the slot again.
+  struct StagingSlot {
+    void* host = nullptr;
+    cudaEvent_t done = nullptr;
+  };
+  static constexpr int kStagingSlots = 2;
+  static constexpr size_t kStagingSlotBytes = size_t{4} << 20;
+
+  explicit CudaBackend(int index);
+  absl::Status Init();
+
+  // Makes this backend's device current on the calling thread and clears a stale non-sticky
+  // error, so that a launcher's cudaGetLastError() reports only its own launch.
+  absl::Status UseDevice() const;
+  // Runs a launcher (which enqueues on stream_) on this backend's device.
+  template <typename Launch>
+  absl::Status OnDevice(Launch&& launch) {
+    absl::Status s = UseDevice();
+    return s.ok() ? launch() : s;
+  }
+  // The cuBLASLt GEMM runner, made on first use (its handle and 32 MiB workspace cost nothing
+  // for code that never multiplies).
+  absl::StatusOr<cuda::CublasLtGemm*> Gemms();
+  // Unimplemented "<op>: not built for cuda yet".
+  static absl::Status NotBuilt(absl::string_view op);
+  absl::StatusOr<void*> AllocateOnStream(size_t bytes);
+  // Requests from this size on are checked against AvailableBytes() before the pool sees them.
+  static constexpr size_t kCheckedAllocationBytes = size_t{256} << 20;
+  // Free device memory plus what the pool holds unused.
+  size_t AvailableBytes() const;
+  bool IsOutOfMemory(cudaError_t err, size_t bytes) const;
+  absl::Status OutOfMemory(size_t bytes, cudaError_t err);
+  absl::Status StageFromHost(char* dst, const char* src, size_t bytes);
+
+  int index_;
+  std::string description_;
+  size_t total_memory_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cudaMemPool_t pool_ = nullptr;
+  StagingSlot staging_[kStagingSlots];
+  int next_slot_ = 0;
+  // kOpErrorWords device words where launchers report data errors found on the device:
+  // LaunchBincount's count of ids outside [0, num_bins) (word 0); the first bad index and its
+  // value of rows.h and norm_rope.h (words 0 and 1).
+  static constexpr int kOpErrorWords = 2;
+  uint64_t* op_error_ = nullptr;
+  std::unique_ptr<cuda::CublasLtGemm> gemm_;
+};
+
+}  // namespace moe
+
+#endif  // MOE_KERNELS_CUDA_CUDA_BACKEND_H_
