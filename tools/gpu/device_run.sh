@@ -9,6 +9,8 @@
 # machine, and runs every binary with --gtest_output=xml:$OUT/<name>.xml (OUT defaults to
 # out/ beside this script), its log in $OUT/<name>.log. Prints the GPU, then per binary the
 # passed / failed / skipped test cases, and a closing line "N passed, N failed, N skipped".
+# MOE_GPU_TEST_WRAPPER: a command put in front of each binary, e.g.
+#   MOE_GPU_TEST_WRAPPER="compute-sanitizer --tool memcheck --error-exitcode 1".
 # MOE_GPU_TEST_TIMEOUT: seconds per binary (default 600). Exit status 0 only if every binary ran
 # and exited 0.
 set -uo pipefail
@@ -69,7 +71,9 @@ for b in "${BINS[@]}"; do
   xml="$OUTDIR/$name.xml"
   log="$OUTDIR/$name.log"
   rm -f "$xml"
-  (cd "$WORK" && timeout "$TIMEOUT" "$WORK/bin/$b" --gtest_output="xml:$xml" "$@") >"$log" 2>&1
+  # shellcheck disable=SC2086  # MOE_GPU_TEST_WRAPPER is a command line, split on purpose
+  (cd "$WORK" && timeout "$TIMEOUT" ${MOE_GPU_TEST_WRAPPER:-} "$WORK/bin/$b" \
+    --gtest_output="xml:$xml" "$@") >"$log" 2>&1
   rc=$?
   pass=0 fail=0 skip=0
   if [[ -f "$xml" ]]; then
