@@ -21,9 +21,9 @@
 #include "engine/runtime/kv_block_manager.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
-#include "kernels/registry.h"
 #include "kernels/status_macros.h"
 #include "tests/testing/golden.h"
+#include "tests/testing/test_backend.h"
 #include "tests/testing/test_util.h"
 
 namespace moe::testing {
@@ -61,7 +61,7 @@ class GreedyRunner {
  public:
   static absl::StatusOr<std::unique_ptr<GreedyRunner>> Create(const std::string& dir, DType dtype) {
     auto r = std::unique_ptr<GreedyRunner>(new GreedyRunner());
-    MOE_ASSIGN_OR_RETURN(r->backend_, CreateBackend(Device::Cpu()));
+    MOE_ASSIGN_OR_RETURN(r->backend_, CreateTestBackend());
     r->allocator_ = std::make_unique<Allocator>(r->backend_.get());
     MOE_ASSIGN_OR_RETURN(r->model_, Model::Load(dir, ModelOptions{.dtype = dtype},
                                                 r->backend_.get(), r->allocator_.get()));
@@ -120,7 +120,15 @@ struct Param {
   bool bf16;
 };
 
-class ModelGoldenTest : public ::testing::TestWithParam<Param> {};
+// Runs on the backend MOE_TEST_BACKEND names (tests/testing/test_backend.h); skipped where it
+// cannot be made here.
+class ModelGoldenTest : public ::testing::TestWithParam<Param> {
+ protected:
+  void SetUp() override {
+    auto backend = CreateTestBackend();
+    if (!backend.ok()) GTEST_SKIP() << backend.status();
+  }
+};
 
 // HF's top-2 margin of a logits row relative to its largest |logit|.
 double RelMargin(const float* row, int64_t n) {
