@@ -147,7 +147,8 @@ class CudaBackend final : public Backend {
   int next_slot_ = 0;
   // kOpErrorWords device words where launchers report data errors found on the device:
   // LaunchBincount's count of ids outside [0, num_bins) (word 0); the first bad index and its
-  // value of rows.h and norm_rope.h (words 0 and 1).
+  // value of rows.h, norm_rope.h and combine.h (words 0 and 1); expert_order.h's coded error
+  // and its value (words 0 and 1).
   static constexpr int kOpErrorWords = 2;
   uint64_t* op_error_ = nullptr;
   std::unique_ptr<cuda::CublasLtGemm> gemm_;

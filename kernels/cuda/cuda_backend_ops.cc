@@ -13,13 +13,17 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/attention.h"
 #include "kernels/cuda/bincount.h"
+#include "kernels/cuda/combine.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_packed_weights.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/expert_order.h"
 #include "kernels/cuda/norm_rope.h"
 #include "kernels/cuda/rows.h"
+#include "kernels/cuda/router.h"
 #include "kernels/status_macros.h"
 
 namespace moe {
@@ -73,8 +77,8 @@ absl::Status CudaBackend::RunGroupedGemm(const GroupedGemmArgs& a) {
   MOE_ASSIGN_OR_RETURN(cuda::CublasLtGemm * gemm, Gemms());
   return gemm->GroupedGemm(a, stream_);
 }
-absl::Status CudaBackend::RunRouter(const RouterArgs&) {
-  return NotBuilt("router");  // wire: cuda::LaunchRouter (router.h)
+absl::Status CudaBackend::RunRouter(const RouterArgs& a) {
+  return OnDevice([&] { return cuda::LaunchRouter(a, stream_); });
 }
 
 // The kernel counts ids outside [0, num_bins) on the device; reporting them as the CPU backend
@@ -86,8 +90,12 @@ absl::Status CudaBackend::RunBincount(const BincountArgs& a) {
   return invalid == 0 ? absl::OkStatus() : FirstBadBincountId(*this, a);
 }
 
-absl::Status CudaBackend::RunExpertOrder(const ExpertOrderArgs&) {
-  return NotBuilt("expert_order");  // wire: cuda::LaunchExpertOrder (expert_order.h)
+// Data errors are found on the device; reporting them before returning synchronizes.
+absl::Status CudaBackend::RunExpertOrder(const ExpertOrderArgs& a) {
+  return OnDevice([&] {
+    MOE_RETURN_IF_ERROR(cuda::LaunchExpertOrder(a, op_error_, stream_));
+    return cuda::FinishExpertOrder(a, op_error_, stream_);
+  });
 }
 // Data errors are found on the device; reporting them before returning synchronizes.
 absl::Status CudaBackend::RunGatherRows(const GatherRowsArgs& a) {
@@ -99,8 +107,12 @@ absl::Status CudaBackend::RunGatherRows(const GatherRowsArgs& a) {
 absl::Status CudaBackend::RunSwiGlu(const SwiGluArgs& a) {
   return OnDevice([&] { return cuda::LaunchSwiGlu(a, stream_); });
 }
-absl::Status CudaBackend::RunCombine(const CombineArgs&) {
-  return NotBuilt("combine");  // wire: cuda::LaunchCombine (combine.h)
+// Data errors are found on the device; reporting them before returning synchronizes.
+absl::Status CudaBackend::RunCombine(const CombineArgs& a) {
+  return OnDevice([&] {
+    MOE_RETURN_IF_ERROR(cuda::LaunchCombine(a, op_error_, stream_));
+    return cuda::FinishCombine(a, op_error_, stream_);
+  });
 }
 absl::Status CudaBackend::RunScaleRows(const ScaleRowsArgs& a) {
   return OnDevice([&] { return cuda::LaunchScaleRows(a, stream_); });
@@ -135,8 +147,12 @@ absl::Status CudaBackend::RunKvWrite(const KvWriteArgs& a) {
     return cuda::FinishKvWrite(a, op_error_, stream_);
   });
 }
-absl::Status CudaBackend::RunAttention(const AttentionArgs&) {
-  return NotBuilt("attention");  // wire: cuda::LaunchAttention (attention.h)
+// Data errors are found on the device; reporting them before returning synchronizes.
+absl::Status CudaBackend::RunAttention(const AttentionArgs& a) {
+  return OnDevice([&] {
+    MOE_RETURN_IF_ERROR(cuda::LaunchAttention(a, op_error_, stream_));
+    return cuda::FinishAttention(a, op_error_, stream_);
+  });
 }
 absl::Status CudaBackend::RunSample(const SampleArgs&) {
   return NotBuilt("sample");  // wire: cuda::LaunchSample (sample.h)

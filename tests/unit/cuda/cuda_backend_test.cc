@@ -362,35 +362,21 @@ TEST_F(CudaBackendTest, BincountReportsTheFirstBadIdAsTheCpuBackendDoes) {
 }
 
 TEST_F(CudaBackendTest, OpsNotBuiltAreUnimplementedNamingTheOp) {
-  float* buf = static_cast<float*>(Alloc(64 * sizeof(float)));
-  float* out = static_cast<float*>(Alloc(64 * sizeof(float)));
-  const auto expect = [](const absl::Status& s, const std::string& op) {
-    EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << op << ": " << s;
-    EXPECT_EQ(Msg(s), op + ": not built for cuda yet");
-  };
-  RouterArgs router;
-  router.tokens = 1;
-  router.num_experts = 4;
-  router.top_k = 1;
-  router.logits = buf;
-  router.ids = reinterpret_cast<int32_t*>(out);
-  router.weights = out + 8;
-  expect(backend_->Router(router), "router");
-
-  CombineArgs combine;
-  combine.tokens = 1;
-  combine.top_k = 1;
-  combine.cols = 4;
-  combine.expert_out = buf;
-  combine.expert_out_ld = 4;
-  combine.slot_to_row = reinterpret_cast<const int32_t*>(buf + 16);
-  combine.ids = reinterpret_cast<const int32_t*>(buf + 20);
-  combine.out = out;
-  combine.out_ld = 4;
-  expect(backend_->Combine(combine), "combine");
-
-  backend_->Free(buf);
-  backend_->Free(out);
+  float* logits = static_cast<float*>(Alloc(64 * sizeof(float)));
+  int32_t* ids = static_cast<int32_t*>(Alloc(sizeof(int32_t)));
+  const SamplingParams params;
+  SampleArgs sample;
+  sample.rows = 1;
+  sample.vocab = 8;
+  sample.logits = logits;
+  sample.ld = 8;
+  sample.params = &params;
+  sample.ids = ids;
+  const absl::Status s = backend_->Sample(sample);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
+  EXPECT_EQ(Msg(s), "sample: not built for cuda yet");
+  backend_->Free(logits);
+  backend_->Free(ids);
 }
 
 TEST_F(CudaBackendTest, SampleWorkspaceBytesIsZeroForNothingAndGrowsWithTheShape) {

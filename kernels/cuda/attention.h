@@ -1,0 +1,56 @@
+// Paged causal GQA attention on a CUDA device (backend.h's AttentionArgs), bit for bit the CPU
+// backend's results (kernels/cpu/attention.cc) for every input whose scores are not NaN: the
+// contract's fp32 order for each (token, head), every operation correctly rounded (no fma
+// contraction; the exp is the CPU's ExpF, step for step), one rounding to bf16 at the end.
+//
+// Args are validated by Backend (kernels/backend.cc); pointers are device memory of the
+// current device; enqueued on `stream` (asynchronous); allocates nothing; deterministic (no
+// float atomics; no dependence on the launch configuration or on the other tokens).
+//
+// Data errors are checked on the device before anything is written, in two kernels: the first
+// finds the first bad (token, field), the second computes only when there is none, so a bad
+// seq id, position or block table entry leaves `out` untouched, as on the CPU.
+//
+// `error` is device memory of 2 uint64 words, overwritten. Word 0 is ~0 when all is well, else
+// the first bad entry as t * (max_blocks_per_seq + 2) + c, with c = 0 for seq_ids[t], 1 for
+// positions[t] and 2 + b for block_tables[seq_ids[t], b]; word 1 is that entry's value (the
+// seq id or position, sign-extended), or (seq id << 32) | (uint32) entry for a block_tables
+// entry. The Status LaunchAttention returns covers the launch only (a failed CUDA call, naming
+// it and file:line); once the stream has passed the call, AttentionDataError (given the words
+// copied to the host) or FinishAttention (which synchronizes `stream`) gives the data error
+// with the CPU backend's message.
+#ifndef MOE_KERNELS_CUDA_ATTENTION_H_
+#define MOE_KERNELS_CUDA_ATTENTION_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/backend.h"
+
+namespace moe::cuda {
+
+// Scores held in shared memory at once by LaunchAttention: a query that sees more positions
+// computes its scores twice (once for the max, once for the weights).
+constexpr int64_t kAttentionScoreChunk = 2048;
+
+absl::Status LaunchAttention(const AttentionArgs& args, uint64_t* error, cudaStream_t stream);
+
+// LaunchAttention holding at most `score_chunk` (>= 1) scores in shared memory at once, the same
+// bits for any value; for the tests of the chunked path. InvalidArgument for score_chunk < 1.
+absl::Status LaunchAttentionChunked(const AttentionArgs& args, int64_t score_chunk, uint64_t* error,
+                                    cudaStream_t stream);
+
+// OK when host_error[0] is ~0, else InvalidArgument with the CPU backend's message:
+// "attention: seq_ids[<t>]=<s> is outside [0, num_seqs=<n>)",
+// "attention: positions[<t>]=<p> is outside [0, max_blocks_per_seq * block_size=<n>)" or
+// "attention: block_tables[<s>, <b>]=<block> is outside [0, num_blocks=<n>)".
+absl::Status AttentionDataError(const AttentionArgs& args, const uint64_t host_error[2]);
+
+// Waits for `stream`, then AttentionDataError of the words in `error`.
+absl::Status FinishAttention(const AttentionArgs& args, const uint64_t* error, cudaStream_t stream);
+
+}  // namespace moe::cuda
+
+#endif  // MOE_KERNELS_CUDA_ATTENTION_H_
