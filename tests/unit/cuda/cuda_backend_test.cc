@@ -372,11 +372,14 @@ TEST_F(CudaBackendTest, OpsNotBuiltAreUnimplementedNamingTheOp) {
   sample.ld = 8;
   sample.params = &params;
   sample.ids = ids;
+  sample.workspace_bytes = backend_->SampleWorkspaceBytes(1, 8);
+  sample.workspace = Alloc(sample.workspace_bytes);
   const absl::Status s = backend_->Sample(sample);
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
   EXPECT_EQ(Msg(s), "sample: not built for cuda yet");
   backend_->Free(logits);
   backend_->Free(ids);
+  backend_->Free(sample.workspace);
 }
 
 TEST_F(CudaBackendTest, SampleWorkspaceBytesIsZeroForNothingAndGrowsWithTheShape) {
