@@ -380,13 +380,20 @@ absl::Status Model::ReserveTokens(int64_t tokens) {
 }
 
 absl::Status Model::Forward(const ModelBatch& batch, KvCache& cache, std::vector<float>* logits) {
+  MOE_ASSIGN_OR_RETURN(const float* device_logits, ForwardOnDevice(batch, cache));
+  const size_t n = batch.logit_rows.size() * static_cast<size_t>(config_.vocab_size);
+  logits->assign(n, 0.0f);
+  if (n == 0 || device_logits == nullptr) return absl::OkStatus();
+  return backend_->CopyToHost(logits->data(), device_logits, n * sizeof(float));
+}
+
+absl::StatusOr<const float*> Model::ForwardOnDevice(const ModelBatch& batch, KvCache& cache) {
   MOE_RETURN_IF_ERROR(CheckBatch(batch, config_));
   const int64_t t = static_cast<int64_t>(batch.token_ids.size());
   const int64_t rows = static_cast<int64_t>(batch.logit_rows.size());
   const int64_t d = config_.hidden_size, v = config_.vocab_size;
   const DType dtype = options_.dtype;
-  logits->assign(static_cast<size_t>(rows * v), 0.0f);
-  if (t == 0) return absl::OkStatus();
+  if (t == 0) return nullptr;
   if (cache.k_.size() != layers_.size()) {
     return absl::InvalidArgumentError(absl::StrCat("model: the KV cache has ", cache.k_.size(),
                                                    " layers, the model ", layers_.size()));
@@ -482,7 +489,7 @@ absl::Status Model::Forward(const ModelBatch& batch, KvCache& cache, std::vector
       MOE_RETURN_IF_ERROR(add_to_x(y));
     }
   }
-  if (rows == 0) return absl::OkStatus();
+  if (rows == 0) return nullptr;
 
   // logits = norm(x[logit_rows]) lm_head^T, rounded to the run dtype as HF's lm_head output
   // is, then widened to f32.
@@ -519,7 +526,7 @@ absl::Status Model::Forward(const ModelBatch& batch, KvCache& cache, std::vector
                                         .dst = head_f32,
                                         .dst_dtype = DType::kF32}));
   }
-  return backend_->CopyToHost(logits->data(), head_f32, rows * v * sizeof(float));
+  return static_cast<const float*>(head_f32);
 }
 
 }  // namespace moe

@@ -105,6 +105,11 @@ class Model {
   // and blocks. T = 0 returns no logits.
   absl::Status Forward(const ModelBatch& batch, KvCache& cache, std::vector<float>* logits);
 
+  // As Forward, but leaves the logits on the backend's device: f32 [logit_rows.size(),
+  // vocab_size], valid until the next Forward / ForwardOnDevice / ReserveTokens; null when there
+  // are no logit rows (or no tokens).
+  absl::StatusOr<const float*> ForwardOnDevice(const ModelBatch& batch, KvCache& cache);
+
   // Grows every layer's workspace for steps of up to `tokens` tokens now (the lm_head's
   // buffers grow with the logit rows a Forward asks for).
   absl::Status ReserveTokens(int64_t tokens);

@@ -38,6 +38,10 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(Model* model, Backe
       backend->SampleWorkspaceBytes(options.max_seqs, model->config().vocab_size);
   MOE_ASSIGN_OR_RETURN(g->sample_workspace_,
                        allocator->Allocate(std::max<size_t>(g->sample_workspace_bytes_, 1)));
+  // Sample's outputs on the device, read back once per step.
+  MOE_ASSIGN_OR_RETURN(g->sampled_ids_, allocator->Allocate(options.max_seqs * sizeof(int32_t)));
+  MOE_ASSIGN_OR_RETURN(g->sampled_logprobs_,
+                       allocator->Allocate(options.max_seqs * sizeof(float)));
   return g;
 }
 
@@ -172,16 +176,18 @@ absl::Status Generator::SampleAndApply(const StepPlan& plan, StepOutcome* outcom
   SampleArgs args;
   args.rows = rows;
   args.vocab = model_->config().vocab_size;
-  args.logits = logits_.data();
+  args.logits = logits_;
   args.ld = args.vocab;
   args.params = params.data();
   args.seen_offsets = any_penalty ? seen_offsets.data() : nullptr;
   args.seen_ids = any_penalty ? seen.data() : nullptr;
-  args.ids = ids.data();
-  args.logprobs = logprobs.data();
+  args.ids = static_cast<int32_t*>(sampled_ids_->data());
+  args.logprobs = static_cast<float*>(sampled_logprobs_->data());
   args.workspace = sample_workspace_->data();
   args.workspace_bytes = sample_workspace_bytes_;
   MOE_RETURN_IF_ERROR(backend_->Sample(args));
+  MOE_RETURN_IF_ERROR(backend_->CopyToHost(ids.data(), args.ids, rows * sizeof(int32_t)));
+  MOE_RETURN_IF_ERROR(backend_->CopyToHost(logprobs.data(), args.logprobs, rows * sizeof(float)));
 
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t id = sampled[r];
@@ -222,7 +228,11 @@ StepOutcome Generator::Step() {
   }
   outcome.tokens = plan.tokens;
   absl::Status status = BuildBatch(plan);
-  if (status.ok()) status = model_->Forward(batch_, *cache_, &logits_);
+  if (status.ok()) {
+    absl::StatusOr<const float*> logits = model_->ForwardOnDevice(batch_, *cache_);
+    status = logits.status();
+    if (status.ok()) logits_ = *logits;
+  }
   if (status.ok()) status = scheduler_.Complete(plan);
   if (status.ok()) status = SampleAndApply(plan, &outcome);
   if (!status.ok()) {

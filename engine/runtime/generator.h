@@ -117,10 +117,12 @@ class Generator {
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<Buffer> sample_workspace_;
   size_t sample_workspace_bytes_ = 0;
+  std::unique_ptr<Buffer> sampled_ids_;       // int32 [max_seqs], device
+  std::unique_ptr<Buffer> sampled_logprobs_;  // f32 [max_seqs], device
   std::map<int64_t, Sequence> seqs_;  // ordered: reproducible iteration
   // Per-step staging, kept to avoid reallocating every step.
   ModelBatch batch_;
-  std::vector<float> logits_;
+  const float* logits_ = nullptr;  // the step's logits on the device (Model-owned)
 };
 
 }  // namespace moe

@@ -30,8 +30,16 @@ using ::moe::testing::LoadGolden;
 
 constexpr char kModel[] = "mixtral-tiny";
 
+// The backend MOE_TEST_BACKEND names ("cpu" when unset): MOE_TEST_BACKEND=cuda runs the suite
+// on a GPU.
+std::string TestBackendName() {
+  const char* env = std::getenv("MOE_TEST_BACKEND");
+  return env != nullptr && *env != '\0' ? env : "cpu";
+}
+
 std::unique_ptr<Engine> MakeEngine(const std::string& model, EngineOptions options = {}) {
   if (options.dtype == "auto") options.dtype = "f32";
+  options.backend = TestBackendName();
   auto engine = Engine::Create("models/" + model, options);
   EXPECT_TRUE(engine.ok()) << engine.status();
   return engine.ok() ? std::move(*engine) : nullptr;
