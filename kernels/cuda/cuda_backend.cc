@@ -2,6 +2,7 @@
 #include "kernels/cuda/cuda_backend.h"
 
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/sample.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -288,9 +289,7 @@ absl::Status CudaBackend::Synchronize() {
 
 size_t CudaBackend::SampleWorkspaceBytes(int64_t rows, int64_t vocab) const {
   if (rows <= 0 || vocab <= 0) return 0;
-  const size_t r = static_cast<size_t>(rows);
-  const size_t v = static_cast<size_t>(vocab);
-  return r * v * 24 + r * 256 + (size_t{1} << 20) + 256;
+  return cuda::SampleWorkspaceBytes(rows, vocab);
 }
 
 }  // namespace moe

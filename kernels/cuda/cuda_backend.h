@@ -65,10 +65,10 @@ class CudaBackend final : public Backend {
   absl::Status CopyOnDevice(void* dst, const void* src, size_t bytes) override;
   absl::Status Synchronize() override;
 
-  // Sized for the sampler this backend will run (not built yet): per logit, an fp32 key and an
-  // int32 id, both double-buffered for a device radix sort (16 bytes), and an fp64 probability
-  // (8 bytes); per row 256 bytes of reduction results; plus 1 MiB of sort scratch and 256 bytes
-  // to align an unaligned workspace. Non-decreasing in rows and vocab; 0 when either is <= 0.
+  // cuda::SampleWorkspaceBytes (kernels/cuda/sample.h): per logit an fp64 z and a 64-bit key
+  // and int32 id, both double-buffered for the radix sort (32 bytes); per row the copied params
+  // and a few words; 2 MiB for seen-id chunks and sort scratch; 256 bytes to align an unaligned
+  // workspace. Non-decreasing in rows and vocab; 0 when either is <= 0.
   size_t SampleWorkspaceBytes(int64_t rows, int64_t vocab) const override;
 
   int index() const { return index_; }

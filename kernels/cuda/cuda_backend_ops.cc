@@ -24,6 +24,7 @@
 #include "kernels/cuda/norm_rope.h"
 #include "kernels/cuda/rows.h"
 #include "kernels/cuda/router.h"
+#include "kernels/cuda/sample.h"
 #include "kernels/status_macros.h"
 
 namespace moe {
@@ -154,8 +155,11 @@ absl::Status CudaBackend::RunAttention(const AttentionArgs& a) {
     return cuda::FinishAttention(a, op_error_, stream_);
   });
 }
-absl::Status CudaBackend::RunSample(const SampleArgs&) {
-  return NotBuilt("sample");  // wire: cuda::LaunchSample (sample.h)
+absl::Status CudaBackend::RunSample(const SampleArgs& a) {
+  return OnDevice([&] {
+    MOE_RETURN_IF_ERROR(cuda::LaunchSample(a, op_error_, stream_));
+    return cuda::FinishSample(a, op_error_, stream_);
+  });
 }
 
 }  // namespace moe

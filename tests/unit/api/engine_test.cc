@@ -218,7 +218,7 @@ TEST(EngineTest, StopTokenEndsGenerationAndIsIncluded) {
 // A copy of the model folder whose generation_config.json names `eos` (a list, as some
 // checkpoints write it); the weights are symlinked.
 std::string ModelWithEos(const std::string& model, int32_t eos) {
-  const std::string dir = std::string(getenv("TEST_TMPDIR")) + "/" + model + "-eos";
+  const std::string dir = std::string(::testing::TempDir()) + "/" + model + "-eos";
   const std::string src = std::filesystem::absolute("models/" + model).string();
   std::filesystem::create_directories(dir);
   std::filesystem::copy_file(src + "/config.json", dir + "/config.json",
@@ -393,7 +393,7 @@ TEST(EngineTest, CreateErrorsNameTheFileOrOption) {
 
 // A copy of the model folder with model.safetensors cut to `keep_bytes`.
 std::string TruncatedModel(const std::string& model, size_t keep_bytes) {
-  const std::string dir = std::string(getenv("TEST_TMPDIR")) + "/" + model + "-truncated";
+  const std::string dir = std::string(::testing::TempDir()) + "/" + model + "-truncated";
   const std::string src = "models/" + model;
   std::filesystem::create_directories(dir);
   std::filesystem::copy_file(src + "/config.json", dir + "/config.json",
@@ -415,7 +415,7 @@ TEST(EngineTest, CorruptCheckpointIsAStatusNamingTheFile) {
         << engine.status();
   }
   // No weights at all: NotFound naming what was looked for.
-  const std::string empty = std::string(getenv("TEST_TMPDIR")) + "/config-only";
+  const std::string empty = std::string(::testing::TempDir()) + "/config-only";
   std::filesystem::create_directories(empty);
   std::filesystem::copy_file(std::string("models/") + kModel + "/config.json",
                              empty + "/config.json",

@@ -361,27 +361,6 @@ TEST_F(CudaBackendTest, BincountReportsTheFirstBadIdAsTheCpuBackendDoes) {
   }
 }
 
-TEST_F(CudaBackendTest, OpsNotBuiltAreUnimplementedNamingTheOp) {
-  float* logits = static_cast<float*>(Alloc(64 * sizeof(float)));
-  int32_t* ids = static_cast<int32_t*>(Alloc(sizeof(int32_t)));
-  const SamplingParams params;
-  SampleArgs sample;
-  sample.rows = 1;
-  sample.vocab = 8;
-  sample.logits = logits;
-  sample.ld = 8;
-  sample.params = &params;
-  sample.ids = ids;
-  sample.workspace_bytes = backend_->SampleWorkspaceBytes(1, 8);
-  sample.workspace = Alloc(sample.workspace_bytes);
-  const absl::Status s = backend_->Sample(sample);
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
-  EXPECT_EQ(Msg(s), "sample: not built for cuda yet");
-  backend_->Free(logits);
-  backend_->Free(ids);
-  backend_->Free(sample.workspace);
-}
-
 TEST_F(CudaBackendTest, SampleWorkspaceBytesIsZeroForNothingAndGrowsWithTheShape) {
   EXPECT_EQ(backend_->SampleWorkspaceBytes(0, 1000), 0u);
   EXPECT_EQ(backend_->SampleWorkspaceBytes(4, 0), 0u);
