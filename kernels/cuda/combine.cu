@@ -55,12 +55,16 @@ __global__ void CombineKernel(const T* __restrict__ y, int64_t y_ld,
     }
     __syncthreads();
     T* dst = out + t * out_ld;
+    // Read one element at a time: without volatile nvcc merged these shared loads into wider
+    // ones that read past the end of the top_k entries (compute-sanitizer memcheck on H100).
+    const volatile int32_t* sorted_rows = rows;
+    const volatile float* sorted_w = w;
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
       float acc = 0.0f;
       for (int k = 0; k < top_k; ++k) {
-        const int32_t r = rows[k];
+        const int32_t r = sorted_rows[k];
         if (r < 0) continue;
-        acc = __fmaf_rn(ToF32(y[static_cast<int64_t>(r) * y_ld + c]), w[k], acc);
+        acc = __fmaf_rn(ToF32(y[static_cast<int64_t>(r) * y_ld + c]), sorted_w[k], acc);
       }
       if (add_to_out) {
         dst[c] = FromF32<T>(__fadd_rn(ToF32(FromF32<T>(acc)), ToF32(dst[c])));
