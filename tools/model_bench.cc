@@ -53,6 +53,7 @@ struct Options {
   int64_t seed = 1;
   std::string json;
   bool skip_ceilings = false;
+  std::string backend = "cpu";
   int64_t copy_mib = 1024;
   int64_t gemm_size = 4096;
   bool hf_compare = false;
@@ -620,10 +621,21 @@ absl::Status Run(Options opt) {
   if (opt.threads > 0) omp_set_num_threads(static_cast<int>(opt.threads));
   opt.json = opt.json == "auto" ? DefaultJsonPath() : ResolveUserPath(opt.json);
 
+  if (opt.backend != "cpu" && opt.backend != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--backend=", opt.backend, " is not one of cpu, cuda"));
+  }
+  const bool on_gpu = opt.backend == "cuda";
+  if (on_gpu && opt.hf_compare) {
+    return absl::InvalidArgumentError(
+        "--hf_compare times transformers on the CPU; not with --backend=cuda");
+  }
+  // The ceilings measure host memory and the CPU's GEMM: no floors on a GPU yet.
+  if (on_gpu) opt.skip_ceilings = true;
   BackendOptions backend_options;
   backend_options.cpu_threads = static_cast<int>(opt.threads);
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
-                       CreateBackend(Device::Cpu(), backend_options));
+                       CreateBackend(on_gpu ? Device::Cuda(0) : Device::Cpu(), backend_options));
   Allocator allocator(backend.get());
   std::printf("model_bench: %s; %s (avx512_bf16 %s, amx_bf16 %s); %d threads\n",
               backend->Describe().c_str(), CpuModelName().c_str(),
@@ -729,6 +741,8 @@ int main(int argc, char** argv) {
   flags.AddString("json", &opt.json,
                   "Write the results here; \"auto\" = bench/results/<date>_<cpu>-<threads>t_model."
                   "json\nin the source tree; empty = no JSON.");
+  flags.AddString("backend", &opt.backend,
+                  "cpu, or cuda (GPU 0; no floors there yet: the ceilings are the CPU's).");
   flags.AddBool("skip_ceilings", &opt.skip_ceilings,
                 "Do not measure the ceilings (no floor column); for smoke tests.");
   flags.AddInt("copy_mib", &opt.copy_mib, "Size of the copy and read ceiling buffers in MiB.");
