@@ -151,19 +151,8 @@ Batch MakeBatch(const Shape& s, DType dtype, float lo, float hi, float scale,
   return b;
 }
 
-class CudaAttentionTest : public ::testing::Test {
+class CudaAttentionTest : public ::moe::cuda::testing::CudaOpTest {
  protected:
-  void SetUp() override {
-    const std::string reason = NoDeviceReason();
-    if (!reason.empty()) GTEST_SKIP() << reason;
-    absl::StatusOr<std::unique_ptr<Backend>> cpu = CreateBackend(Device::Cpu());
-    ASSERT_TRUE(cpu.ok()) << cpu.status();
-    cpu_ = std::move(cpu).value();
-    ASSERT_EQ(cudaStreamCreate(&stream_), cudaSuccess);
-  }
-  void TearDown() override {
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
-  }
 
   // The CPU backend's and this launcher's results (score_chunk 0: LaunchAttention) must agree
   // bit for bit, Status included; on an error the output stays as it was.
@@ -217,8 +206,6 @@ class CudaAttentionTest : public ::testing::Test {
     if (!cpu.ok()) ExpectSameBits(dout.ToHost(), init, b.dtype);
   }
 
-  std::unique_ptr<Backend> cpu_;
-  cudaStream_t stream_ = nullptr;
 };
 
 const Shape kShapes[] = {

@@ -44,19 +44,8 @@ struct Inputs {
   Bytes out_init;              // [tokens, ld + 1]
 };
 
-class CudaCombineTest : public ::testing::Test {
+class CudaCombineTest : public ::moe::cuda::testing::CudaOpTest {
  protected:
-  void SetUp() override {
-    const std::string reason = NoDeviceReason();
-    if (!reason.empty()) GTEST_SKIP() << reason;
-    absl::StatusOr<std::unique_ptr<Backend>> cpu = CreateBackend(Device::Cpu());
-    ASSERT_TRUE(cpu.ok()) << cpu.status();
-    cpu_ = std::move(cpu).value();
-    ASSERT_EQ(cudaStreamCreate(&stream_), cudaSuccess);
-  }
-  void TearDown() override {
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
-  }
 
   void Check(const Inputs& in, bool add_to_out) {
     const int64_t out_ld = in.ld + 1;
@@ -94,8 +83,6 @@ class CudaCombineTest : public ::testing::Test {
     if (!cpu.ok()) ExpectSameBits(dout.ToHost(), in.out_init, in.dtype);
   }
 
-  std::unique_ptr<Backend> cpu_;
-  cudaStream_t stream_ = nullptr;
 };
 
 // Rows a permutation of the slots (as ExpertOrder makes them), every `drop_every`-th slot

@@ -31,20 +31,8 @@ using ::moe::cuda::testing::NoDeviceReason;
 using ::moe::cuda::testing::RandomValues;
 using ::moe::cuda::testing::SpecialValues;
 
-class CudaElementwiseTest : public ::testing::Test {
+class CudaElementwiseTest : public ::moe::cuda::testing::CudaOpTest {
  protected:
-  void SetUp() override {
-    const std::string reason = NoDeviceReason();
-    if (!reason.empty()) GTEST_SKIP() << reason;
-    absl::StatusOr<std::unique_ptr<Backend>> cpu = CreateBackend(Device::Cpu());
-    ASSERT_TRUE(cpu.ok()) << cpu.status();
-    cpu_ = std::move(cpu).value();
-    ASSERT_EQ(cudaStreamCreate(&stream_), cudaSuccess);
-  }
-  void TearDown() override {
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
-  }
-  void Sync() { ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess); }
 
   // a + b on both backends; `offset` bytes misalign the device buffers; in_place writes a.
   void CheckAdd(const Bytes& a, const Bytes& b, DType dtype, size_t offset, bool in_place,
@@ -91,8 +79,6 @@ class CudaElementwiseTest : public ::testing::Test {
     ExpectSameBits(ddst.ToHost(), want, to);
   }
 
-  std::unique_ptr<Backend> cpu_;
-  cudaStream_t stream_ = nullptr;
 };
 
 TEST_F(CudaElementwiseTest, AddRandomMatchesCpu) {

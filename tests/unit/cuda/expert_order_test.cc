@@ -40,19 +40,8 @@ std::vector<int64_t> CountsOf(const std::vector<int32_t>& ids, int64_t num_exper
   return counts;
 }
 
-class CudaExpertOrderTest : public ::testing::Test {
+class CudaExpertOrderTest : public ::moe::cuda::testing::CudaOpTest {
  protected:
-  void SetUp() override {
-    const std::string reason = NoDeviceReason();
-    if (!reason.empty()) GTEST_SKIP() << reason;
-    absl::StatusOr<std::unique_ptr<Backend>> cpu = CreateBackend(Device::Cpu());
-    ASSERT_TRUE(cpu.ok()) << cpu.status();
-    cpu_ = std::move(cpu).value();
-    ASSERT_EQ(cudaStreamCreate(&stream_), cudaSuccess);
-  }
-  void TearDown() override {
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
-  }
 
   // On success both outputs must equal the CPU's; on a count error both stay untouched.
   void Check(const std::vector<int32_t>& ids, int64_t num_experts,
@@ -88,8 +77,6 @@ class CudaExpertOrderTest : public ::testing::Test {
     }
   }
 
-  std::unique_ptr<Backend> cpu_;
-  cudaStream_t stream_ = nullptr;
 };
 
 TEST_F(CudaExpertOrderTest, RandomMatchesCpu) {

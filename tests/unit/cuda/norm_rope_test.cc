@@ -33,22 +33,7 @@ using ::moe::cuda::testing::NoDeviceReason;
 using ::moe::cuda::testing::RandomValues;
 using ::moe::cuda::testing::SpecialValues;
 
-class CudaNormRopeTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const std::string reason = NoDeviceReason();
-    if (!reason.empty()) GTEST_SKIP() << reason;
-    absl::StatusOr<std::unique_ptr<Backend>> cpu = CreateBackend(Device::Cpu());
-    ASSERT_TRUE(cpu.ok()) << cpu.status();
-    cpu_ = std::move(cpu).value();
-    ASSERT_EQ(cudaStreamCreate(&stream_), cudaSuccess);
-  }
-  void TearDown() override {
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
-  }
-
-  std::unique_ptr<Backend> cpu_;
-  cudaStream_t stream_ = nullptr;
+class CudaNormRopeTest : public ::moe::cuda::testing::CudaOpTest {
 };
 
 // ---- RmsNorm -----------------------------------------------------------------------------

@@ -4,8 +4,11 @@
 
 #include <cstring>
 #include <limits>
+#include <utility>
 
+#include "absl/status/statusor.h"
 #include "gtest/gtest.h"
+#include "kernels/registry.h"
 
 namespace moe::cuda::testing {
 namespace {
@@ -114,6 +117,19 @@ void ExpectSameBits(const Bytes& got, const Bytes& want, DType dtype, bool any_n
     }
   }
   EXPECT_EQ(bad, 0) << "elements that differ, of " << n;
+}
+
+void CudaOpTest::SetUp() {
+  const std::string reason = NoDeviceReason();
+  if (!reason.empty()) GTEST_SKIP() << reason;
+  absl::StatusOr<std::unique_ptr<Backend>> cpu = CreateBackend(Device::Cpu());
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  cpu_ = std::move(cpu).value();
+  ASSERT_EQ(cudaStreamCreate(&stream_), cudaSuccess);
+}
+
+void CudaOpTest::TearDown() {
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
 }  // namespace moe::cuda::testing

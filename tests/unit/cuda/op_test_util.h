@@ -9,6 +9,12 @@
 #include <string>
 #include <vector>
 
+#include <cuda_runtime_api.h>
+
+#include <memory>
+
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
 #include "kernels/dtype.h"
 
 namespace moe::cuda::testing {
@@ -60,6 +66,18 @@ std::vector<float> SpecialValues();
 // Every element's bits equal (ADD_FAILURE for the first few that differ); with any_nan, a NaN
 // matches any NaN.
 void ExpectSameBits(const Bytes& got, const Bytes& want, DType dtype, bool any_nan = false);
+
+// Base fixture of the launcher tests: skipped (with the reason) without a CUDA device; else a
+// CPU backend to compare with (cpu_) and a stream for the launchers (stream_).
+class CudaOpTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+  void TearDown() override;
+  void Sync() { ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess); }
+
+  std::unique_ptr<Backend> cpu_;
+  cudaStream_t stream_ = nullptr;
+};
 
 }  // namespace moe::cuda::testing
 

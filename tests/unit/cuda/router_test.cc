@@ -60,19 +60,8 @@ std::vector<float> Values(int64_t n, std::mt19937_64& rng, float lo, float hi, b
   return v;
 }
 
-class CudaRouterTest : public ::testing::Test {
+class CudaRouterTest : public ::moe::cuda::testing::CudaOpTest {
  protected:
-  void SetUp() override {
-    const std::string reason = NoDeviceReason();
-    if (!reason.empty()) GTEST_SKIP() << reason;
-    absl::StatusOr<std::unique_ptr<Backend>> cpu = CreateBackend(Device::Cpu());
-    ASSERT_TRUE(cpu.ok()) << cpu.status();
-    cpu_ = std::move(cpu).value();
-    ASSERT_EQ(cudaStreamCreate(&stream_), cudaSuccess);
-  }
-  void TearDown() override {
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
-  }
 
   // logits [tokens, experts]; bias [experts] or empty.
   void Check(const Config& c, const std::vector<float>& logits, const std::vector<float>& bias,
@@ -124,8 +113,6 @@ class CudaRouterTest : public ::testing::Test {
     }
   }
 
-  std::unique_ptr<Backend> cpu_;
-  cudaStream_t stream_ = nullptr;
 };
 
 TEST_F(CudaRouterTest, RandomMatchesCpu) {

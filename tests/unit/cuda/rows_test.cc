@@ -44,22 +44,7 @@ Bytes RandomBits(int64_t bytes, std::mt19937_64& rng) {
   return out;
 }
 
-class CudaRowsTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const std::string reason = NoDeviceReason();
-    if (!reason.empty()) GTEST_SKIP() << reason;
-    absl::StatusOr<std::unique_ptr<Backend>> cpu = CreateBackend(Device::Cpu());
-    ASSERT_TRUE(cpu.ok()) << cpu.status();
-    cpu_ = std::move(cpu).value();
-    ASSERT_EQ(cudaStreamCreate(&stream_), cudaSuccess);
-  }
-  void TearDown() override {
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
-  }
-
-  std::unique_ptr<Backend> cpu_;
-  cudaStream_t stream_ = nullptr;
+class CudaRowsTest : public ::moe::cuda::testing::CudaOpTest {
 };
 
 // ---- Embedding ---------------------------------------------------------------------------
