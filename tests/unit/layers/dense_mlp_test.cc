@@ -21,6 +21,7 @@
 #include "kernels/backend.h"
 #include "kernels/registry.h"
 #include "tests/testing/test_util.h"
+#include "tests/unit/layers/layer_test_util.h"
 #include "tests/testing/tolerances.h"
 
 namespace moe::testing {
@@ -98,11 +99,6 @@ DenseMlpWeights ToWeights(const DenseMlpConfig& c, const NaiveWeights& w, HostTe
   out.down_proj = host->Add(w.down, c.dtype, Shape{c.hidden, c.inter});
   return out;
 }
-
-struct DeviceTensor {
-  std::unique_ptr<Buffer> buffer;
-  Tensor tensor;
-};
 
 // One CPU backend (with `threads` threads) and its allocator.
 struct Cpu {

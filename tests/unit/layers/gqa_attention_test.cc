@@ -20,6 +20,7 @@
 #include "kernels/backend.h"
 #include "kernels/registry.h"
 #include "tests/testing/test_util.h"
+#include "tests/unit/layers/layer_test_util.h"
 #include "tests/testing/tolerances.h"
 
 namespace moe::testing {
@@ -77,17 +78,6 @@ NaiveWeights RandomWeights(const GqaAttentionConfig& c, std::mt19937_64& rng) {
     w.k_norm = around(c.head_dim, 1.0, 0.3);
   }
   return w;
-}
-
-// y[r] = W[r, :] . x (+ b[r]) for W [rows, cols].
-std::vector<double> Linear(const std::vector<double>& w, const std::vector<double>& b,
-                           const double* x, int64_t rows, int64_t cols) {
-  std::vector<double> y(rows, 0.0);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t j = 0; j < cols; ++j) y[r] += w[r * cols + j] * x[j];
-    if (!b.empty()) y[r] += b[r];
-  }
-  return y;
 }
 
 // HF semantics for each sequence alone: x holds the sequences' tokens one after another
@@ -156,19 +146,6 @@ std::vector<double> NaiveAttention(const GqaAttentionConfig& c, const NaiveWeigh
   return out;
 }
 
-// Host tensors over encoded values; owns the storage.
-class HostTensors {
- public:
-  Tensor Add(const std::vector<double>& values, DType dtype, Shape shape) {
-    if (values.empty()) return Tensor();
-    storage_.push_back(std::make_unique<std::vector<uint8_t>>(Encode(values, dtype)));
-    return Tensor::Wrap(storage_.back()->data(), Device::Cpu(), dtype, std::move(shape));
-  }
-
- private:
-  std::vector<std::unique_ptr<std::vector<uint8_t>>> storage_;
-};
-
 GqaAttentionWeights ToWeights(const GqaAttentionConfig& c, const NaiveWeights& w,
                               HostTensors* host) {
   const int64_t d = c.hidden, qr = c.heads * c.head_dim, kr = c.kv_heads * c.head_dim;
@@ -185,12 +162,6 @@ GqaAttentionWeights ToWeights(const GqaAttentionConfig& c, const NaiveWeights& w
   out.k_norm = host->Add(w.k_norm, t, Shape{c.head_dim});
   return out;
 }
-
-// A device buffer and a view of it.
-struct DeviceTensor {
-  std::unique_ptr<Buffer> buffer;
-  Tensor tensor;
-};
 
 class GqaAttentionTest : public ::testing::Test {
  public:

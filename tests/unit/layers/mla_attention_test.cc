@@ -28,6 +28,7 @@
 #include "kernels/backend.h"
 #include "kernels/registry.h"
 #include "tests/testing/test_util.h"
+#include "tests/unit/layers/layer_test_util.h"
 
 namespace moe::testing {
 namespace {
@@ -124,17 +125,6 @@ NaiveWeights RandomWeights(const MlaAttentionConfig& c, std::mt19937_64& rng) {
     w.o_bias = around(d, 0.0, 0.5);
   }
   return w;
-}
-
-// y[r] = W[r, :] . x (+ b[r]) for W [rows, cols].
-std::vector<double> Linear(const std::vector<double>& w, const std::vector<double>& b,
-                           const double* x, int64_t rows, int64_t cols) {
-  std::vector<double> y(rows, 0.0);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t j = 0; j < cols; ++j) y[r] += w[r * cols + j] * x[j];
-    if (!b.empty()) y[r] += b[r];
-  }
-  return y;
 }
 
 void RmsNorm(const std::vector<double>& w, double eps, double* x, int64_t n) {
@@ -258,19 +248,6 @@ std::vector<double> NaiveMla(const MlaAttentionConfig& c, const NaiveWeights& w,
   return out;
 }
 
-// Host tensors over encoded values; owns the storage.
-class HostTensors {
- public:
-  Tensor Add(const std::vector<double>& values, DType dtype, Shape shape) {
-    if (values.empty()) return Tensor();
-    storage_.push_back(std::make_unique<std::vector<uint8_t>>(Encode(values, dtype)));
-    return Tensor::Wrap(storage_.back()->data(), Device::Cpu(), dtype, std::move(shape));
-  }
-
- private:
-  std::vector<std::unique_ptr<std::vector<uint8_t>>> storage_;
-};
-
 MlaAttentionWeights ToWeights(const MlaAttentionConfig& c, const NaiveWeights& w,
                               HostTensors* host) {
   const int64_t d = c.hidden, h = c.heads, qk = c.qk_head_dim(), ql = c.q_lora_rank;
@@ -291,12 +268,6 @@ MlaAttentionWeights ToWeights(const MlaAttentionConfig& c, const NaiveWeights& w
   out.o_bias = host->Add(w.o_bias, t, Shape{d});
   return out;
 }
-
-// A device buffer and a view of it.
-struct DeviceTensor {
-  std::unique_ptr<Buffer> buffer;
-  Tensor tensor;
-};
 
 // A backend with its allocator and upload / download helpers.
 struct Env {
