@@ -78,6 +78,12 @@ absl::Status CheckOptions(const EngineOptions& o) {
 // The engine's state. Everything under `mu` except the generator, model and backend, which
 // only the worker thread touches (and Validate, which is const).
 struct Engine::Impl {
+  // A token event for a request's callback. The pointer stays valid until the request is
+  // marked done, which happens only after its callbacks have run (std::map nodes are stable).
+  struct PendingCallback {
+    const TokenCallback* callback;
+    TokenEvent event;
+  };
   struct Request {
     GenerationRequest request;
     TokenCallback on_token;
@@ -126,9 +132,9 @@ struct Engine::Impl {
   // Validates and queues a request (`mu` held).
   absl::StatusOr<RequestId> SubmitLocked(GenerationRequest request, TokenCallback on_token);
   // Hands pending requests and cancellations to the generator (worker thread, `mu` held).
-  void DrainQueues(std::vector<std::pair<TokenCallback, TokenEvent>>* callbacks);
+  void DrainQueues(std::vector<PendingCallback>* callbacks);
   // Applies one sequence event to its request (`mu` held); queues its callback.
-  void Apply(const SequenceEvent& e, std::vector<std::pair<TokenCallback, TokenEvent>>* callbacks);
+  void Apply(const SequenceEvent& e, std::vector<PendingCallback>* callbacks);
   void Finish(RequestId id, FinishReason reason, absl::Status status);
 };
 
@@ -140,7 +146,7 @@ void Engine::Impl::Finish(RequestId id, FinishReason reason, absl::Status status
 }
 
 void Engine::Impl::Apply(const SequenceEvent& e,
-                         std::vector<std::pair<TokenCallback, TokenEvent>>* callbacks) {
+                         std::vector<PendingCallback>* callbacks) {
   auto it = requests.find(e.seq_id);
   if (it == requests.end()) return;
   Request& r = it->second;
@@ -163,10 +169,10 @@ void Engine::Impl::Apply(const SequenceEvent& e,
     r.result.finish_reason = te.finish_reason;
     ending.push_back(e.seq_id);
   }
-  if (r.on_token && (e.has_token || te.finished)) callbacks->push_back({r.on_token, te});
+  if (r.on_token && (e.has_token || te.finished)) callbacks->push_back({&r.on_token, te});
 }
 
-void Engine::Impl::DrainQueues(std::vector<std::pair<TokenCallback, TokenEvent>>* callbacks) {
+void Engine::Impl::DrainQueues(std::vector<PendingCallback>* callbacks) {
   while (!pending.empty()) {
     const RequestId id = pending.front();
     pending.pop_front();
@@ -185,7 +191,7 @@ void Engine::Impl::DrainQueues(std::vector<std::pair<TokenCallback, TokenEvent>>
 }
 
 void Engine::Impl::Run() {
-  std::vector<std::pair<TokenCallback, TokenEvent>> callbacks;
+  std::vector<PendingCallback> callbacks;
   while (true) {
     callbacks.clear();
     bool stopped = false;
@@ -212,7 +218,7 @@ void Engine::Impl::Run() {
       }
     }
     if (stopped) {
-      for (auto& [callback, event] : callbacks) callback(event);
+      for (auto& [callback, event] : callbacks) (*callback)(event);
       std::lock_guard<std::mutex> lock(mu);
       for (const RequestId id : ending) requests.at(id).done = true;
       ending.clear();
@@ -232,7 +238,7 @@ void Engine::Impl::Run() {
     }
     // Callbacks run without the lock (they may Submit or Cancel), before the requests they
     // finish are marked done, so Await returns only after a request's last callback.
-    for (auto& [callback, event] : callbacks) callback(event);
+    for (auto& [callback, event] : callbacks) (*callback)(event);
     {
       std::lock_guard<std::mutex> lock(mu);
       for (const RequestId id : ending) requests.at(id).done = true;
