@@ -221,17 +221,26 @@ absl::Status Backend::GroupedGemm(const GroupedGemmArgs& args) {
   MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "num_groups", args.num_groups));
   MOE_RETURN_IF_ERROR(CheckPackedB(this, kOp, g, args.num_groups));
   if (args.num_groups == 0) return absl::OkStatus();
-  MOE_RETURN_IF_ERROR(CheckPointer(kOp, "offsets", args.offsets));
-  if (args.offsets[0] != 0) {
-    return Invalid(kOp, absl::StrCat("offsets[0]=", args.offsets[0], ", expected 0"));
-  }
-  for (int64_t i = 0; i < args.num_groups; ++i) {
-    if (args.offsets[i + 1] < args.offsets[i]) {
-      return Invalid(kOp, absl::StrCat("offsets[", i + 1, "]=", args.offsets[i + 1],
-                                       " is less than offsets[", i, "]=", args.offsets[i]));
+  int64_t rows = 0;
+  if (args.counts != nullptr) {
+    // The counts are in backend memory: only their host-visible promise, m, is checked.
+    if (args.offsets != nullptr) return Invalid(kOp, "offsets and counts are both set");
+    MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "m", g.m));
+    rows = g.m;
+  } else {
+    MOE_RETURN_IF_ERROR(CheckPointer(kOp, "offsets", args.offsets));
+    if (args.offsets[0] != 0) {
+      return Invalid(kOp, absl::StrCat("offsets[0]=", args.offsets[0], ", expected 0"));
     }
+    for (int64_t i = 0; i < args.num_groups; ++i) {
+      if (args.offsets[i + 1] < args.offsets[i]) {
+        return Invalid(kOp, absl::StrCat("offsets[", i + 1, "]=", args.offsets[i + 1],
+                                         " is less than offsets[", i, "]=", args.offsets[i]));
+      }
+    }
+    rows = args.offsets[args.num_groups];
   }
-  if (args.offsets[args.num_groups] == 0 || g.n == 0) return absl::OkStatus();
+  if (rows == 0 || g.n == 0) return absl::OkStatus();
   MOE_RETURN_IF_ERROR(CheckGemmPointers(kOp, g));
   if (args.num_groups > 1 && g.packed_b == nullptr) {
     MOE_RETURN_IF_ERROR(

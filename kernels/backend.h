@@ -134,10 +134,18 @@ struct BatchedGemmArgs {
 // (gemm.a is [M, k], M = offsets[num_groups], trans_a must be false) times B_g
 // (B_g starts at gemm.b + g * stride_b elements) into the same rows of C.
 // gemm.m is ignored (M comes from offsets). Empty groups cost nothing.
+//
+// Instead of host offsets the segments may be given by their sizes in this backend's memory
+// (`counts`, num_groups entries, e.g. Bincount's output, summing to gemm.m = M): the host never
+// reads them, so no device-to-host copy waits for the routing (and the call can be captured in
+// a CUDA graph). Exactly one of offsets and counts is set. Counts that do not sum to M are the
+// caller's bug: the CPU backend reports InvalidArgument; a device backend cannot see them and
+// clips the segments to M rows (never touching memory past A or C).
 struct GroupedGemmArgs {
   GemmArgs gemm;
   int64_t num_groups = 0;
   const int64_t* offsets = nullptr;  // host, num_groups + 1 entries, offsets[0] = 0, nondecreasing
+  const int64_t* counts = nullptr;   // backend memory, num_groups entries; see above
   int64_t stride_b = 0;
 };
 

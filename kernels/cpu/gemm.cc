@@ -415,6 +415,26 @@ absl::Status CpuBackend::RunBatchedGemm(const BatchedGemmArgs& args) {
 }
 
 absl::Status CpuBackend::RunGroupedGemm(const GroupedGemmArgs& args) {
+  if (args.counts != nullptr) {
+    // Host memory here: the counts become offsets, checked against gemm.m.
+    std::vector<int64_t> offsets(args.num_groups + 1, 0);
+    for (int64_t i = 0; i < args.num_groups; ++i) {
+      if (args.counts[i] < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("grouped_gemm (cpu): counts[", i,
+                                                       "]=", args.counts[i], " is negative"));
+      }
+      offsets[i + 1] = offsets[i] + args.counts[i];
+    }
+    if (offsets.back() != args.gemm.m) {
+      return absl::InvalidArgumentError(absl::StrCat("grouped_gemm (cpu): counts sum to ",
+                                                     offsets.back(), ", expected m=",
+                                                     args.gemm.m));
+    }
+    GroupedGemmArgs with_offsets = args;
+    with_offsets.counts = nullptr;
+    with_offsets.offsets = offsets.data();
+    return RunGroupedGemm(with_offsets);
+  }
   const GemmArgs& g = args.gemm;
   const int64_t ab_size = DTypeSize(g.a_dtype);
   const int64_t c_size = DTypeSize(g.c_dtype);

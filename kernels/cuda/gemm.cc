@@ -3,15 +3,19 @@
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_packed_weights.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/gemm_kernels.h"
+#include "kernels/cuda/segment_gemm.h"
 #include "kernels/status_macros.h"
 
 // Returns the Status of a failed cuBLASLt call from the enclosing function, naming the call
@@ -47,6 +51,27 @@ const void* Offset(const void* p, int64_t elements, DType t) {
 }
 void* Offset(void* p, int64_t elements, DType t) {
   return static_cast<char*>(p) + elements * DTypeSize(t);
+}
+
+// The segment kernel's view of a GEMM against B (ldb, [n, k] when b_is_nk), or false when it
+// does not apply: it reads bf16 A row-major and K-major bf16 B, and writes bf16 or f32.
+bool SegmentShapeFor(const GemmArgs& g, const void* b, int64_t ldb, bool b_is_nk,
+                     int64_t stride_b, SegmentGemmShape* shape) {
+  if (g.a_dtype != DType::kBF16 || g.b_dtype != DType::kBF16 || g.trans_a || !b_is_nk) {
+    return false;
+  }
+  if (g.c_dtype != DType::kBF16 && g.c_dtype != DType::kF32) return false;
+  shape->n = g.n;
+  shape->k = g.k;
+  shape->b = b;
+  shape->ldb = ldb;
+  shape->stride_b = stride_b;
+  shape->a = g.a;
+  shape->lda = g.lda;
+  shape->c = g.c;
+  shape->ldc = g.ldc;
+  shape->c_is_f32 = g.c_dtype == DType::kF32;
+  return true;
 }
 
 // The per-matrix key of a batched key: what the algorithm is chosen for.
@@ -201,12 +226,18 @@ struct CublasLtGemm::Entry {
 };
 
 absl::StatusOr<std::unique_ptr<CublasLtGemm>> CublasLtGemm::Create(size_t workspace_bytes,
-                                                                   size_t max_plans) {
+                                                                   size_t max_plans,
+                                                                   int64_t segment_max_rows) {
   int devices = 0;
   MOE_CUDA_RETURN_IF_ERROR(cudaGetDeviceCount(&devices));
   if (devices == 0) return absl::UnavailableError("cublaslt gemm: no CUDA device");
   std::unique_ptr<CublasLtGemm> g(new CublasLtGemm());
   g->max_plans_ = max_plans < 2 ? 2 : max_plans;
+  if (segment_max_rows >= 0) {
+    g->segment_max_rows_ = segment_max_rows;
+  } else if (const char* rows = std::getenv("MOE_CUDA_SEGMENT_GEMM_MAX_ROWS")) {
+    g->segment_max_rows_ = std::atoll(rows);
+  }
   MOE_CUBLASLT_RETURN_IF_ERROR(cublasLtCreate(&g->handle_), "cublaslt gemm setup");
   if (workspace_bytes > 0) {
     if (cudaMalloc(&g->workspace_, workspace_bytes) != cudaSuccess) {
@@ -252,20 +283,56 @@ absl::Status CublasLtGemm::BatchedGemm(const BatchedGemmArgs& args, cudaStream_t
 absl::Status CublasLtGemm::GroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream) {
   const GemmArgs& g = args.gemm;
   const auto* packed = static_cast<const CudaPackedWeights*>(g.packed_b);
+  const void* b = packed != nullptr ? packed->matrix(g.packed_b_index) : g.b;
+  const int64_t ldb = packed != nullptr ? packed->ld() : g.ldb;
+  const bool b_is_nk = packed != nullptr || g.trans_b;
+  const int64_t stride_b = packed != nullptr ? packed->matrix_stride() : args.stride_b;
+  // Short segments go to one launch of the segment kernel, the others to cuBLASLt one by one;
+  // either way a segment is computed as the plain GEMM of its rows would be (see Run).
+  SegmentGemmShape shape;
+  const bool segment_kernel = SegmentShapeFor(g, b, ldb, b_is_nk, stride_b, &shape);
+  if (args.counts != nullptr) {
+    if (segment_kernel && args.num_groups <= kMaxCountGroups && SegmentGemmSupports(shape, {})) {
+      return LaunchSegmentGemmCounts(shape, args.counts, args.num_groups, g.m, stream);
+    }
+    // No kernel reads these counts on the device: copy them here and take the host path.
+    counts_host_.resize(args.num_groups);
+    MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(counts_host_.data(), args.counts,
+                                             args.num_groups * sizeof(int64_t),
+                                             cudaMemcpyDeviceToHost, stream));
+    MOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+    std::vector<int64_t> offsets(args.num_groups + 1, 0);
+    for (int64_t i = 0; i < args.num_groups; ++i) {
+      offsets[i + 1] = std::min(g.m, offsets[i] + std::max<int64_t>(counts_host_[i], 0));
+    }
+    GroupedGemmArgs with_offsets = args;
+    with_offsets.counts = nullptr;
+    with_offsets.offsets = offsets.data();
+    return GroupedGemm(with_offsets, stream);
+  }
+  short_segments_.clear();
   for (int64_t i = 0; i < args.num_groups; ++i) {
     const int64_t first = args.offsets[i];
     const int64_t rows = args.offsets[i + 1] - first;
     if (rows == 0) continue;
-    const void* a = Offset(g.a, first * g.lda, g.a_dtype);
-    void* c = Offset(g.c, first * g.ldc, g.c_dtype);
-    if (packed != nullptr) {
-      MOE_RETURN_IF_ERROR(Run("grouped_gemm", g, rows, a, packed->matrix(g.packed_b_index + i),
-                              packed->ld(), /*b_is_nk=*/true, c, 1, 0, 0, 0, stream));
-    } else {
-      MOE_RETURN_IF_ERROR(Run("grouped_gemm", g, rows, a,
-                              Offset(g.b, i * args.stride_b, g.b_dtype), g.ldb, g.trans_b, c, 1,
-                              0, 0, 0, stream));
+    if (segment_kernel && rows <= segment_max_rows_) {
+      short_segments_.push_back({i, first * g.lda, first * g.ldc, rows});
+      continue;
     }
+    MOE_RETURN_IF_ERROR(Run("grouped_gemm", g, rows, Offset(g.a, first * g.lda, g.a_dtype),
+                            Offset(b, i * stride_b, g.b_dtype), ldb, b_is_nk,
+                            Offset(g.c, first * g.ldc, g.c_dtype), 1, 0, 0, 0, stream));
+  }
+  if (short_segments_.empty()) return absl::OkStatus();
+  if (SegmentGemmSupports(shape, short_segments_)) {
+    return LaunchSegmentGemm(shape, short_segments_, stream);
+  }
+  // Misaligned for the kernel as a whole: Run decides segment by segment, as it would for the
+  // plain GEMM of each.
+  for (const SegmentGemmSegment& seg : std::vector<SegmentGemmSegment>(short_segments_)) {
+    MOE_RETURN_IF_ERROR(Run("grouped_gemm", g, seg.rows, Offset(g.a, seg.a_offset, g.a_dtype),
+                            Offset(b, seg.group * stride_b, g.b_dtype), ldb, b_is_nk,
+                            Offset(g.c, seg.c_offset, g.c_dtype), 1, 0, 0, 0, stream));
   }
   return absl::OkStatus();
 }
@@ -284,6 +351,20 @@ absl::Status CublasLtGemm::Run(absl::string_view op, const GemmArgs& g, int64_t 
     return absl::OkStatus();
   }
   if (batch == 1) stride_a = stride_b = stride_c = 0;
+  if (m <= segment_max_rows_) {
+    SegmentGemmShape shape;
+    if (SegmentShapeFor(g, b, ldb, b_is_nk, stride_b, &shape)) {
+      shape.a = a;
+      shape.c = c;
+      short_segments_.clear();
+      for (int64_t i = 0; i < batch; ++i) {
+        short_segments_.push_back({i, i * stride_a, i * stride_c, m});
+      }
+      if (SegmentGemmSupports(shape, short_segments_)) {
+        return LaunchSegmentGemm(shape, short_segments_, stream);
+      }
+    }
+  }
   const int64_t ab_size = DTypeSize(g.a_dtype);
   GemmPlanKey key;
   key.ab_dtype = g.a_dtype;

@@ -37,14 +37,19 @@
 // segments give the same bits, as backend.h promises, when their operands have the same
 // alignment class (always so with 16-byte aligned pointers, strides and leading dims).
 //
-// Grouped GEMM: one cuBLASLt matmul per non-empty segment, in order, on the caller's stream.
-// Simple and bit-identical to the plain GEMM of the segment, but it costs a launch (plus a
-// heuristic query the first time each segment height is seen) per expert. The next step is a
-// single launch over all segments: cublasGemmGroupedBatchedEx (pointer arrays that a small
-// kernel can build on device from the offsets, so it can be captured in a CUDA graph without
-// host offsets) or an own Hopper grouped kernel (TMA + WGMMA, persistent over
-// (segment, tile) pairs, like torch._grouped_mm); which one wins on H100 must be measured
-// (issue 4), and either must keep one rounding and a fixed K order to stay deterministic.
+// Short GEMMs: a bf16 GEMM against K-major weights (packed, or trans_b) with at most
+// segment_max_rows rows per matrix runs on the own segment kernel (segment_gemm.h), which
+// streams the weights once at tensor-core speed, instead of cuBLASLt, whose small-m kernels
+// take a launch (and often a split-K pass) per matrix. The rule depends only on the matrix's
+// own rows and alignment, so a plain, a batched and a grouped GEMM of the same rows still give
+// the same bits.
+//
+// Grouped GEMM: the short segments go to one launch of the segment kernel; each longer one is a
+// cuBLASLt matmul, in order, on the caller's stream (a launch and a heuristic query the first
+// time each segment height is seen). With device counts (GroupedGemmArgs::counts) every segment
+// goes to the segment kernel, which finds its tiles from the counts on the device (no host
+// copy, capturable in a graph); where the kernel cannot run (alignment, dtypes), the counts
+// are copied to the host (a synchronisation) and the host path runs.
 //
 // Thread safety: one CublasLtGemm per backend, used by one thread at a time; calls must be
 // issued on one stream (or streams ordered with respect to each other), because they share
@@ -61,11 +66,13 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/segment_gemm.h"
 
 namespace moe::cuda {
 
@@ -113,11 +120,18 @@ class CublasLtGemm {
   // distinct segment height, so this bounds memory for any token count. A dropped plan is
   // rebuilt identically (the heuristic is deterministic), so eviction never changes bits.
   static constexpr size_t kDefaultMaxPlans = 2048;
+  // GEMMs of at most this many rows per matrix (per segment) with bf16 A and K-major bf16 B
+  // run on the own segment kernel (segment_gemm.h) instead of cuBLASLt. The environment
+  // variable MOE_CUDA_SEGMENT_GEMM_MAX_ROWS overrides it when the backend is created (0 = never;
+  // for benchmarks comparing the two).
+  static constexpr int64_t kDefaultSegmentMaxRows = 64;
 
   // Creates the cuBLASLt handle and the workspace on the current device. Unavailable without
   // a usable device; ResourceExhausted if the workspace cannot be allocated.
+  // segment_max_rows < 0: kDefaultSegmentMaxRows or the environment's value.
   static absl::StatusOr<std::unique_ptr<CublasLtGemm>> Create(
-      size_t workspace_bytes = kDefaultWorkspaceBytes, size_t max_plans = kDefaultMaxPlans);
+      size_t workspace_bytes = kDefaultWorkspaceBytes, size_t max_plans = kDefaultMaxPlans,
+      int64_t segment_max_rows = -1);
   ~CublasLtGemm();
   CublasLtGemm(const CublasLtGemm&) = delete;
   CublasLtGemm& operator=(const CublasLtGemm&) = delete;
@@ -164,6 +178,9 @@ class CublasLtGemm {
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
   size_t max_plans_ = kDefaultMaxPlans;
+  int64_t segment_max_rows_ = kDefaultSegmentMaxRows;
+  std::vector<SegmentGemmSegment> short_segments_;  // reused by Run and GroupedGemm
+  std::vector<int64_t> counts_host_;  // GroupedGemm with device counts the kernel cannot take
   std::list<GemmPlanKey> lru_;  // most recently used first
   std::unordered_map<GemmPlanKey, std::unique_ptr<Entry>, GemmPlanKeyHash> plans_;
 };

@@ -10,7 +10,7 @@
 
 namespace moe::testing {
 
-absl::StatusOr<Device> TestDevice() {
+absl::StatusOr<Device> TestBackendDevice() {
   const char* env = std::getenv("MOE_TEST_BACKEND");
   const absl::string_view name = env == nullptr ? "" : env;
   if (name.empty() || name == "cpu") return Device::Cpu();
@@ -27,7 +27,7 @@ absl::StatusOr<Device> TestDevice() {
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateTestBackend() {
-  MOE_ASSIGN_OR_RETURN(Device device, TestDevice());
+  MOE_ASSIGN_OR_RETURN(Device device, TestBackendDevice());
   return CreateBackend(device);
 }
 

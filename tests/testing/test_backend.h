@@ -17,9 +17,9 @@ namespace moe::testing {
 
 // The device MOE_TEST_BACKEND names (the CPU when unset or empty); InvalidArgument for a
 // value that names no device.
-absl::StatusOr<Device> TestDevice();
+absl::StatusOr<Device> TestBackendDevice();
 
-// A backend for TestDevice(). The Status says why not (not built in, no such device).
+// A backend for TestBackendDevice(). The Status says why not (not built in, no such device).
 absl::StatusOr<std::unique_ptr<Backend>> CreateTestBackend();
 
 }  // namespace moe::testing

@@ -92,7 +92,7 @@ absl::StatusOr<Tensor> MoeBlock::Forward(const Tensor& x, const Tensor& out) {
   trace_.expert_path = ExpertPath::kNone;
   trace_.combine_path = CombinePath::kNone;
   trace_.tokens = tokens;
-  std::fill(trace_.counts.begin(), trace_.counts.end(), 0);
+  trace_.counts.assign(config_.num_experts, 0);
   trace_.expert_capacity = 0;
   trace_.dropped_rows = 0;
   last_ids_ = s.ids;
@@ -112,7 +112,11 @@ absl::StatusOr<Tensor> MoeBlock::Forward(const Tensor& x, const Tensor& out) {
   if (config_.num_shared_experts > 0) MOE_RETURN_IF_ERROR(RunShared(x, s, target));
   MOE_RETURN_IF_ERROR(RunCombine(s, target));
 
-  std::copy(counts_host_.begin(), counts_host_.end(), trace_.counts.begin());
+  if (CountsStayOnDevice()) {
+    trace_.counts.clear();
+  } else {
+    std::copy(counts_host_.begin(), counts_host_.end(), trace_.counts.begin());
+  }
   trace_.combine_path = in_place ? CombinePath::kInPlace : CombinePath::kCopied;
   ++(in_place ? counters_.in_place_combines : counters_.copied_combines);
   if (trace_.expert_path == ExpertPath::kBatched) ++counters_.batched_expert_calls;

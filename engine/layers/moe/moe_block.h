@@ -34,7 +34,9 @@ struct MoeTrace {
   ExpertPath expert_path = ExpertPath::kNone;     // kNone when no row reached an expert
   CombinePath combine_path = CombinePath::kNone;  // kNone when T = 0
   int64_t tokens = 0;
-  std::vector<int64_t> counts;  // rows per expert (exact bincount) before any capacity drop
+  // Rows per expert (exact bincount) before any capacity drop; empty when the counts stayed on
+  // the device (set_counts_on_device).
+  std::vector<int64_t> counts;
   int64_t expert_capacity = 0;  // capacity mode: rows each expert keeps; 0 when dropless
   int64_t dropped_rows = 0;     // capacity mode only
 };
@@ -95,6 +97,14 @@ class MoeBlock {
   // can compare the two paths on the same input. Default true.
   void set_batched_path_enabled(bool enabled) { batched_path_enabled_ = enabled; }
 
+  // true keeps the expert counts on the device: the grouped GEMMs read them there
+  // (GroupedGemmArgs::counts), so Forward never waits for the routing to reach the host and a
+  // GPU runs the layers back to back, or as one captured graph. The batched path (which needs
+  // the counts on the host to see that they are equal) and capacity mode are then not used:
+  // with capacity_factor > 0 the counts still go to the host. last_trace().counts is empty.
+  // The results are the same bits as the grouped path with host counts. Default false.
+  void set_counts_on_device(bool enabled) { counts_on_device_ = enabled; }
+
   // The last Forward's routing, copied to the host: ids [T * K] (ascending expert id within a
   // token) and weights [T * K] (fp32, after renormalisation and route_scale; in a bf16 run with
   // RouteWeights::kRunDType, rounded to bf16 values, as the combine uses them).
@@ -113,6 +123,9 @@ class MoeBlock {
   MoeBlock(const MoeConfig& config, Backend* backend, Allocator* allocator);
 
   absl::Status CheckActivation(absl::string_view name, const Tensor& t, int64_t tokens) const;
+  bool CountsStayOnDevice() const {
+    return counts_on_device_ && config_.capacity_factor <= 0.0f;
+  }
   void CopyWeightCounters();
   // Steps of Forward, in order (moe_block_steps.cc).
   absl::Status Route(const Tensor& x, const ForwardScratch& s);
@@ -135,6 +148,8 @@ class MoeBlock {
   MoeCounters counters_;
   std::unique_ptr<ExpertWeights> weights_;
   bool batched_path_enabled_ = true;
+  bool counts_on_device_ = false;
+  int64_t routed_rows_ = 0;  // rows the experts compute this Forward (after capacity drops)
   int64_t reserved_tokens_ = -1;
   // Host-side copies, sized by ReserveTokens so that Forward does not allocate.
   std::vector<int64_t> counts_host_;       // [E] rows per expert

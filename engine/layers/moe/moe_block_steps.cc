@@ -94,8 +94,10 @@ absl::Status MoeBlock::Route(const Tensor& x, const ForwardScratch& s) {
   bincount.num_bins = e;
   bincount.counts = Ptr<int64_t>(s.counts);
   MOE_RETURN_IF_ERROR(backend_->Bincount(bincount));
-  MOE_RETURN_IF_ERROR(
-      backend_->CopyToHost(counts_host_.data(), s.counts.data(), s.counts.nbytes()));
+  if (!CountsStayOnDevice()) {
+    MOE_RETURN_IF_ERROR(
+        backend_->CopyToHost(counts_host_.data(), s.counts.data(), s.counts.nbytes()));
+  }
 
   ExpertOrderArgs order;
   order.n = s.ids.numel();
@@ -109,6 +111,10 @@ absl::Status MoeBlock::Route(const Tensor& x, const ForwardScratch& s) {
 
 absl::Status MoeBlock::ApplyCapacity(const ForwardScratch& s, int64_t tokens) {
   const int64_t e = config_.num_experts;
+  if (CountsStayOnDevice()) {
+    routed_rows_ = tokens * config_.top_k;  // dropless: every slot is a row
+    return absl::OkStatus();
+  }
   std::copy(counts_host_.begin(), counts_host_.end(), kept_host_.begin());
   if (config_.capacity_factor > 0.0f) {
     // MOE_SEMANTICS 7.17 (opt-in): expert j keeps the first `capacity` rows of its segment,
@@ -146,12 +152,13 @@ absl::Status MoeBlock::ApplyCapacity(const ForwardScratch& s, int64_t tokens) {
   }
   offsets_host_[0] = 0;
   for (int64_t j = 0; j < e; ++j) offsets_host_[j + 1] = offsets_host_[j] + kept_host_[j];
+  routed_rows_ = offsets_host_[e];
   return absl::OkStatus();
 }
 
 absl::Status MoeBlock::RunExperts(const Tensor& x, const ForwardScratch& s) {
   const int64_t e = config_.num_experts, d = config_.hidden, i = config_.inter;
-  const int64_t rows = offsets_host_[e];
+  const int64_t rows = routed_rows_;
   if (rows == 0) return absl::OkStatus();
 
   GatherRowsArgs gather;
@@ -202,7 +209,8 @@ absl::Status MoeBlock::RunExperts(const Tensor& x, const ForwardScratch& s) {
   // exactly; anything else takes the grouped path, which skips empty experts.
   const int64_t c = kept_host_[0];
   const bool equal =
-      c > 0 && std::all_of(kept_host_.begin(), kept_host_.end(), [c](int64_t k) { return k == c; });
+      !CountsStayOnDevice() && c > 0 &&
+      std::all_of(kept_host_.begin(), kept_host_.end(), [c](int64_t k) { return k == c; });
   if (equal && batched_path_enabled_) {
     trace_.expert_path = ExpertPath::kBatched;
     BatchedGemmArgs b1;
@@ -224,14 +232,18 @@ absl::Status MoeBlock::RunExperts(const Tensor& x, const ForwardScratch& s) {
   trace_.expert_path = ExpertPath::kGrouped;
   GroupedGemmArgs g1;
   g1.gemm = up;
+  g1.gemm.m = rows;
   g1.num_groups = e;
-  g1.offsets = offsets_host_.data();
+  if (CountsStayOnDevice()) {
+    g1.counts = Ptr<const int64_t>(s.counts);
+  } else {
+    g1.offsets = offsets_host_.data();
+  }
   MOE_RETURN_IF_ERROR(backend_->GroupedGemm(g1));
   MOE_RETURN_IF_ERROR(backend_->SwiGlu(swiglu));
-  GroupedGemmArgs g2;
+  GroupedGemmArgs g2 = g1;
   g2.gemm = down;
-  g2.num_groups = e;
-  g2.offsets = offsets_host_.data();
+  g2.gemm.m = rows;
   return backend_->GroupedGemm(g2);
 }
 
@@ -323,7 +335,7 @@ absl::Status MoeBlock::RunShared(const Tensor& x, const ForwardScratch& s, const
 }
 
 absl::Status MoeBlock::ScaleExpertRows(const ForwardScratch& s) {
-  const int64_t rows = offsets_host_[config_.num_experts];
+  const int64_t rows = routed_rows_;
   if (rows == 0) return absl::OkStatus();
   // Each row's weight, in dispatch order (the kept rows only, in capacity mode).
   GatherRowsArgs gather;

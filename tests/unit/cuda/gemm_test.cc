@@ -347,9 +347,13 @@ TEST_F(CublasLtGemmTest, BatchedEqualsOneByOne) {
 
 // Variable segments with empty ones (first, middle, last); each segment equals a plain GEMM
 // of its rows bit for bit, and the reference.
+// The second offsets set mixes short segments (the segment kernel, one launch) with long ones
+// (cuBLASLt, one call each).
 TEST_F(CublasLtGemmTest, GroupedWithEmptySegments) {
   std::mt19937_64 rng(12);
-  const std::vector<int64_t> offsets = {0, 0, 5, 5, 22, 23, 23, 40, 40};
+  for (const std::vector<int64_t>& offsets :
+       {std::vector<int64_t>{0, 0, 5, 5, 22, 23, 23, 40, 40},
+        std::vector<int64_t>{0, 3, 3, 103, 170, 171, 171, 236}}) {
   const int64_t groups = static_cast<int64_t>(offsets.size()) - 1;
   const int64_t rows = offsets.back(), n = 72, k = 64;
   for (DType ab : {DType::kF32, DType::kBF16}) {
@@ -402,6 +406,120 @@ TEST_F(CublasLtGemmTest, GroupedWithEmptySegments) {
                               Reference(a, false, 0, offsets[i], b, trans_b, i, m, n, k)),
                   OpTol(ct))
             << "group " << i;
+      }
+    }
+  }
+  }
+}
+
+// Segment sizes in device memory (the MoE block with counts kept on the device): the same bits
+// as host offsets, with empty, short and multi-tile segments; counts summing past m are
+// clipped to m rows (C beyond them untouched); counts the segment kernel cannot take
+// (misaligned lda) still give the host-offset result.
+TEST_F(CublasLtGemmTest, GroupedDeviceCountsMatchHostOffsets) {
+  std::mt19937_64 rng(17);
+  const std::vector<int64_t> counts = {0, 3, 70, 0, 1, 130, 5, 0};
+  std::vector<int64_t> offsets = {0};
+  for (int64_t c : counts) offsets.push_back(offsets.back() + c);
+  const int64_t groups = static_cast<int64_t>(counts.size()), rows = offsets.back();
+  const int64_t n = 200, k = 136;
+  for (int64_t pad : {0, 3}) {
+    SCOPED_TRACE(::testing::Message() << "lda pad " << pad);
+    const Matrices a = RandomMatrices(rows, k, pad, 1, DType::kBF16, rng);
+    const Matrices b = RandomMatrices(n, k, 0, groups, DType::kBF16, rng);
+    DeviceBuffer da(Encode(a.values, DType::kBF16)), db(Encode(b.values, DType::kBF16));
+    std::unique_ptr<CudaPackedWeights> packed = Pack(b, /*trans_b=*/true, db.get(), k, n);
+    std::vector<uint8_t> counts_bytes(counts.size() * sizeof(int64_t));
+    std::memcpy(counts_bytes.data(), counts.data(), counts_bytes.size());
+    DeviceBuffer dcounts(counts_bytes);
+    auto with_offsets = OutputBuffer(rows * n, DType::kBF16);
+    auto with_counts = OutputBuffer(rows * n, DType::kBF16);
+    GroupedGemmArgs args;
+    GemmArgs& g = args.gemm;
+    g.n = n;
+    g.k = k;
+    g.a = da.get();
+    g.a_dtype = g.b_dtype = g.c_dtype = DType::kBF16;
+    g.lda = a.ld;
+    g.packed_b = packed.get();
+    g.c = with_offsets->get();
+    g.ldc = n;
+    args.num_groups = groups;
+    args.offsets = offsets.data();
+    ASSERT_TRUE(gemm_->GroupedGemm(args, stream_).ok());
+    args.offsets = nullptr;
+    args.counts = static_cast<const int64_t*>(dcounts.get());
+    g.m = rows;
+    g.c = with_counts->get();
+    ASSERT_TRUE(gemm_->GroupedGemm(args, stream_).ok());
+    const std::vector<uint8_t> want = with_offsets->Download();
+    EXPECT_EQ(with_counts->Download(), want);
+
+    // m short of the counts' sum: only the first 60 rows are computed.
+    auto clipped = OutputBuffer(rows * n, DType::kBF16);
+    g.m = 60;
+    g.c = clipped->get();
+    ASSERT_TRUE(gemm_->GroupedGemm(args, stream_).ok());
+    const std::vector<uint8_t> got = clipped->Download();
+    EXPECT_EQ(BlockBytes(got, DType::kBF16, 0, 60, n, n), BlockBytes(want, DType::kBF16, 0, 60, n, n));
+    for (size_t i = 60 * n * 2; i < got.size(); ++i) ASSERT_EQ(got[i], kSentinel) << i;
+  }
+}
+
+// The own segment kernel (segment_gemm.h) against float64 and cuBLASLt: rows around its
+// 16-row and 64-row tiles (up to several row tiles per matrix), n and k off its 64-wide tiles,
+// plain [n, k] and packed B, bf16 and f32 C with ld padding that must stay untouched.
+TEST_F(CublasLtGemmTest, SegmentKernelMatchesReferenceAndCublasLt) {
+  auto segment = CublasLtGemm::Create(CublasLtGemm::kDefaultWorkspaceBytes,
+                                      CublasLtGemm::kDefaultMaxPlans, /*segment_max_rows=*/256);
+  auto lt = CublasLtGemm::Create(CublasLtGemm::kDefaultWorkspaceBytes,
+                                 CublasLtGemm::kDefaultMaxPlans, /*segment_max_rows=*/0);
+  ASSERT_TRUE(segment.ok() && lt.ok());
+  std::mt19937_64 rng(16);
+  const std::vector<Shape> shapes = {{1, 2, 8},      {7, 6, 72},      {16, 64, 64},
+                                     {17, 200, 776}, {63, 1000, 256}, {64, 130, 2048},
+                                     {65, 64, 136},  {130, 66, 64},   {200, 8, 520}};
+  for (const Shape& sh : shapes) {
+    for (DType ct : {DType::kF32, DType::kBF16}) {
+      for (bool packed_b : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << "m=" << sh.m << " n=" << sh.n << " k=" << sh.k
+                                          << " c=" << DTypeName(ct) << " packed=" << packed_b);
+        const Matrices a = RandomMatrices(sh.m, sh.k, 8, 1, DType::kBF16, rng);
+        const Matrices b = RandomMatrices(sh.n, sh.k, 0, 1, DType::kBF16, rng);
+        DeviceBuffer da(Encode(a.values, DType::kBF16)), db(Encode(b.values, DType::kBF16));
+        std::unique_ptr<CudaPackedWeights> packed;
+        if (packed_b) packed = Pack(b, /*trans_b=*/true, db.get(), sh.k, sh.n);
+        const int64_t ldc = sh.n + 2;
+        auto dc = OutputBuffer(sh.m * ldc, ct);
+        auto dc_lt = OutputBuffer(sh.m * ldc, ct);
+        GemmArgs g;
+        g.m = sh.m;
+        g.n = sh.n;
+        g.k = sh.k;
+        g.a = da.get();
+        g.a_dtype = DType::kBF16;
+        g.lda = a.ld;
+        g.b = db.get();
+        g.b_dtype = DType::kBF16;
+        g.ldb = b.ld;
+        g.trans_b = true;
+        g.packed_b = packed.get();
+        g.c = dc->get();
+        g.c_dtype = ct;
+        g.ldc = ldc;
+        ASSERT_TRUE((*segment)->Gemm(g, stream_).ok());
+        g.c = dc_lt->get();
+        ASSERT_TRUE((*lt)->Gemm(g, stream_).ok());
+        const std::vector<uint8_t> c = dc->Download();
+        const std::vector<double> got = Block(c, ct, 0, sh.m, sh.n, ldc);
+        EXPECT_LE(MaxRelError(got, Reference(a, false, 0, 0, b, true, 0, sh.m, sh.n, sh.k)),
+                  OpTol(ct));
+        EXPECT_LE(MaxRelError(got, Block(dc_lt->Download(), ct, 0, sh.m, sh.n, ldc)), OpTol(ct));
+        for (int64_t r = 0; r < sh.m; ++r) {
+          for (int64_t j = sh.n; j < ldc; ++j) {
+            ASSERT_EQ(c[(r * ldc + j) * DTypeSize(ct)], kSentinel) << "row " << r;
+          }
+        }
       }
     }
   }

@@ -306,6 +306,23 @@ TEST_F(GroupedValidationTest, NumGroupsAndOffsets) {
   ExpectError(backend_->GroupedGemm(args), {"grouped_gemm: offsets[1]=-1 is less than"});
 }
 
+// Group sizes in backend memory instead of host offsets: M comes from gemm.m then.
+TEST_F(GroupedValidationTest, CountsInsteadOfOffsets) {
+  const std::vector<int64_t> counts = {2, 1};
+  GroupedGemmArgs args = Grouped({0, 2, 3});
+  args.counts = counts.data();
+  ExpectError(backend_->GroupedGemm(args), {"grouped_gemm: offsets and counts are both set"});
+  args.offsets = nullptr;
+  args.gemm.m = -1;
+  ExpectError(backend_->GroupedGemm(args), {"grouped_gemm: m=-1 is negative"});
+  args.gemm.m = 3;
+  EXPECT_TRUE(backend_->GroupedGemm(args).ok());
+  args.gemm.c = nullptr;
+  ExpectError(backend_->GroupedGemm(args), {"grouped_gemm: c is null"});
+  args.gemm.m = 0;  // no rows: nothing is read
+  EXPECT_TRUE(backend_->GroupedGemm(args).ok());
+}
+
 TEST_F(GroupedValidationTest, AllEmptyTouchesNothing) {
   GroupedGemmArgs args = Grouped({0, 0, 0, 0});
   args.gemm.a = nullptr;

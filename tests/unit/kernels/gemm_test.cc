@@ -401,6 +401,45 @@ TEST(CpuBackendBasicsTest, AllocateIsAlignedAndCopiesWork) {
   backend.Free(*p);
 }
 
+// Grouped GEMM with counts instead of offsets (host memory on the CPU): the same bits as the
+// offsets, and counts that are negative or do not sum to m are InvalidArgument.
+TEST(CpuBackendBasicsTest, GroupedCountsMatchOffsets) {
+  CpuBackend backend(CpuBackendOptions{1});
+  const int64_t m = 7, n = 5, k = 6, groups = 3;
+  std::vector<float> a(m * k), b(groups * k * n), c1(m * n, -1.0f), c2(m * n, -2.0f);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = 0.25f * static_cast<float>(i % 7) - 0.5f;
+  for (size_t i = 0; i < b.size(); ++i) b[i] = 0.125f * static_cast<float>(i % 11) - 0.6f;
+  const std::vector<int64_t> offsets = {0, 4, 4, 7};
+  std::vector<int64_t> counts = {4, 0, 3};
+  GroupedGemmArgs args;
+  args.gemm.n = n;
+  args.gemm.k = k;
+  args.gemm.a = a.data();
+  args.gemm.lda = k;
+  args.gemm.b = b.data();
+  args.gemm.ldb = n;
+  args.gemm.c = c1.data();
+  args.gemm.ldc = n;
+  args.num_groups = groups;
+  args.stride_b = k * n;
+  args.offsets = offsets.data();
+  ASSERT_TRUE(backend.GroupedGemm(args).ok());
+  args.offsets = nullptr;
+  args.counts = counts.data();
+  args.gemm.m = m;
+  args.gemm.c = c2.data();
+  ASSERT_TRUE(backend.GroupedGemm(args).ok());
+  EXPECT_EQ(c1, c2);
+  args.gemm.m = 6;
+  absl::Status st = backend.GroupedGemm(args);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(st.message(), "counts sum to 7, expected m=6")) << st;
+  counts = {4, -1, 4};
+  args.gemm.m = 7;
+  st = backend.GroupedGemm(args);
+  EXPECT_TRUE(absl::StrContains(st.message(), "counts[1]=-1 is negative")) << st;
+}
+
 TEST(CpuBackendBasicsTest, HugeAllocationIsResourceExhausted) {
   CpuBackend backend(CpuBackendOptions{1});
   for (size_t bytes : {size_t{1} << 62, std::numeric_limits<size_t>::max()}) {

@@ -107,8 +107,8 @@ TEST(MoePaddingTest, PadRowsAreInert) {
   const uint64_t seed = TestSeed();
   SCOPED_TRACE(absl::StrCat("seed=", seed));
   std::mt19937_64 rng(seed);
-  auto dev_or = MakeCpuDevice();
-  ASSERT_TRUE(dev_or.ok());
+  auto dev_or = MakeTestDevice();
+  if (!dev_or.ok()) GTEST_SKIP() << "no test backend: " << dev_or.status();
   TestDevice& dev = *dev_or;
   const std::vector<int64_t> counts = {0, 3, 5, 1, 0, 7};
   std::vector<int32_t> ids;

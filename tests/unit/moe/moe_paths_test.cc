@@ -205,6 +205,50 @@ TEST_F(MoePathsTest, DeterministicAcrossCallsAndThreads) {
   }
 }
 
+// Counts kept on the device (GroupedGemmArgs::counts): the same bits as the grouped path with
+// host offsets, for softmax / sigmoid-with-groups routers, shared experts, odd T and both
+// dtypes; the trace has no counts then. Capacity mode still takes its counts to the host.
+TEST_F(MoePathsTest, CountsOnDeviceGiveTheGroupedPathsBits) {
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (bool deepseek : {false, true}) {
+      MoeConfig c = SmallConfig(16, 4, 72, 40, dtype);
+      if (deepseek) {
+        c.score = ScoreFunction::kSigmoid;
+        c.use_expert_bias = true;
+        c.num_groups = 4;
+        c.topk_groups = 2;
+        c.renormalize = true;
+        c.route_scale = 2.5f;
+        c.num_shared_experts = 1;
+        c.shared_inter = 24;
+      }
+      const NaiveMoeWeights w = RandomWeights(c, rng_);
+      auto host = Block(c, w);
+      auto device = Block(c, w);
+      ASSERT_TRUE(host != nullptr && device != nullptr);
+      host->set_batched_path_enabled(false);
+      device->set_counts_on_device(true);
+      for (int64_t t : {1, 3, 16, 67}) {
+        SCOPED_TRACE(absl::StrCat(DTypeName(dtype), deepseek ? " deepseek" : " softmax", " T=", t));
+        const std::vector<double> x = RandomRoutableInput(c, w, t, rng_);
+        const BlockOutput want = Run(host.get(), x, t);
+        const BlockOutput got = Run(device.get(), x, t);
+        EXPECT_EQ(got.bytes, want.bytes);
+        EXPECT_EQ(device->last_trace().expert_path, ExpertPath::kGrouped);
+        EXPECT_TRUE(device->last_trace().counts.empty());
+        EXPECT_LE(MaxRelError(got.values, NaiveMoe(c, w, x, t)), BlockTol(dtype));
+      }
+    }
+  }
+  MoeConfig c = SmallConfig(4, 2, 32, 16, DType::kBF16);
+  c.capacity_factor = 0.5f;
+  auto block = Block(c, RandomWeights(c, rng_));
+  ASSERT_NE(block, nullptr);
+  block->set_counts_on_device(true);
+  Run(block.get(), RoundTo(RandomUniform(8 * 32, rng_), c.dtype), 8);
+  EXPECT_EQ(block->last_trace().counts.size(), 4u);
+}
+
 // After ReserveTokens(T), or one Forward at T, Forwards at <= T tokens allocate nothing, on
 // every path (grouped, batched, copied combine, capacity drops).
 TEST_F(MoePathsTest, NoAllocationAfterReserve) {

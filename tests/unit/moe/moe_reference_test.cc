@@ -129,8 +129,8 @@ TEST_P(MoeReferenceTest, MatchesFloat64Reference) {
   const int64_t t = c.size.tokens;
   const std::vector<double> x = RandomRoutableInput(config, w, t, rng);
 
-  auto dev = MakeCpuDevice();
-  ASSERT_TRUE(dev.ok()) << dev.status();
+  auto dev = MakeTestDevice();
+  if (!dev.ok()) GTEST_SKIP() << "no test backend: " << dev.status();
   auto block = MakeBlock(config, w, *dev);
   ASSERT_TRUE(block.ok()) << block.status();
   auto got = RunBlock(block->get(), *dev, x, t);

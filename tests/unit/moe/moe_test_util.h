@@ -27,6 +27,8 @@ struct TestDevice {
   std::unique_ptr<Allocator> allocator;
 };
 absl::StatusOr<TestDevice> MakeCpuDevice(int threads = 0);
+// The backend MOE_TEST_BACKEND names (tests/testing/test_backend.h; the CPU when unset).
+absl::StatusOr<TestDevice> MakeTestDevice();
 
 // Host tensors over float64 values stored in a dtype; owns the storage.
 class HostTensors {
@@ -85,7 +87,7 @@ absl::StatusOr<BlockOutput> RunBlock(MoeBlock* block, TestDevice& dev, const std
 // A small config with the given sizes and defaults elsewhere.
 MoeConfig SmallConfig(int64_t experts, int64_t top_k, int64_t hidden, int64_t inter, DType dtype);
 
-// Fixture: a CPU device, a random generator seeded by TestSeed() (printed on failure so that
+// Fixture: the MOE_TEST_BACKEND device (skipped when it is missing), a random generator seeded by TestSeed() (printed on failure so that
 // MOE_TEST_SEED can replay it), and Forward helpers that fail the test on a bad Status.
 class MoeBlockTest : public ::testing::Test {
  protected:

@@ -1,0 +1,375 @@
+#include "kernels/cuda/segment_gemm.h"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/status_macros.h"
+
+namespace moe::cuda {
+namespace {
+
+constexpr int kTileM = 64;
+constexpr int kTileN = 64;
+constexpr int kTileK = 64;
+constexpr int kStages = 4;
+constexpr int kThreads = 128;  // 4 warps; warp w owns columns [16 w, 16 w + 16) of the tile
+// Shared rows padded from 64 to 72 bf16 (144 bytes): the 8 rows an ldmatrix phase reads then
+// start in 8 different 16-byte bank groups, so the reads are conflict-free.
+constexpr int kSmemLd = kTileK + 8;
+constexpr int kStageElems = (kTileM + kTileN) * kSmemLd;
+constexpr int kSmemBytes = kStages * kStageElems * 2;
+
+// Row tiles per launch: the list travels as a kernel parameter (CUDA 12.1+ allows 32 KiB).
+constexpr int kMaxTiles = 1024;
+
+struct RowTile {
+  int64_t a_offset;  // elements, first row of the tile
+  int64_t c_offset;
+  int32_t group;
+  int32_t rows;  // 1..kTileM
+};
+
+struct TileList {
+  RowTile tiles[kMaxTiles];
+};
+
+struct Params {
+  const uint16_t* a;
+  const uint16_t* b;
+  void* c;
+  int64_t lda, ldb, ldc, stride_b;
+  int32_t n, k;
+};
+
+__device__ __forceinline__ uint32_t SmemAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes from global to shared; src_bytes = 0 writes zeros and reads nothing.
+__device__ __forceinline__ void CopyAsync16(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void CommitAsync() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void WaitAsync() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+__device__ __forceinline__ void LoadMatrixX4(uint32_t address, uint32_t* r) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+__device__ __forceinline__ void MmaBf16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Round to nearest even; a NaN keeps its sign and top payload bits, quieted (FloatToBf16).
+__device__ __forceinline__ uint32_t Bf16Bits(float f) {
+  const uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
+  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+// Stage `slot` <- the k-slice [k0, k0 + kTileK) of the tile's A rows and B rows. Chunks past
+// the segment's rows, past n or past k are zero-filled without reading.
+__device__ __forceinline__ void LoadStage(const Params& p, const uint16_t* a_rows, int rows,
+                                          const uint16_t* b_rows, int cols, int k0,
+                                          uint16_t* slot) {
+  constexpr int kChunksPerRow = kTileK / 8;
+  const int a_rows_loaded = (rows + 15) & ~15;  // the m16 tiles that compute
+  for (int i = threadIdx.x; i < (kTileM + kTileN) * kChunksPerRow; i += kThreads) {
+    const int r = i / kChunksPerRow;
+    const int kk = (i % kChunksPerRow) * 8;
+    const bool in_k = k0 + kk < p.k;
+    if (r < kTileM) {
+      if (r >= a_rows_loaded) continue;
+      const bool ok = in_k && r < rows;
+      const uint16_t* src = ok ? a_rows + r * p.lda + k0 + kk : a_rows;
+      CopyAsync16(SmemAddress(slot + r * kSmemLd + kk), src, ok ? 16 : 0);
+    } else {
+      const int j = r - kTileM;
+      const bool ok = in_k && j < cols;
+      const uint16_t* src = ok ? b_rows + j * p.ldb + k0 + kk : b_rows;
+      CopyAsync16(SmemAddress(slot + r * kSmemLd + kk), src, ok ? 16 : 0);
+    }
+  }
+}
+
+// One 64 x 64 tile of C: rows [0, rows) of the segment whose first row is A + a_offset,
+// columns [n0, n0 + 64) of B matrix `group`.
+template <bool kF32Out>
+__device__ __forceinline__ void ComputeTile(const Params& p, const RowTile& tile, int n0,
+                                            uint16_t* smem) {
+  const int cols = min(kTileN, p.n - n0);
+  const uint16_t* a_rows = p.a + tile.a_offset;
+  const uint16_t* b_rows = p.b + tile.group * p.stride_b + static_cast<int64_t>(n0) * p.ldb;
+  const int m_tiles = (tile.rows + 15) / 16;
+  const int k_tiles = (p.k + kTileK - 1) / kTileK;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+
+  float acc[4][2][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) acc[i][j][v] = 0.0f;
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < k_tiles) {
+      LoadStage(p, a_rows, tile.rows, b_rows, cols, s * kTileK, smem + s * kStageElems);
+    }
+    CommitAsync();
+  }
+
+  // ldmatrix lane addresses inside a stage (elements): A rows lane % 16, k half lane / 16;
+  // B (the warp's 16 columns) rows (lane % 8) + 8 (lane / 16), k half (lane / 8) % 2.
+  const int a_lane = (lane & 15) * kSmemLd + (lane >> 4) * 8;
+  const int b_lane = (kTileM + warp * 16 + (lane & 7) + ((lane >> 4) << 3)) * kSmemLd +
+                     ((lane >> 3) & 1) * 8;
+
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    WaitAsync<kStages - 2>();
+    __syncthreads();  // stage kt is in; every warp is done with stage kt - 1
+    const int next = kt + kStages - 1;
+    if (next < k_tiles) {
+      LoadStage(p, a_rows, tile.rows, b_rows, cols, next * kTileK,
+                smem + (next % kStages) * kStageElems);
+    }
+    CommitAsync();
+    const uint16_t* stage = smem + (kt % kStages) * kStageElems;
+#pragma unroll
+    for (int kk = 0; kk < kTileK; kk += 16) {
+      uint32_t b[4];
+      LoadMatrixX4(SmemAddress(stage + b_lane + kk), b);
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt) {
+        if (mt < m_tiles) {
+          uint32_t a[4];
+          LoadMatrixX4(SmemAddress(stage + a_lane + mt * 16 * kSmemLd + kk), a);
+          MmaBf16(acc[mt][0], a, b[0], b[1]);
+          MmaBf16(acc[mt][1], a, b[2], b[3]);
+        }
+      }
+    }
+  }
+  WaitAsync<0>();
+
+  // Accumulator v of tile (mt, nt): row mt * 16 + lane / 4 + 8 (v / 2), column
+  // warp * 16 + nt * 8 + 2 (lane % 4) + v % 2.
+#pragma unroll
+  for (int mt = 0; mt < 4; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = mt * 16 + lane / 4 + 8 * half;
+      if (r >= tile.rows) continue;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const int col = warp * 16 + nt * 8 + 2 * (lane % 4);
+        if (col >= cols) continue;
+        const float v0 = acc[mt][nt][2 * half];
+        const float v1 = acc[mt][nt][2 * half + 1];
+        const int64_t at = tile.c_offset + r * p.ldc + n0 + col;
+        if constexpr (kF32Out) {
+          *reinterpret_cast<float2*>(static_cast<float*>(p.c) + at) = make_float2(v0, v1);
+        } else {
+          *reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(p.c) + at) =
+              Bf16Bits(v0) | (Bf16Bits(v1) << 16);
+        }
+      }
+    }
+  }
+}
+
+// Row tiles from a host-built list: blockIdx.y is the tile.
+template <bool kF32Out>
+__global__ void __launch_bounds__(kThreads)
+    SegmentGemmKernel(const __grid_constant__ TileList list, const Params p) {
+  extern __shared__ __align__(16) uint16_t smem[];
+  ComputeTile<kF32Out>(p, list.tiles[blockIdx.y], blockIdx.x * kTileN, smem);
+}
+
+// Row tiles from the group sizes in device memory: each block scans `counts` (in order, so
+// segment g starts at counts[0] + ... + counts[g - 1]) and takes the blockIdx.y-th 64-row
+// tile of that sequence; blocks past the last tile return. Segments are clipped to `rows`
+// rows in all, so A and C are never read or written past them whatever the counts say.
+template <bool kF32Out>
+__global__ void __launch_bounds__(kThreads)
+    SegmentGemmCountsKernel(const int64_t* __restrict__ counts, int num_groups, int64_t rows,
+                            const Params p) {
+  extern __shared__ __align__(16) uint16_t smem[];
+  __shared__ RowTile found;
+  __shared__ int found_any;
+  if (threadIdx.x == 0) found_any = 0;
+  __syncthreads();
+  // Thread i owns groups [i * per, (i + 1) * per): their rows and tiles, then a block-wide
+  // exclusive scan of both (counts are integers: exact in any order).
+  const int per = (num_groups + kThreads - 1) / kThreads;
+  const int g0 = min(num_groups, threadIdx.x * per), g1 = min(num_groups, g0 + per);
+  int64_t my_rows = 0, my_tiles = 0;
+  for (int g = g0; g < g1; ++g) {
+    const int64_t c = counts[g];
+    my_rows += c > 0 ? c : 0;
+  }
+  __shared__ int64_t scan_rows[kThreads];
+  scan_rows[threadIdx.x] = my_rows;
+  __syncthreads();
+  int64_t row_start = 0;
+  for (int i = 0; i < threadIdx.x; ++i) row_start += scan_rows[i];
+  // Clip to `rows`, then count this thread's tiles.
+  int64_t start = min(row_start, rows);
+  for (int g = g0; g < g1; ++g) {
+    const int64_t c = counts[g] > 0 ? counts[g] : 0;
+    const int64_t end = min(start + c, rows);
+    my_tiles += (end - start + kTileM - 1) / kTileM;
+    start = end;
+  }
+  __shared__ int64_t scan_tiles[kThreads];
+  scan_tiles[threadIdx.x] = my_tiles;
+  __syncthreads();
+  int64_t tile_start = 0;
+  for (int i = 0; i < threadIdx.x; ++i) tile_start += scan_tiles[i];
+  const int64_t want = blockIdx.y;
+  if (want >= tile_start && want < tile_start + my_tiles) {
+    start = min(row_start, rows);
+    int64_t t = tile_start;
+    for (int g = g0; g < g1; ++g) {
+      const int64_t c = counts[g] > 0 ? counts[g] : 0;
+      const int64_t end = min(start + c, rows);
+      const int64_t tiles = (end - start + kTileM - 1) / kTileM;
+      if (want < t + tiles) {
+        const int64_t first = start + (want - t) * kTileM;
+        found.a_offset = first * p.lda;
+        found.c_offset = first * p.ldc;
+        found.group = g;
+        found.rows = static_cast<int32_t>(min(static_cast<int64_t>(kTileM), end - first));
+        found_any = 1;
+        break;
+      }
+      t += tiles;
+      start = end;
+    }
+  }
+  __syncthreads();
+  if (!found_any) return;
+  const RowTile tile = found;
+  ComputeTile<kF32Out>(p, tile, blockIdx.x * kTileN, smem);
+}
+
+bool Aligned(const void* p, uintptr_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
+Params MakeParams(const SegmentGemmShape& shape) {
+  Params p;
+  p.a = static_cast<const uint16_t*>(shape.a);
+  p.b = static_cast<const uint16_t*>(shape.b);
+  p.c = shape.c;
+  p.lda = shape.lda;
+  p.ldb = shape.ldb;
+  p.ldc = shape.ldc;
+  p.stride_b = shape.stride_b;
+  p.n = static_cast<int32_t>(shape.n);
+  p.k = static_cast<int32_t>(shape.k);
+  return p;
+}
+
+dim3 Grid(const Params& p, int64_t row_tiles) {
+  return dim3(static_cast<unsigned>((p.n + kTileN - 1) / kTileN), static_cast<unsigned>(row_tiles));
+}
+
+// Dynamic shared memory above 48 KiB must be allowed per kernel (and per device, so every time:
+// it is a cheap host call).
+template <typename Kernel>
+absl::Status AllowSharedMemory(Kernel kernel) {
+  MOE_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+  return absl::OkStatus();
+}
+
+template <bool kF32Out>
+absl::Status Launch(const Params& p, const TileList& list, int tiles, cudaStream_t stream) {
+  MOE_RETURN_IF_ERROR(AllowSharedMemory(SegmentGemmKernel<kF32Out>));
+  SegmentGemmKernel<kF32Out><<<Grid(p, tiles), kThreads, kSmemBytes, stream>>>(list, p);
+  MOE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+template <bool kF32Out>
+absl::Status LaunchCounts(const Params& p, const int64_t* counts, int num_groups, int64_t rows,
+                          cudaStream_t stream) {
+  MOE_RETURN_IF_ERROR(AllowSharedMemory(SegmentGemmCountsKernel<kF32Out>));
+  // Every non-empty segment ends at most one partial tile.
+  const int64_t max_tiles = rows / kTileM + std::min<int64_t>(num_groups, rows);
+  SegmentGemmCountsKernel<kF32Out><<<Grid(p, max_tiles), kThreads, kSmemBytes, stream>>>(
+      counts, num_groups, rows, p);
+  MOE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool SegmentGemmSupports(const SegmentGemmShape& shape,
+                         absl::Span<const SegmentGemmSegment> segments) {
+  const uintptr_t c_align = shape.c_is_f32 ? 8 : 4;
+  if (shape.k % 8 != 0 || shape.n % 2 != 0 || shape.lda % 8 != 0 || shape.ldb % 8 != 0 ||
+      shape.stride_b % 8 != 0 || shape.ldc % 2 != 0 || !Aligned(shape.a, 16) ||
+      !Aligned(shape.b, 16) || !Aligned(shape.c, c_align)) {
+    return false;
+  }
+  // Grid columns and in-kernel int32 indices.
+  if (shape.n > (int64_t{1} << 30) || shape.k > (int64_t{1} << 30)) return false;
+  for (const SegmentGemmSegment& s : segments) {
+    if (s.a_offset % 8 != 0 || s.c_offset % 2 != 0) return false;
+  }
+  return true;
+}
+
+absl::Status LaunchSegmentGemm(const SegmentGemmShape& shape,
+                               absl::Span<const SegmentGemmSegment> segments,
+                               cudaStream_t stream) {
+  if (shape.n == 0) return absl::OkStatus();
+  const Params p = MakeParams(shape);
+  // Host-side only: a TileList is 24 KiB, too large for the stack of every caller's thread.
+  static thread_local TileList list;
+  int tiles = 0;
+  auto flush = [&]() -> absl::Status {
+    if (tiles == 0) return absl::OkStatus();
+    const absl::Status s = shape.c_is_f32 ? Launch<true>(p, list, tiles, stream)
+                                          : Launch<false>(p, list, tiles, stream);
+    tiles = 0;
+    return s;
+  };
+  for (const SegmentGemmSegment& s : segments) {
+    for (int64_t r = 0; r < s.rows; r += kTileM) {
+      RowTile& t = list.tiles[tiles++];
+      t.a_offset = s.a_offset + r * shape.lda;
+      t.c_offset = s.c_offset + r * shape.ldc;
+      t.group = static_cast<int32_t>(s.group);
+      t.rows = static_cast<int32_t>(std::min<int64_t>(kTileM, s.rows - r));
+      if (tiles == kMaxTiles) MOE_RETURN_IF_ERROR(flush());
+    }
+  }
+  return flush();
+}
+
+absl::Status LaunchSegmentGemmCounts(const SegmentGemmShape& shape, const int64_t* counts,
+                                     int64_t num_groups, int64_t rows, cudaStream_t stream) {
+  if (shape.n == 0 || rows == 0 || num_groups == 0) return absl::OkStatus();
+  const Params p = MakeParams(shape);
+  const int groups = static_cast<int>(num_groups);
+  return shape.c_is_f32 ? LaunchCounts<true>(p, counts, groups, rows, stream)
+                        : LaunchCounts<false>(p, counts, groups, rows, stream);
+}
+
+}  // namespace moe::cuda

@@ -1,0 +1,82 @@
+// Own tensor-core GEMM for many short row segments, each against its own bf16 weight matrix,
+// in one launch: the MoE experts at small token counts (decode, small prefill), where a
+// cuBLASLt call per expert is bound by launches and by tiles too few to fill the GPU, and the
+// time should be the time to stream the weights once.
+//
+// For each segment s: C_s[rows_s, n] = A_s[rows_s, k] * B_{g(s)}^T, with B_g stored [n, k]
+// row-major (K-major, as CudaPackedWeights and trans_b store it). A and B bf16, C bf16 or f32,
+// fp32 accumulation, one rounding (round to nearest even, NaN kept, as FloatToBf16).
+//
+// How: a block computes a 64-row x 64-column tile of one segment with mma.sync m16n8k16 from
+// shared memory fed by a 4-stage cp.async pipeline over k in steps of 64; a segment of more
+// than 64 rows is several row tiles, so weights are read from memory once per 64 rows (the
+// repeats mostly hit L2). Blocks of one segment's row tile are adjacent in the grid, so their
+// A rows stay in L2. Row tiles past a segment's end do no math.
+//
+// Determinism: every output element is one thread's fp32 sum over k in ascending steps of 16
+// (the order inside an mma is fixed by the hardware), whatever the number of segments or
+// their sizes, so a segment's bits do not depend on the other segments in the launch, and a
+// plain GEMM of the same rows gives the same bits through this kernel.
+//
+// Requirements (SegmentGemmSupports): k and n even multiples as below; pointers, leading dims
+// and strides such that every 16-byte load of A and B and every store of two C values is
+// aligned. Callers fall back to cuBLASLt otherwise.
+#ifndef MOE_KERNELS_CUDA_SEGMENT_GEMM_H_
+#define MOE_KERNELS_CUDA_SEGMENT_GEMM_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+
+namespace moe::cuda {
+
+// What all segments of one launch share. Leading dims and strides are in elements.
+struct SegmentGemmShape {
+  int64_t n = 0;
+  int64_t k = 0;
+  const void* b = nullptr;  // bf16; matrix g at b + g * stride_b, row j at + j * ldb
+  int64_t ldb = 0;
+  int64_t stride_b = 0;
+  const void* a = nullptr;  // bf16; segment rows at a + a_offset + r * lda
+  int64_t lda = 0;
+  void* c = nullptr;  // bf16 or f32; segment rows at c + c_offset + r * ldc
+  int64_t ldc = 0;
+  bool c_is_f32 = false;
+};
+
+struct SegmentGemmSegment {
+  int64_t group = 0;     // which B matrix
+  int64_t a_offset = 0;  // elements from SegmentGemmShape::a to the first row
+  int64_t c_offset = 0;  // elements from SegmentGemmShape::c to the first row
+  int64_t rows = 0;
+};
+
+// Whether the kernel can run `shape` over `segments`: k % 8 == 0, n % 2 == 0; lda, ldb,
+// stride_b and every a_offset multiples of 8 and A, B 16-byte aligned; ldc and every c_offset
+// even and C aligned to two elements.
+bool SegmentGemmSupports(const SegmentGemmShape& shape,
+                         absl::Span<const SegmentGemmSegment> segments);
+
+// Enqueues the GEMM of every segment (empty ones are skipped) on `stream`. The caller has
+// checked SegmentGemmSupports. A CUDA error's Status otherwise.
+absl::Status LaunchSegmentGemm(const SegmentGemmShape& shape,
+                               absl::Span<const SegmentGemmSegment> segments,
+                               cudaStream_t stream);
+
+// As LaunchSegmentGemm, with the segments given by their sizes in device memory (`counts`,
+// num_groups entries, e.g. Bincount's output): segment g is the next counts[g] rows of A and C
+// (a_offset = row * lda, c_offset = row * ldc) against B matrix g, so no host copy of the counts
+// is needed and the launch can be captured in a CUDA graph. `rows` = A's rows, the sum of the
+// counts; segments are clipped to it (and negative counts read as 0), so no count can make the
+// kernel touch memory past A or C. Needs SegmentGemmSupports(shape, {}) and num_groups <=
+// kMaxCountGroups.
+constexpr int64_t kMaxCountGroups = 1 << 16;
+absl::Status LaunchSegmentGemmCounts(const SegmentGemmShape& shape, const int64_t* counts,
+                                     int64_t num_groups, int64_t rows, cudaStream_t stream);
+
+}  // namespace moe::cuda
+
+#endif  // MOE_KERNELS_CUDA_SEGMENT_GEMM_H_
