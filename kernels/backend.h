@@ -13,6 +13,13 @@
 //   on the thread count or launch configuration.
 // - Ops run in stream order on the backend's device; the CPU backend runs synchronously.
 //   Synchronize() waits for all work issued so far.
+// - Data errors (an index read from device memory that is out of range: token ids, slot
+//   mappings, block tables, positions, expert ids) are InvalidArgument naming the op, the
+//   field, the position and the value. The CPU backend returns them from the op; a device
+//   backend, which finds them only on the device, returns them from the next Synchronize or
+//   CopyToHost (the first failed op's, in issue order, once), so that a step never waits for
+//   its checks. Either way the failed op writes nothing and nothing is read or written out of
+//   bounds.
 // - Thread safety: a Backend may be used by one thread at a time.
 #ifndef MOE_KERNELS_BACKEND_H_
 #define MOE_KERNELS_BACKEND_H_

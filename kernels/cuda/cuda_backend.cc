@@ -101,8 +101,11 @@ absl::Status CudaBackend::Init() {
     MOE_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&slot.host, kStagingSlotBytes, cudaHostAllocDefault));
     MOE_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming));
   }
-  MOE_ASSIGN_OR_RETURN(void* words, AllocateOnStream(kOpErrorWords * sizeof(uint64_t)));
+  MOE_ASSIGN_OR_RETURN(void* words, AllocateOnStream(2 * kErrorSlots * sizeof(uint64_t)));
   op_error_ = static_cast<uint64_t*>(words);
+  MOE_CUDA_RETURN_IF_ERROR(cudaHostAlloc(reinterpret_cast<void**>(&op_error_host_),
+                                         2 * kErrorSlots * sizeof(uint64_t), cudaHostAllocDefault));
+  pending_checks_.reserve(kErrorSlots);
   return Synchronize();
 }
 
@@ -114,6 +117,7 @@ CudaBackend::~CudaBackend() {
     (void)cudaStreamSynchronize(stream_);
   }
   gemm_.reset();
+  if (op_error_host_ != nullptr) (void)cudaFreeHost(op_error_host_);
   for (StagingSlot& slot : staging_) {
     if (slot.done != nullptr) (void)cudaEventDestroy(slot.done);
     if (slot.host != nullptr) (void)cudaFreeHost(slot.host);
@@ -258,8 +262,7 @@ absl::Status CudaBackend::CopyToHost(void* host_dst, const void* src, size_t byt
   if (bytes == 0) return absl::OkStatus();
   MOE_RETURN_IF_ERROR(UseDevice());
   MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDefault, stream_));
-  MOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  return absl::OkStatus();
+  return CheckDataErrors();
 }
 
 absl::Status CudaBackend::CopyOnDevice(void* dst, const void* src, size_t bytes) {
@@ -283,7 +286,25 @@ absl::Status CudaBackend::CopyOnDevice(void* dst, const void* src, size_t bytes)
 }
 
 absl::Status CudaBackend::Synchronize() {
+  MOE_RETURN_IF_ERROR(UseDevice());
+  return CheckDataErrors();
+}
+
+absl::Status CudaBackend::CheckDataErrors() {
+  const size_t n = pending_checks_.size();
+  if (n > 0) {
+    MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(op_error_host_, op_error_,
+                                             2 * n * sizeof(uint64_t), cudaMemcpyDeviceToHost,
+                                             stream_));
+  }
   MOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  // Taken out first: a report may copy from the device (Bincount reads its ids back).
+  std::vector<PendingCheck> checks;
+  checks.swap(pending_checks_);
+  pending_checks_.reserve(kErrorSlots);
+  for (size_t i = 0; i < n; ++i) {
+    MOE_RETURN_IF_ERROR(checks[i].report(op_error_host_ + 2 * i));
+  }
   return absl::OkStatus();
 }
 

@@ -27,12 +27,16 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "kernels/backend.h"
+#include "kernels/status_macros.h"
 
 namespace moe {
 namespace cuda {
@@ -145,12 +149,36 @@ class CudaBackend final : public Backend {
   cudaMemPool_t pool_ = nullptr;
   StagingSlot staging_[kStagingSlots];
   int next_slot_ = 0;
-  // kOpErrorWords device words where launchers report data errors found on the device:
-  // LaunchBincount's count of ids outside [0, num_bins) (word 0); the first bad index and its
-  // value of rows.h, norm_rope.h and combine.h (words 0 and 1); expert_order.h's coded error
-  // and its value (words 0 and 1).
-  static constexpr int kOpErrorWords = 2;
-  uint64_t* op_error_ = nullptr;
+  // Data errors found on the device (an index out of range) are not waited for by the op:
+  // each checked launch gets its own two error words (LaunchBincount's count of ids outside
+  // [0, num_bins) in word 0; the first bad index and its value of rows.h, norm_rope.h,
+  // combine.h and attention.h; expert_order.h's coded error and its value) and leaves a report
+  // here. CheckDataErrors reads every pending slot in one copy and returns the first failed
+  // op's Status, in launch order; Synchronize and CopyToHost call it after their wait, so an
+  // error reaches the caller at the next point where it waits for the device anyway, named as
+  // the op would have named it (the op wrote nothing, and later ops never read or write out of
+  // bounds). A step of the model thus never stops for its checks.
+  struct PendingCheck {
+    std::function<absl::Status(const uint64_t* words)> report;
+  };
+  static constexpr int kErrorSlots = 1024;
+  // Enqueues launch(words) with the next free slot's words and keeps `report` for it; when all
+  // slots are pending, checks them first (a synchronisation).
+  template <typename Launch, typename Report>
+  absl::Status Checked(Launch&& launch, Report&& report) {
+    MOE_RETURN_IF_ERROR(UseDevice());
+    if (pending_checks_.size() == static_cast<size_t>(kErrorSlots)) {
+      MOE_RETURN_IF_ERROR(CheckDataErrors());
+    }
+    MOE_RETURN_IF_ERROR(launch(op_error_ + 2 * pending_checks_.size()));
+    pending_checks_.push_back({std::forward<Report>(report)});
+    return absl::OkStatus();
+  }
+  // Waits for the stream and reports the first pending data error (OK when none).
+  absl::Status CheckDataErrors();
+  uint64_t* op_error_ = nullptr;       // device, 2 * kErrorSlots words
+  uint64_t* op_error_host_ = nullptr;  // pinned, 2 * kErrorSlots words
+  std::vector<PendingCheck> pending_checks_;
   std::unique_ptr<cuda::CublasLtGemm> gemm_;
 };
 

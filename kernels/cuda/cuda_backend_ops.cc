@@ -1,14 +1,8 @@
-// The ops of the CUDA backend, one line each. An op either runs its launcher from
-// kernels/cuda/<file>.h on the backend's stream, as
+// The ops of the CUDA backend, one short function each: a launcher from
+// kernels/cuda/<file>.h enqueued on the backend's stream, as
 //   return OnDevice([&] { return cuda::LaunchAdd(a, stream_); });
-// or returns NotBuilt("<op>") (Unimplemented "<op>: not built for cuda yet"). The "wire:" note
-// on a NotBuilt line names the launcher and header meant to replace it; wiring one is that line,
-// its #include, and its target in :cuda_backend's deps (kernels/cuda/BUILD). Launchers that
-// find data errors on the device take op_error_ and report through their Finish<Op>:
-//   return OnDevice([&] {
-//     MOE_RETURN_IF_ERROR(cuda::LaunchRope(a, op_error_, stream_));
-//     return cuda::FinishRope(a, op_error_, stream_);
-//   });
+// or, for launchers that find data errors on the device, through Checked with the op's
+// <Op>DataError as the deferred report (see CudaBackend::Checked).
 #include <cstdint>
 #include <vector>
 
@@ -82,38 +76,32 @@ absl::Status CudaBackend::RunRouter(const RouterArgs& a) {
   return OnDevice([&] { return cuda::LaunchRouter(a, stream_); });
 }
 
-// The kernel counts ids outside [0, num_bins) on the device; reporting them as the CPU backend
-// does needs that count on the host, so this op synchronizes.
-absl::Status CudaBackend::RunBincount(const BincountArgs& a) {
-  MOE_RETURN_IF_ERROR(OnDevice([&] { return cuda::LaunchBincount(a, op_error_, stream_); }));
-  uint64_t invalid = 0;
-  MOE_RETURN_IF_ERROR(CopyToHost(&invalid, op_error_, sizeof(invalid)));
-  return invalid == 0 ? absl::OkStatus() : FirstBadBincountId(*this, a);
-}
+// Bincount, ExpertOrder, GatherRows, Combine, Rope, Embedding, KvWrite and Attention find
+// data errors on the device and report them at the next Synchronize / CopyToHost
+// (CudaBackend::Checked).
 
-// Data errors are found on the device; reporting them before returning synchronizes.
-absl::Status CudaBackend::RunExpertOrder(const ExpertOrderArgs& a) {
-  return OnDevice([&] {
-    MOE_RETURN_IF_ERROR(cuda::LaunchExpertOrder(a, op_error_, stream_));
-    return cuda::FinishExpertOrder(a, op_error_, stream_);
-  });
+// The kernel counts ids outside [0, num_bins); the report names the first one as the CPU
+// backend does by reading the ids back (only on this error path).
+absl::Status CudaBackend::RunBincount(const BincountArgs& a) {
+  return Checked([&](uint64_t* words) { return cuda::LaunchBincount(a, words, stream_); },
+                 [this, a](const uint64_t* words) {
+                   return words[0] == 0 ? absl::OkStatus() : FirstBadBincountId(*this, a);
+                 });
 }
-// Data errors are found on the device; reporting them before returning synchronizes.
+absl::Status CudaBackend::RunExpertOrder(const ExpertOrderArgs& a) {
+  return Checked([&](uint64_t* words) { return cuda::LaunchExpertOrder(a, words, stream_); },
+                 [a](const uint64_t* words) { return cuda::ExpertOrderDataError(a, words); });
+}
 absl::Status CudaBackend::RunGatherRows(const GatherRowsArgs& a) {
-  return OnDevice([&] {
-    MOE_RETURN_IF_ERROR(cuda::LaunchGatherRows(a, op_error_, stream_));
-    return cuda::FinishGatherRows(a, op_error_, stream_);
-  });
+  return Checked([&](uint64_t* words) { return cuda::LaunchGatherRows(a, words, stream_); },
+                 [a](const uint64_t* words) { return cuda::GatherRowsDataError(a, words); });
 }
 absl::Status CudaBackend::RunSwiGlu(const SwiGluArgs& a) {
   return OnDevice([&] { return cuda::LaunchSwiGlu(a, stream_); });
 }
-// Data errors are found on the device; reporting them before returning synchronizes.
 absl::Status CudaBackend::RunCombine(const CombineArgs& a) {
-  return OnDevice([&] {
-    MOE_RETURN_IF_ERROR(cuda::LaunchCombine(a, op_error_, stream_));
-    return cuda::FinishCombine(a, op_error_, stream_);
-  });
+  return Checked([&](uint64_t* words) { return cuda::LaunchCombine(a, words, stream_); },
+                 [a](const uint64_t* words) { return cuda::CombineDataError(a, words); });
 }
 absl::Status CudaBackend::RunScaleRows(const ScaleRowsArgs& a) {
   return OnDevice([&] { return cuda::LaunchScaleRows(a, stream_); });
@@ -127,39 +115,29 @@ absl::Status CudaBackend::RunCast(const CastArgs& a) {
 absl::Status CudaBackend::RunRmsNorm(const RmsNormArgs& a) {
   return OnDevice([&] { return cuda::LaunchRmsNorm(a, stream_); });
 }
-// Data errors are found on the device; reporting them before returning synchronizes.
 absl::Status CudaBackend::RunRope(const RopeArgs& a) {
-  return OnDevice([&] {
-    MOE_RETURN_IF_ERROR(cuda::LaunchRope(a, op_error_, stream_));
-    return cuda::FinishRope(a, op_error_, stream_);
-  });
+  return Checked([&](uint64_t* words) { return cuda::LaunchRope(a, words, stream_); },
+                 [a](const uint64_t* words) { return cuda::RopeDataError(a, words); });
 }
-// Data errors are found on the device; reporting them before returning synchronizes.
 absl::Status CudaBackend::RunEmbedding(const EmbeddingArgs& a) {
-  return OnDevice([&] {
-    MOE_RETURN_IF_ERROR(cuda::LaunchEmbedding(a, op_error_, stream_));
-    return cuda::FinishEmbedding(a, op_error_, stream_);
-  });
+  return Checked([&](uint64_t* words) { return cuda::LaunchEmbedding(a, words, stream_); },
+                 [a](const uint64_t* words) { return cuda::EmbeddingDataError(a, words); });
 }
-// Data errors are found on the device; reporting them before returning synchronizes.
 absl::Status CudaBackend::RunKvWrite(const KvWriteArgs& a) {
-  return OnDevice([&] {
-    MOE_RETURN_IF_ERROR(cuda::LaunchKvWrite(a, op_error_, stream_));
-    return cuda::FinishKvWrite(a, op_error_, stream_);
-  });
+  return Checked([&](uint64_t* words) { return cuda::LaunchKvWrite(a, words, stream_); },
+                 [a](const uint64_t* words) { return cuda::KvWriteDataError(a, words); });
 }
-// Data errors are found on the device; reporting them before returning synchronizes.
 absl::Status CudaBackend::RunAttention(const AttentionArgs& a) {
-  return OnDevice([&] {
-    MOE_RETURN_IF_ERROR(cuda::LaunchAttention(a, op_error_, stream_));
-    return cuda::FinishAttention(a, op_error_, stream_);
-  });
+  return Checked([&](uint64_t* words) { return cuda::LaunchAttention(a, words, stream_); },
+                 [a](const uint64_t* words) { return cuda::AttentionDataError(a, words); });
 }
+// Sample's results go to the host right after it anyway: it reports at once, with the pending
+// errors of the ops before it first.
 absl::Status CudaBackend::RunSample(const SampleArgs& a) {
-  return OnDevice([&] {
-    MOE_RETURN_IF_ERROR(cuda::LaunchSample(a, op_error_, stream_));
-    return cuda::FinishSample(a, op_error_, stream_);
-  });
+  MOE_RETURN_IF_ERROR(
+      Checked([&](uint64_t* words) { return cuda::LaunchSample(a, words, stream_); },
+              [a](const uint64_t* words) { return cuda::SampleDataError(a, words); }));
+  return CheckDataErrors();
 }
 
 }  // namespace moe

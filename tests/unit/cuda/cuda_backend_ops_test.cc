@@ -159,6 +159,9 @@ TEST(CudaBackendOpsTest, GemmPlainAndPackedAgreeWithTheCpuBackend) {
   for (int64_t i = 0; i < m * n; ++i) EXPECT_NEAR(results[1][i], results[0][i], 1e-4) << i;
 }
 
+// A data error found on the device comes back at the next Synchronize / CopyToHost (the op
+// itself does not wait), with the CPU backend's message, and only once; an earlier failed op is
+// reported before a later one.
 TEST(CudaBackendOpsTest, DataErrorsComeBackAsTheCpuBackendsStatus) {
   const std::string reason = NoDeviceReason();
   if (!reason.empty()) GTEST_SKIP() << reason;
@@ -168,12 +171,32 @@ TEST(CudaBackendOpsTest, DataErrorsComeBackAsTheCpuBackendsStatus) {
   BackendBuffer ids_buf(**gpu, AsBytes(ids));
   BackendBuffer table(**gpu, Bytes(10 * 4 * 4));
   BackendBuffer out(**gpu, Bytes(2 * 4 * 4));
-  const absl::Status s = (*gpu)->Embedding(
-      {.tokens = 2, .ids = static_cast<const int32_t*>(ids_buf.get()), .vocab = 10, .cols = 4,
-       .dtype = DType::kF32, .table = table.get(), .table_ld = 4, .out = out.get(),
-       .out_ld = 4});
+  const EmbeddingArgs bad{.tokens = 2, .ids = static_cast<const int32_t*>(ids_buf.get()),
+                          .vocab = 10, .cols = 4, .dtype = DType::kF32, .table = table.get(),
+                          .table_ld = 4, .out = out.get(), .out_ld = 4};
+  ASSERT_TRUE((*gpu)->Embedding(bad).ok());  // deferred
+  EmbeddingArgs worse = bad;
+  worse.vocab = 1;  // ids[0] = 1 is now out of range too
+  ASSERT_TRUE((*gpu)->Embedding(worse).ok());
+  const absl::Status s = (*gpu)->Synchronize();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-  EXPECT_NE(s.message().find("99"), absl::string_view::npos) << s;
+  EXPECT_NE(s.message().find("ids[1]=99"), absl::string_view::npos) << s;
+  EXPECT_TRUE((*gpu)->Synchronize().ok());  // reported once
+
+  std::vector<int32_t> cpu_ids = ids;
+  std::vector<float> cpu_table(40), cpu_out(8);
+  EmbeddingArgs on_cpu = bad;
+  on_cpu.ids = cpu_ids.data();
+  on_cpu.table = cpu_table.data();
+  on_cpu.out = cpu_out.data();
+  auto cpu = CreateBackend(Device::Cpu());
+  ASSERT_TRUE(cpu.ok());
+  EXPECT_EQ((*cpu)->Embedding(on_cpu).message(), s.message());
+
+  ASSERT_TRUE((*gpu)->Embedding(bad).ok());
+  int32_t host_id = 0;
+  const absl::Status copy = (*gpu)->CopyToHost(&host_id, ids_buf.get(), sizeof(host_id));
+  EXPECT_EQ(copy.message(), s.message());
 }
 
 }  // namespace
