@@ -1,7 +1,8 @@
 // The machine's own ceilings, measured the same way every benchmark run: memory bandwidth
-// from a large parallel copy and a large parallel read, and bf16 matmul throughput from a
-// large GEMM through a Backend. A benchmark row's floor is max(bytes / bandwidth, flops / peak)
-// with the better of the two bandwidths (weights are only read, and a read can outrun a copy).
+// from a large parallel copy and a large parallel read (host memory) or a large copy through a
+// Backend (device memory), and bf16 matmul throughput from a large GEMM through a Backend. A
+// benchmark row's floor is max(bytes / bandwidth, flops / peak) with the better of the two
+// bandwidths (weights are only read, and a read can outrun a copy).
 #ifndef MOE_TOOLS_CEILINGS_H_
 #define MOE_TOOLS_CEILINGS_H_
 
@@ -23,6 +24,16 @@ struct CopyCeiling {
 // contiguous slice); pages are touched first by the thread that later copies them.
 // Best of `reps`. ResourceExhausted if the buffers cannot be allocated.
 absl::StatusOr<CopyCeiling> MeasureCopy(int64_t bytes, int reps);
+
+// Copies `bytes` from one buffer of the backend's device memory to another with
+// Backend::CopyOnDevice (on CUDA a device-to-device cudaMemcpyAsync on the backend's stream),
+// each repetition timed from the call to the end of Backend::Synchronize. The device-side
+// ceiling for a GPU backend, where weights live in device memory; same convention as
+// MeasureCopy ((read + write) bytes / s). One untimed copy first, then best of `reps`.
+// The source is filled (from a small host pattern, doubled on the device) so that nothing
+// uninitialized is read. The backend's Status if an allocation or a copy fails
+// (ResourceExhausted naming the size when the device is out of memory).
+absl::StatusOr<CopyCeiling> MeasureDeviceCopy(Backend* backend, int64_t bytes, int reps);
 
 struct ReadCeiling {
   int64_t bytes = 0;

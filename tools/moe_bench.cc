@@ -2,6 +2,11 @@
 // DeepSeek-V3 (experts cut to 32) block shapes over a range of token counts, with router and
 // forced balanced routing, next to the machine's own ceilings (memory copy and read
 // bandwidth, bf16 GEMM throughput). Prints a table and writes JSON.
+// With --backend cuda the same on GPU 0 (full DeepSeek-V3, 256 experts, by default): weights
+// and inputs are drawn on the host and uploaded by MoeBlock::Create / CopyFromHost, and the
+// ceilings are the device's (a large device-to-device copy and a large bf16 GEMM, both through
+// the backend). tools/moe_bench_torch.py then times a PyTorch reference of every row of the
+// JSON and merges the two.
 #include <omp.h>
 #include <unistd.h>
 
@@ -10,10 +15,12 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -21,6 +28,7 @@
 #include "engine/core/buffer.h"
 #include "engine/core/json.h"
 #include "engine/layers/moe/moe_block.h"
+#include "kernels/device.h"
 #include "kernels/registry.h"
 #include "kernels/status_macros.h"
 #include "tools/ceilings.h"
@@ -33,26 +41,34 @@ namespace moe::tools {
 namespace {
 
 const char* const kFullPresets = "mixtral-8x7b,qwen3-30b-a3b,deepseek-v3-e32";
+const char* const kGpuPresets = "mixtral-8x7b,qwen3-30b-a3b,deepseek-v3";
 const char* const kQuickPresets = "mixtral-8x7b-small,qwen3-30b-a3b-small,deepseek-v3-e32-small";
+const char* const kCpuTokens = "1,8,32,128,512";
+const char* const kGpuTokens = "1,8,32,128,512,2048,8192";
 
 struct Options {
+  std::string backend = "cpu";
   bool quick = false;
   std::vector<std::string> presets;
   std::string presets_dir = "models/presets";
-  std::vector<int64_t> tokens = {1, 8, 32, 128, 512};
+  std::vector<int64_t> tokens;  // empty = kCpuTokens / kGpuTokens
   std::vector<std::string> routing = {"random", "balanced"};
   int64_t threads = 0;
-  int64_t warmup = 1;
-  int64_t reps = 5;
+  int64_t warmup = -1;  // -1 = 1 on cpu, 3 on cuda
+  int64_t reps = 0;     // 0 = 5 on cpu, 20 on cuda
   double max_row_seconds = 10.0;
   int64_t seed = -1;
   std::string json;
   bool skip_ceilings = false;
   int64_t copy_mib = 0;
   int64_t gemm_size = 0;
+  int64_t device_counts_max_tokens = -1;  // -1 = 64 on cuda, 0 on cpu
+
+  bool on_gpu() const { return backend == "cuda"; }
 };
 
 struct Ceilings {
+  bool on_device = false;  // the copy is Backend::CopyOnDevice in GPU memory, not host memory
   bool have_copy = false;
   CopyCeiling copy;
   bool have_read = false;
@@ -133,6 +149,7 @@ class Progress {
 // measurement can catch a slow moment, and a ceiling the block itself beats is no ceiling.
 Ceilings Best(const Ceilings& a, const Ceilings& b) {
   Ceilings c = a;
+  c.on_device = a.on_device || b.on_device;
   if (b.have_copy && (!c.have_copy || b.copy.gbps > c.copy.gbps)) {
     c.have_copy = true;
     c.copy = b.copy;
@@ -159,6 +176,27 @@ double FloorSeconds(const Row& row, const Ceilings& c) {
 absl::StatusOr<Ceilings> MeasureCeilings(const Options& opt, Backend* backend) {
   Ceilings c;
   if (opt.skip_ceilings) return c;
+  if (opt.on_gpu()) {
+    // The weights live in device memory: the device copy is the bandwidth ceiling (no host
+    // read ceiling), and the GEMM goes through the same backend as the block.
+    c.on_device = true;
+    std::fprintf(stderr,
+                 "measuring ceilings on %s: %" PRId64 " MiB device copy, %" PRId64
+                 "^3 bf16 GEMM ...\n",
+                 backend->device().ToString().c_str(), opt.copy_mib, opt.gemm_size);
+    MOE_ASSIGN_OR_RETURN(c.copy, MeasureDeviceCopy(backend, opt.copy_mib << 20, 10));
+    c.have_copy = true;
+    absl::StatusOr<GemmCeiling> gemm =
+        MeasureGemm(backend, opt.gemm_size, opt.gemm_size, opt.gemm_size, 10);
+    if (gemm.ok()) {
+      c.gemm = *gemm;
+      c.have_gemm = true;
+    } else {
+      c.gemm_error = gemm.status().ToString();
+      std::fprintf(stderr, "gemm ceiling unavailable: %s\n", c.gemm_error.c_str());
+    }
+    return c;
+  }
   std::fprintf(stderr,
                "measuring ceilings: %" PRId64 " MiB copy and read, %" PRId64 "^3 bf16 GEMM ...\n",
                opt.copy_mib, opt.gemm_size);
@@ -178,39 +216,77 @@ absl::StatusOr<Ceilings> MeasureCeilings(const Options& opt, Backend* backend) {
   return c;
 }
 
+// Output bits of `result` (on the backend's device): FNV-1a of its bytes, read back first when
+// the device is not the host.
+absl::StatusOr<uint64_t> DeviceChecksum(const Tensor& result, Backend* backend) {
+  if (backend->device().type == DeviceType::kCpu) return Checksum(result);
+  std::vector<unsigned char> host(static_cast<size_t>(result.nbytes()));
+  MOE_RETURN_IF_ERROR(backend->CopyToHost(host.data(), result.data(), host.size()));
+  return Checksum(Tensor::Wrap(host.data(), Device::Cpu(), result.dtype(), result.shape()));
+}
+
+// `backend` runs the block; `host_allocator` gives the host memory the random weights and the
+// input are drawn in (the same backend's allocator on cpu; a CPU backend's on cuda, where
+// MoeBlock::Create uploads the weights and the input is copied to the device once).
 absl::Status BenchPreset(const Options& opt, const MoePreset& preset, Backend* backend,
-                         Progress* progress, std::vector<Row>* rows,
+                         Allocator* host_allocator, Progress* progress, std::vector<Row>* rows,
                          std::vector<std::unique_ptr<MoeConfig>>* configs) {
   Allocator allocator(backend);
+  const bool on_host = backend->device().type == DeviceType::kCpu;
   const uint64_t seed = opt.seed >= 0 ? static_cast<uint64_t>(opt.seed) : preset.seed;
   const int64_t max_tokens = *std::max_element(opt.tokens.begin(), opt.tokens.end());
   const double total_bytes = static_cast<double>(TotalWeightBytes(preset.config));
-  progress->Note(absl::StrFormat("%s: drawing %.1f %s of random weights", preset.name,
-                                 total_bytes >= 1e9 ? total_bytes / 1e9 : total_bytes / 1e6,
-                                 total_bytes >= 1e9 ? "GB" : "MB"));
+  const std::string size_text =
+      absl::StrFormat("%.1f %s", total_bytes >= 1e9 ? total_bytes / 1e9 : total_bytes / 1e6,
+                      total_bytes >= 1e9 ? "GB" : "MB");
+  progress->Note(absl::StrCat(preset.name, ": drawing ", size_text, " of random weights"));
+  const double draw_t0 = NowSeconds();
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<RandomMoeWeights> weights,
-                       RandomMoeWeights::Create(preset.config, seed, &allocator));
-  MOE_ASSIGN_OR_RETURN(RandomActivation x,
+                       RandomMoeWeights::Create(preset.config, seed, host_allocator));
+  const double draw_s = NowSeconds() - draw_t0;
+  MOE_ASSIGN_OR_RETURN(RandomActivation x_host,
                        MakeRandomActivation(max_tokens, preset.config.hidden, preset.config.dtype,
-                                            seed + 1, &allocator));
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> out_buffer, allocator.Allocate(x.tensor.nbytes()));
+                                            seed + 1, host_allocator));
+  Tensor x_all = x_host.tensor;
+  std::unique_ptr<Buffer> x_device;
+  if (!on_host) {
+    MOE_ASSIGN_OR_RETURN(x_device, allocator.Allocate(x_host.tensor.nbytes()));
+    MOE_RETURN_IF_ERROR(
+        backend->CopyFromHost(x_device->data(), x_host.tensor.data(), x_host.tensor.nbytes()));
+    MOE_ASSIGN_OR_RETURN(x_all,
+                         Tensor::OnBuffer(*x_device, preset.config.dtype, x_host.tensor.shape()));
+  }
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> out_buffer, allocator.Allocate(x_all.nbytes()));
   MOE_ASSIGN_OR_RETURN(Tensor out_all,
-                       Tensor::OnBuffer(*out_buffer, preset.config.dtype, x.tensor.shape()));
+                       Tensor::OnBuffer(*out_buffer, preset.config.dtype, x_all.shape()));
 
-  for (const std::string& routing : opt.routing) {
+  for (size_t ri = 0; ri < opt.routing.size(); ++ri) {
+    const std::string& routing = opt.routing[ri];
     auto config = std::make_unique<MoeConfig>(preset.config);
     config->force_balanced = routing != "random";
-    progress->Note(absl::StrCat(preset.name, ": creating the block (", routing, " routing)"));
+    progress->Note(absl::StrCat(preset.name, ": creating the block (", routing, " routing",
+                                on_host ? "" : absl::StrCat("; uploading ", size_text), ")"));
+    const double create_t0 = NowSeconds();
     std::unique_ptr<MoeBlock> block;
     {
       MOE_ASSIGN_OR_RETURN(block,
                            MoeBlock::Create(*config, weights->weights(), backend, &allocator));
     }
+    MOE_RETURN_IF_ERROR(backend->Synchronize());
+    if (!on_host) {
+      std::fprintf(stderr, "%s: %sblock created on %s in %.1f s\n", preset.name.c_str(),
+                   ri == 0 ? absl::StrFormat("weights drawn in %.1f s, ", draw_s).c_str() : "",
+                   backend->device().ToString().c_str(), NowSeconds() - create_t0);
+    }
+    // The block keeps its own (packed) copies: after the last one is built, the host copies
+    // of the expert matrices (22.5 GB for DeepSeek-V3) are dead weight.
+    if (ri + 1 == opt.routing.size()) weights->ReleaseExperts();
     block->set_batched_path_enabled(routing != "balanced_grouped");
+    block->set_counts_on_device_max_tokens(opt.device_counts_max_tokens);
     MOE_RETURN_IF_ERROR(block->ReserveTokens(max_tokens));
     for (int64_t t : opt.tokens) {
       progress->Note(absl::StrCat(preset.name, " T=", t, " ", routing));
-      MOE_ASSIGN_OR_RETURN(Tensor x_t, x.tensor.Rows(0, t));
+      MOE_ASSIGN_OR_RETURN(Tensor x_t, x_all.Rows(0, t));
       MOE_ASSIGN_OR_RETURN(Tensor out_t, out_all.Rows(0, t));
       Tensor result;
       for (int64_t i = 0; i < std::max<int64_t>(opt.warmup, 1); ++i) {
@@ -234,8 +310,17 @@ absl::Status BenchPreset(const Options& opt, const MoePreset& preset, Backend* b
       row.routing = routing;
       row.expert_path = std::string(ExpertPathName(trace.expert_path));
       row.combine_path = std::string(CombinePathName(trace.combine_path));
+      std::vector<int64_t> counts = trace.counts;
+      if (counts.empty()) {
+        // The counts stayed on the device: count the last routing's ids here.
+        std::vector<int32_t> ids;
+        std::vector<float> route_weights;
+        MOE_RETURN_IF_ERROR(block->CopyLastRouting(&ids, &route_weights));
+        counts.assign(config->num_experts, 0);
+        for (int32_t id : ids) ++counts[id];
+      }
       int64_t routed_rows = 0;
-      for (int64_t c : trace.counts) {
+      for (int64_t c : counts) {
         row.experts_hit += c > 0;
         routed_rows += c;
       }
@@ -245,7 +330,7 @@ absl::Status BenchPreset(const Options& opt, const MoePreset& preset, Backend* b
       row.min_s = *std::min_element(times.begin(), times.end());
       row.weight_bytes = WeightBytesTouched(*config, row.experts_hit);
       row.flops = Flops(*config, t, routed_rows);
-      row.checksum = Checksum(result);
+      MOE_ASSIGN_OR_RETURN(row.checksum, DeviceChecksum(result, backend));
       progress->RowDone(absl::StrFormat("%s T=%d %s: %.3f ms (%s)", preset.name, t, routing,
                                         row.median_s * 1e3, row.expert_path));
       rows->push_back(row);
@@ -258,7 +343,12 @@ absl::Status BenchPreset(const Options& opt, const MoePreset& preset, Backend* b
 
 std::string FormatTable(const std::vector<Row>& rows, const Ceilings& c) {
   std::string out;
-  if (c.have_copy) {
+  if (c.have_copy && c.on_device) {
+    absl::StrAppendFormat(&out,
+                          "ceiling: device copy %.1f GB/s (%.0f MiB device to device through the "
+                          "backend, read+write bytes)\n",
+                          c.copy.gbps, c.copy.bytes / 1048576.0);
+  } else if (c.have_copy) {
     absl::StrAppendFormat(&out, "ceiling: memory copy %.1f GB/s (%.0f MiB, read+write bytes)\n",
                           c.copy.gbps, c.copy.bytes / 1048576.0);
   }
@@ -266,7 +356,12 @@ std::string FormatTable(const std::vector<Row>& rows, const Ceilings& c) {
     absl::StrAppendFormat(&out, "ceiling: memory read %.1f GB/s (%.0f MiB)\n", c.read.gbps,
                           c.read.bytes / 1048576.0);
   }
-  if (c.bandwidth_gbps() > 0) {
+  if (c.bandwidth_gbps() > 0 && c.on_device) {
+    absl::StrAppendFormat(&out,
+                          "floor bandwidth: %.1f GB/s (the device copy; the best of a measurement "
+                          "before and one after the rows)\n",
+                          c.bandwidth_gbps());
+  } else if (c.bandwidth_gbps() > 0) {
     absl::StrAppendFormat(
         &out,
         "floor bandwidth: %.1f GB/s (the better of copy and read; each ceiling is the best of a "
@@ -293,18 +388,38 @@ std::string FormatTable(const std::vector<Row>& rows, const Ceilings& c) {
   return out;
 }
 
+const char* ScoreName(ScoreFunction f) {
+  return f == ScoreFunction::kSigmoid ? "sigmoid" : "softmax";
+}
+const char* RouterGemmName(RouterGemm g) {
+  return g == RouterGemm::kRunDType ? "run_dtype" : "fp32";
+}
+const char* RouteWeightsName(RouteWeights w) {
+  return w == RouteWeights::kRunDType ? "run_dtype" : "fp32";
+}
+const char* Bool(bool b) { return b ? "true" : "false"; }
+
 std::string FormatJson(const Options& opt, const std::string& backend, const Ceilings& c,
                        const std::vector<Row>& rows, double load_start, double load_end) {
   std::string j = "{\n";
   absl::StrAppend(&j, "  \"tool\": \"moe_bench\",\n");
   absl::StrAppend(&j, "  \"date\": ", JsonQuote(LocalTimestamp()), ",\n");
-  absl::StrAppend(&j, "  \"machine\": {\"cpu\": ", JsonQuote(CpuModelName()),
-                  ", \"avx512_bf16\": ", CpuHasFlag("avx512_bf16") ? "true" : "false",
-                  ", \"amx_bf16\": ", CpuHasFlag("amx_bf16") ? "true" : "false",
-                  ", \"backend\": ", JsonQuote(backend), ", \"threads\": ", omp_get_max_threads(),
-                  "},\n");
-  absl::StrAppend(&j, "  \"settings\": {\"quick\": ", opt.quick ? "true" : "false",
-                  ", \"warmup\": ", opt.warmup, ", \"reps\": ", opt.reps,
+  if (opt.on_gpu()) {
+    // The block ran on the GPU: the host CPU only drew the random weights.
+    absl::StrAppend(&j, "  \"machine\": {\"device\": \"cuda:0\", \"backend\": ", JsonQuote(backend),
+                    ", \"host_cpu\": ", JsonQuote(CpuModelName()),
+                    ", \"host_threads\": ", omp_get_max_threads(), "},\n");
+  } else {
+    absl::StrAppend(&j, "  \"machine\": {\"cpu\": ", JsonQuote(CpuModelName()),
+                    ", \"avx512_bf16\": ", CpuHasFlag("avx512_bf16") ? "true" : "false",
+                    ", \"amx_bf16\": ", CpuHasFlag("amx_bf16") ? "true" : "false",
+                    ", \"backend\": ", JsonQuote(backend), ", \"threads\": ", omp_get_max_threads(),
+                    "},\n");
+  }
+  absl::StrAppend(&j, "  \"settings\": {\"backend\": ", JsonQuote(opt.backend),
+                  ", \"quick\": ", opt.quick ? "true" : "false", ", \"warmup\": ", opt.warmup,
+                  ", \"reps\": ", opt.reps,
+                  ", \"device_counts_max_tokens\": ", opt.device_counts_max_tokens,
                   ", \"max_row_seconds\": ", JsonNumber(opt.max_row_seconds),
                   ", \"seed\": ", opt.seed, "},\n");
   absl::StrAppend(&j, "  \"load_average_1min\": {\"start\": ", JsonRounded(load_start, 3),
@@ -314,7 +429,12 @@ std::string FormatJson(const Options& opt, const std::string& backend, const Cei
     absl::StrAppend(&j, "{\"bytes\": ", c.copy.bytes,
                     ", \"seconds\": ", JsonRounded(c.copy.seconds, 5),
                     ", \"gbps\": ", JsonRounded(c.copy.gbps, 5),
-                    ", \"convention\": \"(read + write bytes) / s\"}");
+                    ", \"convention\": \"(read + write bytes) / s\"");
+    if (c.on_device) {
+      absl::StrAppend(&j, ", \"memory\": \"device\", \"method\": ",
+                      JsonQuote("Backend::CopyOnDevice, device to device, best of 10"));
+    }
+    absl::StrAppend(&j, "}");
   } else {
     absl::StrAppend(&j, "null");
   }
@@ -348,6 +468,19 @@ std::string FormatJson(const Options& opt, const std::string& backend, const Cei
                     ", \"routing\": ", JsonQuote(r.routing),
                     ", \"expert_path\": ", JsonQuote(r.expert_path),
                     ", \"combine_path\": ", JsonQuote(r.combine_path));
+    // The rest of the block's config, so that a reference (tools/moe_bench_torch.py) can
+    // rebuild the same block from the row alone.
+    absl::StrAppend(
+        &j, ", \"score\": \"", ScoreName(m.score), "\"",
+        ", \"use_expert_bias\": ", Bool(m.use_expert_bias), ", \"num_groups\": ", m.num_groups,
+        ", \"topk_groups\": ", m.topk_groups, ", \"renormalize\": ", Bool(m.renormalize),
+        ", \"route_scale\": ", JsonNumber(m.route_scale),
+        ", \"score_before_experts\": ", Bool(m.score_before_experts),
+        ", \"num_shared_experts\": ", m.num_shared_experts, ", \"shared_inter\": ", m.shared_inter,
+        ", \"shared_gate\": ", Bool(m.shared_gate),
+        ", \"capacity_factor\": ", JsonNumber(m.capacity_factor), ", \"router_gemm\": \"",
+        RouterGemmName(m.router_gemm), "\"", ", \"route_weights\": \"",
+        RouteWeightsName(m.route_weights), "\"");
     absl::StrAppend(&j, ", \"experts_hit\": ", r.experts_hit, ", \"reps\": ", r.reps,
                     ", \"ms_median\": ", JsonRounded(r.median_s * 1e3, 5),
                     ", \"ms_min\": ", JsonRounded(r.min_s * 1e3, 5),
@@ -368,11 +501,29 @@ std::string FormatJson(const Options& opt, const std::string& backend, const Cei
 }
 
 absl::Status Run(Options opt) {
-  if (opt.presets.empty()) {
-    opt.presets = absl::StrSplit(opt.quick ? kQuickPresets : kFullPresets, ',');
+  if (opt.backend != "cpu" && opt.backend != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--backend: \"", opt.backend, "\" is not cpu or cuda"));
   }
-  if (opt.copy_mib <= 0) opt.copy_mib = opt.quick ? 256 : 1024;
-  if (opt.gemm_size <= 0) opt.gemm_size = opt.quick ? 2048 : 4096;
+  const bool on_gpu = opt.on_gpu();
+  if (opt.device_counts_max_tokens < 0) opt.device_counts_max_tokens = on_gpu ? 64 : 0;
+  if (opt.presets.empty()) {
+    opt.presets = absl::StrSplit(opt.quick ? kQuickPresets
+                                 : on_gpu  ? kGpuPresets
+                                           : kFullPresets,
+                                 ',');
+  }
+  if (opt.tokens.empty()) {
+    for (absl::string_view t : absl::StrSplit(on_gpu ? kGpuTokens : kCpuTokens, ',')) {
+      int64_t v = 0;
+      if (!absl::SimpleAtoi(t, &v)) return absl::InternalError("bad default token list");
+      opt.tokens.push_back(v);
+    }
+  }
+  if (opt.warmup < 0) opt.warmup = on_gpu ? 3 : 1;
+  if (opt.reps == 0) opt.reps = on_gpu ? 20 : 5;
+  if (opt.copy_mib <= 0) opt.copy_mib = opt.quick ? 256 : on_gpu ? 2048 : 1024;
+  if (opt.gemm_size <= 0) opt.gemm_size = opt.quick ? 2048 : on_gpu ? 8192 : 4096;
   for (int64_t t : opt.tokens) {
     if (t < 1) return absl::InvalidArgumentError(absl::StrCat("--tokens: ", t, " must be >= 1"));
   }
@@ -406,12 +557,30 @@ absl::Status Run(Options opt) {
 
   BackendOptions backend_options;
   backend_options.cpu_threads = static_cast<int>(opt.threads);
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
-                       CreateBackend(Device::Cpu(), backend_options));
-  std::printf("moe_bench: %s; %s (avx512_bf16 %s, amx_bf16 %s); %d threads\n",
-              backend->Describe().c_str(), CpuModelName().c_str(),
-              CpuHasFlag("avx512_bf16") ? "yes" : "no", CpuHasFlag("amx_bf16") ? "yes" : "no",
-              omp_get_max_threads());
+  absl::StatusOr<std::unique_ptr<Backend>> created =
+      CreateBackend(on_gpu ? Device::Cuda(0) : Device::Cpu(), backend_options);
+  if (!created.ok()) {
+    return absl::Status(created.status().code(),
+                        absl::StrCat("--backend ", opt.backend,
+                                     ": cannot create the backend: ", created.status().message()));
+  }
+  std::unique_ptr<Backend> backend = std::move(*created);
+  // Host memory for the random weights and inputs: the backend's own on cpu; on cuda a CPU
+  // backend's (MoeBlock::Create takes host weights and uploads them).
+  std::unique_ptr<Backend> host_backend;
+  if (on_gpu) {
+    MOE_ASSIGN_OR_RETURN(host_backend, CreateBackend(Device::Cpu(), backend_options));
+  }
+  Allocator host_allocator(on_gpu ? host_backend.get() : backend.get());
+  if (on_gpu) {
+    std::printf("moe_bench: %s; host %s, %d threads (random weights)\n",
+                backend->Describe().c_str(), CpuModelName().c_str(), omp_get_max_threads());
+  } else {
+    std::printf("moe_bench: %s; %s (avx512_bf16 %s, amx_bf16 %s); %d threads\n",
+                backend->Describe().c_str(), CpuModelName().c_str(),
+                CpuHasFlag("avx512_bf16") ? "yes" : "no", CpuHasFlag("amx_bf16") ? "yes" : "no",
+                omp_get_max_threads());
+  }
   std::fflush(stdout);
   const double load_start = LoadAverage1();
   if (load_start > 0.5) {
@@ -426,7 +595,8 @@ absl::Status Run(Options opt) {
   std::vector<Row> rows;
   std::vector<std::unique_ptr<MoeConfig>> configs;
   for (const MoePreset& p : presets) {
-    MOE_RETURN_IF_ERROR(BenchPreset(opt, p, backend.get(), &progress, &rows, &configs));
+    MOE_RETURN_IF_ERROR(
+        BenchPreset(opt, p, backend.get(), &host_allocator, &progress, &rows, &configs));
   }
   MOE_ASSIGN_OR_RETURN(Ceilings after, MeasureCeilings(opt, backend.get()));
   const Ceilings ceilings = Best(before, after);
@@ -439,6 +609,12 @@ absl::Status Run(Options opt) {
   MOE_RETURN_IF_ERROR(WriteTextFile(
       opt.json, FormatJson(opt, backend->Describe(), ceilings, rows, load_start, load_end)));
   std::printf("wrote %s\n", opt.json.c_str());
+  if (on_gpu) {
+    std::printf(
+        "PyTorch reference of the same rows: python3 tools/moe_bench_torch.py "
+        "--engine_json %s\n",
+        opt.json.c_str());
+  }
   return absl::OkStatus();
 }
 
@@ -457,27 +633,53 @@ int main(int argc, char** argv) {
       "Table on stdout, progress on stderr, JSON to --json.\n"
       "\n"
       "  bazel run //tools:moe_bench -- --quick          # small copies, about a minute\n"
-      "  bazel run //tools:moe_bench                     # full shapes (about 2.8 GB each)\n"));
+      "  bazel run //tools:moe_bench                     # full shapes (about 2.8 GB each)\n"
+      "\n"
+      "--backend cuda: the block on GPU 0 (CUDA backend), by default for Mixtral-8x7B,\n"
+      "Qwen3-30B-A3B and the full DeepSeek-V3 (256 experts, 22.6 GB of bf16 weights)\nat T = ",
+      moe::tools::kGpuTokens,
+      ";\n"
+      "weights are drawn on the host and uploaded; the ceilings are the device's: a 2 GiB\n"
+      "device-to-device copy (Backend::CopyOnDevice, read+write bytes) and an 8192^3 bf16 GEMM\n"
+      "through the backend (no host read ceiling). Then tools/moe_bench_torch.py times a\n"
+      "PyTorch reference (top-k, argsort, gather, torch._grouped_mm, SiLU*mul, index_add) of\n"
+      "every row of the JSON and prints engine ms, torch ms, speed-up and both x floor.\n"
+      "From the repository root (relative paths resolve against the current directory when not\n"
+      "under `bazel run`), on the GPU machine:\n"
+      "  moe_bench --backend cuda --json $OUT/moe_bench_h100.json\n"
+      "  python3 tools/moe_bench_torch.py --engine_json $OUT/moe_bench_h100.json\n"));
+  flags.AddInt("device_counts_max_tokens", &opt.device_counts_max_tokens,
+               "Batches of at most this many tokens keep the expert counts on the device\n"
+               "(MoeBlock::set_counts_on_device_max_tokens: no host wait inside the block);\n"
+               "-1 = 64 with --backend cuda (what the engine uses there), 0 on cpu.");
+  flags.AddString("backend", &opt.backend,
+                  "cpu, or cuda (GPU 0). cuda changes the defaults of --presets, --tokens,\n"
+                  "--warmup, --reps, --copy_mib and --gemm_size (see each).");
   flags.AddBool("quick", &opt.quick,
                 absl::StrCat("Small copies of the shapes (", moe::tools::kQuickPresets,
                              "),\nand smaller ceiling measurements."));
   flags.AddStringList("presets", &opt.presets,
                       absl::StrCat("Presets to run: names in --presets_dir or paths to .json "
                                    "files.\nEmpty = ",
-                                   moe::tools::kFullPresets,
-                                   "\n(or the -small copies with "
-                                   "--quick)."));
+                                   moe::tools::kFullPresets, "\n(cuda: ", moe::tools::kGpuPresets,
+                                   ";\nthe -small copies with --quick)."));
   flags.AddString("presets_dir", &opt.presets_dir,
-                  "Where preset names are looked up (relative to where `bazel run` started).");
-  flags.AddIntList("tokens", &opt.tokens, "Token counts T per batch.");
+                  "Where preset names are looked up (relative to where `bazel run` started,\n"
+                  "or to the current directory outside Bazel).");
+  flags.AddIntList("tokens", &opt.tokens,
+                   absl::StrCat("Token counts T per batch; empty = ", moe::tools::kCpuTokens,
+                                " (cuda: ", moe::tools::kGpuTokens, ")."));
   flags.AddStringList("routing", &opt.routing,
                       "random: the router picks (random weights spread tokens over experts);\n"
                       "balanced: MoeConfig.force_balanced, token t -> experts (t*K+k) mod E;\n"
                       "balanced_grouped: the same routing with the batched fast path turned off\n"
                       "(MoeBlock::set_batched_path_enabled(false)), to compare the two paths.");
-  flags.AddInt("threads", &opt.threads, "CPU threads (backend and ceilings); 0 = all cores.");
-  flags.AddInt("warmup", &opt.warmup, "Untimed calls before each row (at least 1 is made).");
-  flags.AddInt("reps", &opt.reps, "Timed calls per row; the median is reported.");
+  flags.AddInt("threads", &opt.threads,
+               "CPU threads (backend and ceilings; with cuda, drawing the weights); 0 = all "
+               "cores.");
+  flags.AddInt("warmup", &opt.warmup,
+               "Untimed calls before each row (at least 1 is made); -1 = 1 (cuda: 3).");
+  flags.AddInt("reps", &opt.reps, "Timed calls per row; the median is reported. 0 = 5 (cuda: 20).");
   flags.AddDouble("max_row_seconds", &opt.max_row_seconds,
                   "Stop a row's timed calls early after this long (at least 3 calls).");
   flags.AddInt("seed", &opt.seed, "Seed for weights and inputs; -1 = each preset's own seed.");
@@ -486,11 +688,11 @@ int main(int argc, char** argv) {
                   "in the source tree (git-ignored; copy a run worth keeping to bench/results/).");
   flags.AddBool("skip_ceilings", &opt.skip_ceilings,
                 "Do not measure the ceilings (no floor column); for smoke tests.");
-  flags.AddInt(
-      "copy_mib", &opt.copy_mib,
-      "Size of the memory copy and read ceiling buffers in MiB; 0 = 1024 (256 with --quick).");
+  flags.AddInt("copy_mib", &opt.copy_mib,
+               "Size of the memory copy and read ceiling buffers in MiB; 0 = 1024 (cuda: 2048,\n"
+               "a device copy; 256 with --quick).");
   flags.AddInt("gemm_size", &opt.gemm_size,
-               "m = n = k of the GEMM ceiling; 0 = 4096 (2048 with --quick).");
+               "m = n = k of the GEMM ceiling; 0 = 4096 (cuda: 8192; 2048 with --quick).");
   absl::Status status = flags.Parse(argc, argv);
   if (!status.ok()) {
     std::fprintf(stderr, "moe_bench: %s\n", std::string(status.message()).c_str());

@@ -97,13 +97,17 @@ class MoeBlock {
   // can compare the two paths on the same input. Default true.
   void set_batched_path_enabled(bool enabled) { batched_path_enabled_ = enabled; }
 
-  // true keeps the expert counts on the device: the grouped GEMMs read them there
-  // (GroupedGemmArgs::counts), so Forward never waits for the routing to reach the host and a
-  // GPU runs the layers back to back, or as one captured graph. The batched path (which needs
-  // the counts on the host to see that they are equal) and capacity mode are then not used:
-  // with capacity_factor > 0 the counts still go to the host. last_trace().counts is empty.
-  // The results are the same bits as the grouped path with host counts. Default false.
-  void set_counts_on_device(bool enabled) { counts_on_device_ = enabled; }
+  // Forwards of at most `max_tokens` tokens keep the expert counts on the device: the grouped
+  // GEMMs read them there (GroupedGemmArgs::counts), so Forward never waits for the routing to
+  // reach the host and a GPU runs the layers back to back (or as one captured graph). The
+  // batched path (which needs the counts on the host to see that they are equal) and capacity
+  // mode are then not used: with capacity_factor > 0 the counts still go to the host.
+  // last_trace().counts is empty for such a Forward. The results are the bits of the grouped
+  // path with host counts. Meant for small batches (decode), where no expert can get more rows
+  // than a device's short-segment GEMM takes (CudaBackend: 64); default 0 (never).
+  void set_counts_on_device_max_tokens(int64_t max_tokens) {
+    counts_on_device_max_tokens_ = max_tokens;
+  }
 
   // The last Forward's routing, copied to the host: ids [T * K] (ascending expert id within a
   // token) and weights [T * K] (fp32, after renormalisation and route_scale; in a bf16 run with
@@ -124,7 +128,7 @@ class MoeBlock {
 
   absl::Status CheckActivation(absl::string_view name, const Tensor& t, int64_t tokens) const;
   bool CountsStayOnDevice() const {
-    return counts_on_device_ && config_.capacity_factor <= 0.0f;
+    return trace_.tokens <= counts_on_device_max_tokens_ && config_.capacity_factor <= 0.0f;
   }
   void CopyWeightCounters();
   // Steps of Forward, in order (moe_block_steps.cc).
@@ -148,7 +152,7 @@ class MoeBlock {
   MoeCounters counters_;
   std::unique_ptr<ExpertWeights> weights_;
   bool batched_path_enabled_ = true;
-  bool counts_on_device_ = false;
+  int64_t counts_on_device_max_tokens_ = 0;
   int64_t routed_rows_ = 0;  // rows the experts compute this Forward (after capacity drops)
   int64_t reserved_tokens_ = -1;
   // Host-side copies, sized by ReserveTokens so that Forward does not allocate.

@@ -207,7 +207,8 @@ TEST_F(MoePathsTest, DeterministicAcrossCallsAndThreads) {
 
 // Counts kept on the device (GroupedGemmArgs::counts): the same bits as the grouped path with
 // host offsets, for softmax / sigmoid-with-groups routers, shared experts, odd T and both
-// dtypes; the trace has no counts then. Capacity mode still takes its counts to the host.
+// dtypes; the trace has no counts then. Capacity mode and T above the limit still take the
+// counts to the host.
 TEST_F(MoePathsTest, CountsOnDeviceGiveTheGroupedPathsBits) {
   for (DType dtype : {DType::kF32, DType::kBF16}) {
     for (bool deepseek : {false, true}) {
@@ -227,7 +228,7 @@ TEST_F(MoePathsTest, CountsOnDeviceGiveTheGroupedPathsBits) {
       auto device = Block(c, w);
       ASSERT_TRUE(host != nullptr && device != nullptr);
       host->set_batched_path_enabled(false);
-      device->set_counts_on_device(true);
+      device->set_counts_on_device_max_tokens(100);
       for (int64_t t : {1, 3, 16, 67}) {
         SCOPED_TRACE(absl::StrCat(DTypeName(dtype), deepseek ? " deepseek" : " softmax", " T=", t));
         const std::vector<double> x = RandomRoutableInput(c, w, t, rng_);
@@ -244,8 +245,17 @@ TEST_F(MoePathsTest, CountsOnDeviceGiveTheGroupedPathsBits) {
   c.capacity_factor = 0.5f;
   auto block = Block(c, RandomWeights(c, rng_));
   ASSERT_NE(block, nullptr);
-  block->set_counts_on_device(true);
+  block->set_counts_on_device_max_tokens(64);
   Run(block.get(), RoundTo(RandomUniform(8 * 32, rng_), c.dtype), 8);
+  EXPECT_EQ(block->last_trace().counts.size(), 4u);
+  // Above the limit the counts go to the host as usual.
+  c.capacity_factor = 0.0f;
+  block = Block(c, RandomWeights(c, rng_));
+  ASSERT_NE(block, nullptr);
+  block->set_counts_on_device_max_tokens(4);
+  Run(block.get(), RoundTo(RandomUniform(4 * 32, rng_), c.dtype), 4);
+  EXPECT_TRUE(block->last_trace().counts.empty());
+  Run(block.get(), RoundTo(RandomUniform(5 * 32, rng_), c.dtype), 5);
   EXPECT_EQ(block->last_trace().counts.size(), 4u);
 }
 
