@@ -1,6 +1,7 @@
-// model_bench: times a whole model (moe::Model on the CPU backend) loaded from a Hugging Face
-// checkpoint folder: prefill tokens/s for B prompts of L tokens, and decode tokens/s for B
-// sequences that already hold --context tokens, next to floors from the machine's measured
+// model_bench: times a whole model (moe::Model on the CPU or CUDA backend) loaded from a Hugging
+// Face checkpoint folder, or with --random_weights from config.json alone (random weights of the
+// real shapes, no checkpoint): prefill tokens/s for B prompts of L tokens, and decode tokens/s
+// for B sequences that already hold --context tokens, next to floors from the machine's measured
 // ceilings (memory bandwidth, bf16 GEMM peak). Optionally times Hugging Face transformers on
 // the same folder and shapes (tools/fixtures/hf_decode_bench.py). Prints a table and writes JSON.
 #include <omp.h>
@@ -39,6 +40,8 @@ namespace {
 
 struct Options {
   std::string model;
+  bool random_weights = false;
+  int64_t random_seed = 0;
   std::vector<std::string> phases = {"prefill", "decode"};
   std::string dtype = "bf16";
   int64_t threads = 0;
@@ -529,6 +532,8 @@ std::string FormatJson(const Options& opt, const Model& model, const CostModel& 
                   ", \"head_dim\": ", m.head_dim, ", \"experts\": ", m.moe.num_experts,
                   ", \"top_k\": ", m.moe.top_k, ", \"expert_inter\": ", m.moe.inter,
                   ", \"vocab\": ", m.vocab_size, ", \"dtype\": ", JsonQuote(opt.dtype),
+                  ", \"weights\": ", JsonQuote(opt.random_weights ? "random" : "checkpoint"),
+                  opt.random_weights ? absl::StrCat(", \"random_seed\": ", opt.random_seed) : "",
                   ", \"weight_bytes\": ", model.weight_bytes(),
                   ", \"dense_bytes\": ", JsonNumber(cost.dense_bytes()),
                   ", \"lm_head_bytes\": ", JsonNumber(cost.lm_head_bytes()),
@@ -626,6 +631,11 @@ absl::Status Run(Options opt) {
         absl::StrCat("--backend=", opt.backend, " is not one of cpu, cuda"));
   }
   const bool on_gpu = opt.backend == "cuda";
+  if (opt.random_weights && opt.hf_compare) {
+    return absl::InvalidArgumentError(
+        "--hf_compare runs transformers on the folder's checkpoint; not with --random_weights "
+        "(the engine's weights would not be the checkpoint's)");
+  }
   if (on_gpu && opt.hf_compare) {
     return absl::InvalidArgumentError(
         "--hf_compare times transformers on the CPU; not with --backend=cuda");
@@ -649,17 +659,37 @@ absl::Status Run(Options opt) {
                  "be noisy\n",
                  load_start);
   }
-  std::fprintf(stderr, "loading %s (%s)\n", opt.model.c_str(), opt.dtype.c_str());
+  const std::string weights =
+      opt.random_weights ? absl::StrCat("random weights, seed ", opt.random_seed) : "checkpoint";
+  std::fprintf(stderr, "loading %s (%s, %s)\n", opt.model.c_str(), opt.dtype.c_str(),
+               weights.c_str());
   const double load_t0 = NowSeconds();
-  MOE_ASSIGN_OR_RETURN(
-      std::unique_ptr<Model> model,
-      Model::Load(opt.model, ModelOptions{.dtype = dtype}, backend.get(), &allocator));
+  ModelOptions model_options;
+  model_options.dtype = dtype;
+  model_options.random_weights = opt.random_weights;
+  model_options.random_seed = static_cast<uint64_t>(opt.random_seed);
+  // Progress: in place on a terminal, else a line at every eighth of the steps.
+  const bool tty = isatty(STDERR_FILENO);
+  model_options.on_load_progress = [&](int64_t done, int64_t total) {
+    if (tty) {
+      std::fprintf(stderr, "\rloading: step %" PRId64 "/%" PRId64 "%s", done, total,
+                   done == total ? "\r\033[K" : "");
+    } else if (done == total || (done * 8 / total) != ((done - 1) * 8 / total)) {
+      std::fprintf(stderr, "loading: step %" PRId64 "/%" PRId64 " after %.1f s\n", done, total,
+                   NowSeconds() - load_t0);
+    }
+  };
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Model> model,
+                       Model::Load(opt.model, model_options, backend.get(), &allocator));
+  const double load_s = NowSeconds() - load_t0;
   const ModelConfig& mc = model->config();
   std::printf("model: %s, %s, %" PRId64 " layers, D %" PRId64 ", %" PRId64 " experts top-%" PRId64
-              ", I %" PRId64 ", vocab %" PRId64 ", %.2f GB of weights (loaded in %.1f s)\n",
+              ", I %" PRId64 ", vocab %" PRId64 ", %.2f GB of weights (%s; loaded in %.1f s, "
+              "%.2f GB/s)\n",
               opt.model.c_str(), std::string(ModelFamilyName(mc.family)).c_str(),
               mc.num_hidden_layers, mc.hidden_size, mc.moe.num_experts, mc.moe.top_k, mc.moe.inter,
-              mc.vocab_size, model->weight_bytes() / 1e9, NowSeconds() - load_t0);
+              mc.vocab_size, model->weight_bytes() / 1e9, weights.c_str(), load_s,
+              model->weight_bytes() / 1e9 / std::max(load_s, 1e-9));
   for (const Row& r : rows) {
     const int64_t positions = r.phase == "prefill" ? r.len : opt.context + opt.decode_steps;
     if (positions > mc.max_position_embeddings) {
@@ -711,9 +741,11 @@ absl::Status Run(Options opt) {
 int main(int argc, char** argv) {
   moe::tools::Options opt;
   moe::tools::FlagParser flags(
-      "model_bench: time a whole model (moe::Model, CPU backend) from a Hugging Face checkpoint\n"
-      "folder. Prefill: one Forward of B prompts of L tokens (logits of each prompt's last\n"
-      "token). Decode: B sequences holding --context tokens (filled first, untimed) take\n"
+      "model_bench: time a whole model (moe::Model, CPU or CUDA backend) from a Hugging Face\n"
+      "checkpoint folder, or with --random_weights from a folder holding only config.json (random\n"
+      "weights of the real shapes; models/bench/ has such folders).\n"
+      "Prefill: one Forward of B prompts of L tokens (logits of each prompt's last token).\n"
+      "Decode: B sequences holding --context tokens (filled first, untimed) take\n"
       "--decode_steps one-token steps; ms/step is the average step, tokens/s = B / step time.\n"
       "Each row is the best of --reps after --warmup. Floor = max(bytes / bandwidth, FLOPs /\n"
       "bf16 GEMM peak), both measured here (before and after the rows, the better kept); bytes =\n"
@@ -723,8 +755,15 @@ int main(int argc, char** argv) {
       "\n"
       "  bazel run -c opt //tools:model_bench -- --model models/qwen3-moe-tiny\n"
       "  python3 tools/fixtures/make_random_checkpoint.py --preset qwen3-30b-a3b --layers 2\n"
-      "  bazel run //tools:model_bench -- --model /tmp/bench/qwen3-30b-a3b-2l --json auto\n");
-  flags.AddString("model", &opt.model, "Checkpoint folder (config.json + safetensors).");
+      "  bazel run //tools:model_bench -- --model /tmp/bench/qwen3-30b-a3b-2l --json auto\n"
+      "  model_bench --model models/bench/qwen3-30b-a3b --random_weights --backend cuda\n");
+  flags.AddString("model", &opt.model,
+                  "Checkpoint folder (config.json + safetensors; only config.json with\n"
+                  "--random_weights).");
+  flags.AddBool("random_weights", &opt.random_weights,
+                "Draw random weights (from --random_seed and each tensor's name) instead of\n"
+                "reading a checkpoint: the folder needs only config.json. Not with --hf_compare.");
+  flags.AddInt("random_seed", &opt.random_seed, "Seed of --random_weights.");
   flags.AddStringList("phases", &opt.phases, "What to time: prefill, decode or both.");
   flags.AddString("dtype", &opt.dtype, "Run dtype: f32 or bf16.");
   flags.AddInt("threads", &opt.threads, "CPU threads; 0 = all cores.");

@@ -13,9 +13,9 @@
 #include "engine/layers/mlp/dense_mlp.h"
 #include "engine/layers/moe/moe_block.h"
 #include "engine/model/checkpoint_layout.h"
-#include "engine/model/checkpoint_staging.h"
 #include "engine/model/moe_layer_loader.h"
 #include "engine/model/safetensors_index.h"
+#include "engine/model/tensor_source.h"
 #include "kernels/status_macros.h"
 
 namespace moe {
@@ -34,6 +34,10 @@ struct Model::Layer {
 
 namespace {
 
+// Batches up to this size never give an expert more rows than the CUDA backend's short-segment
+// GEMM takes (CublasLtGemm::kDefaultSegmentMaxRows), so its one-launch device-count path runs.
+constexpr int64_t kDeviceCountsMaxTokens = 64;
+
 // The tensors of `config` named `name` (ExpectedTensors order), or null.
 const ExpectedTensor* FindExpected(const std::vector<ExpectedTensor>& all,
                                    const std::string& name) {
@@ -43,18 +47,19 @@ const ExpectedTensor* FindExpected(const std::vector<ExpectedTensor>& all,
   return nullptr;
 }
 
-// Loads expected tensors by name into staging; the layer Create functions read the views.
+// Loads expected tensors by name from one staging of the source; the layer Create functions
+// read them while it lives.
 class LayerTensors {
  public:
-  LayerTensors(const SafetensorsCheckpoint& checkpoint, const std::vector<ExpectedTensor>& all)
-      : checkpoint_(checkpoint), all_(all) {}
+  LayerTensors(const TensorSource& source, const std::vector<ExpectedTensor>& all)
+      : all_(all), staging_(source.NewStaging()) {}
 
   absl::StatusOr<Tensor> Get(const std::string& name) {
     const ExpectedTensor* want = FindExpected(all_, name);
     if (want == nullptr) {
       return absl::InternalError(absl::StrCat("model: no expected tensor \"", name, "\""));
     }
-    return staging_.Load(checkpoint_, *want);
+    return staging_->Load(*want);
   }
   // Sets *out to tensor `name` if `present`, else leaves it "not given".
   absl::Status GetIf(bool present, const std::string& name, Tensor* out) {
@@ -64,9 +69,8 @@ class LayerTensors {
   }
 
  private:
-  const SafetensorsCheckpoint& checkpoint_;
   const std::vector<ExpectedTensor>& all_;
-  CheckpointStaging staging_;
+  std::unique_ptr<TensorStaging> staging_;
 };
 
 absl::StatusOr<std::unique_ptr<Buffer>> UploadAs(const Tensor& host, DType dtype, Backend* backend,
@@ -189,16 +193,23 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
                                                    " is not supported (f32 or bf16)"));
   }
   MOE_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
-                       SafetensorsCheckpoint::OpenDir(model_dir));
-  MOE_RETURN_IF_ERROR(CheckCheckpoint(config, *checkpoint));
+  // Random weights: no checkpoint to open or check; the rest is the checkpoint's code path.
+  std::unique_ptr<SafetensorsCheckpoint> checkpoint;
+  std::unique_ptr<TensorSource> source;
+  if (options.random_weights) {
+    source = std::make_unique<RandomTensorSource>(options.random_seed, RandomWeightDType(config));
+  } else {
+    MOE_ASSIGN_OR_RETURN(checkpoint, SafetensorsCheckpoint::OpenDir(model_dir));
+    MOE_RETURN_IF_ERROR(CheckCheckpoint(config, *checkpoint));
+    source = std::make_unique<CheckpointTensorSource>(*checkpoint);
+  }
 
   std::unique_ptr<Model> m(new Model(config, options, backend, allocator));
   const DType dtype = options.dtype;
   const std::vector<ExpectedTensor> all = ExpectedTensors(config);
   m->weight_bytes_ = WeightBytes(config, all, dtype);
   {
-    LayerTensors tensors(*checkpoint, all);
+    LayerTensors tensors(*source, all);
     MOE_ASSIGN_OR_RETURN(Tensor embed, tensors.Get("model.embed_tokens.weight"));
     MOE_ASSIGN_OR_RETURN(Tensor norm, tensors.Get("model.norm.weight"));
     Tensor head = embed;
@@ -224,7 +235,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
   progress(1);
   for (int i = 0; i < config.num_hidden_layers; ++i) {
     // One layer's staging at a time: host memory peaks at one layer's weights.
-    LayerTensors tensors(*checkpoint, all);
+    LayerTensors tensors(*source, all);
     auto layer = std::make_unique<Layer>();
     const std::string l = absl::StrCat("model.layers.", i, ".");
     MOE_ASSIGN_OR_RETURN(Tensor in_norm, tensors.Get(l + "input_layernorm.weight"));
@@ -243,7 +254,12 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
     }
     if (config.layer_is_moe[i]) {
       MOE_ASSIGN_OR_RETURN(layer->moe,
-                           LoadMoeLayer(config, *checkpoint, i, dtype, backend, allocator));
+                           LoadMoeLayer(config, *source, i, dtype, backend, allocator));
+      // On a GPU, decode-sized batches keep the expert counts on the device, so a step does not
+      // wait for each layer's routing (MoeBlock::set_counts_on_device_max_tokens).
+      if (backend->device().type != DeviceType::kCpu) {
+        layer->moe->set_counts_on_device_max_tokens(kDeviceCountsMaxTokens);
+      }
     } else {
       MOE_ASSIGN_OR_RETURN(layer->mlp,
                            LoadDenseMlp(config, i, tensors, dtype, backend, allocator));

@@ -14,7 +14,8 @@
 // tensor against ExpectedTensors before touching any (one Status listing the problems, naming
 // file and tensor), converts each weight once to the run dtype and transforms it once into the
 // engine's layout (fused w13, transposed w2, fused qkv, packed GEMM operands). The memory map
-// is closed when Load returns.
+// is closed when Load returns. With ModelOptions::random_weights the weights are drawn instead
+// (no checkpoint), through the same path.
 //
 // Thread-compatible: one thread at a time. The backend and allocator must outlive the model.
 #ifndef MOE_ENGINE_MODEL_MODEL_H_
@@ -70,6 +71,16 @@ class KvCache {
 
 struct ModelOptions {
   DType dtype = DType::kF32;  // run dtype: f32 or bf16
+  // Random weights instead of the checkpoint's (vLLM's --load-format dummy), for benchmarks of
+  // real shapes without their checkpoint: the folder needs only config.json, which is read and
+  // validated as always; no safetensors file is opened (none need exist) and CheckCheckpoint is
+  // skipped (nothing to check). Every tensor of ExpectedTensors is drawn from (random_seed, its
+  // name) by RandomTensorSource (tensor_source.h: the values and their scales) in the config's
+  // checkpoint dtype (RandomWeightDType: bf16 unless config.json says f32 / f16), a layer at a
+  // time, and then takes the checkpoint's path (conversion to the run dtype, fusion, packing,
+  // upload). The same seed gives the same weights on every machine and thread count.
+  bool random_weights = false;
+  uint64_t random_seed = 0;
   // Called during Load after each of the steps (embedding and lm_head, then every layer) with
   // (steps done, total steps), on the loading thread; may be empty.
   std::function<void(int64_t, int64_t)> on_load_progress;
@@ -77,10 +88,11 @@ struct ModelOptions {
 
 class Model {
  public:
-  // Loads <model_dir>. Errors: LoadModelConfig's, the checkpoint's (NotFound for a missing
-  // model.safetensors / index naming both, InvalidArgument naming file and tensor),
-  // CheckCheckpoint's, InvalidArgument for a run dtype other than f32 / bf16, and the
-  // backend's (ResourceExhausted when the weights do not fit).
+  // Loads <model_dir>. Errors: LoadModelConfig's (NotFound naming <model_dir>/config.json when
+  // it is missing), the checkpoint's (NotFound for a missing model.safetensors / index naming
+  // both, InvalidArgument naming file and tensor), CheckCheckpoint's (none of those three with
+  // random_weights), InvalidArgument for a run dtype other than f32 / bf16, and the backend's
+  // (ResourceExhausted when the weights do not fit).
   static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& model_dir,
                                                      const ModelOptions& options,
                                                      Backend* backend, Allocator* allocator);

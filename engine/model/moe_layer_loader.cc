@@ -9,7 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "engine/model/checkpoint_layout.h"
-#include "engine/model/checkpoint_staging.h"
+#include "engine/model/tensor_source.h"
 #include "kernels/status_macros.h"
 
 namespace moe {
@@ -40,6 +40,14 @@ absl::StatusOr<std::unique_ptr<MoeBlock>> LoadMoeLayer(const ModelConfig& config
                                                        const SafetensorsCheckpoint& checkpoint,
                                                        int layer, DType run_dtype, Backend* backend,
                                                        Allocator* allocator) {
+  return LoadMoeLayer(config, CheckpointTensorSource(checkpoint), layer, run_dtype, backend,
+                      allocator);
+}
+
+absl::StatusOr<std::unique_ptr<MoeBlock>> LoadMoeLayer(const ModelConfig& config,
+                                                       const TensorSource& source, int layer,
+                                                       DType run_dtype, Backend* backend,
+                                                       Allocator* allocator) {
   if (layer < 0 || layer >= config.num_hidden_layers) {
     return absl::InvalidArgumentError(absl::StrCat(
         "LoadMoeLayer: layer ", layer, " is out of range [0, ", config.num_hidden_layers, ")"));
@@ -53,10 +61,10 @@ absl::StatusOr<std::unique_ptr<MoeBlock>> LoadMoeLayer(const ModelConfig& config
   weights.w1.resize(moe.num_experts);
   weights.w3.resize(moe.num_experts);
   weights.w2.resize(moe.num_experts);
-  CheckpointStaging staging;
+  const std::unique_ptr<TensorStaging> staging = source.NewStaging();
   for (const ExpectedTensor& want : ExpectedTensors(config)) {
     if (want.layer != layer || !IsMoeRole(want.role)) continue;
-    MOE_ASSIGN_OR_RETURN(Tensor t, staging.Load(checkpoint, want));
+    MOE_ASSIGN_OR_RETURN(Tensor t, staging->Load(want));
     const absl::string_view name = want.name;
     // Mixtral names the projections w1 / w3 / w2, the other families gate / up / down_proj.
     const bool is_w1 =

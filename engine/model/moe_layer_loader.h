@@ -2,10 +2,10 @@
 //
 // The layer's router gate, DeepSeek-V3's e_score_correction_bias, the routed experts'
 // gate/up/down projections (Mixtral: w1/w3/w2), the shared experts and Qwen2-MoE's
-// shared_expert_gate are read under the names of ExpectedTensors (checkpoint_layout.h), copied
-// out of the memory map into aligned host staging (safetensors data may be unaligned) and handed
-// to MoeBlock::Create, which converts them to run_dtype and fuses them. The staging is freed
-// before returning; the block keeps no reference to the checkpoint.
+// shared_expert_gate are read under the names of ExpectedTensors (checkpoint_layout.h) from a
+// TensorSource (tensor_source.h: the checkpoint's memory map, aligned, or random values) and
+// handed to MoeBlock::Create, which converts them to run_dtype and fuses them. The staging is
+// freed before returning; the block keeps no reference to the source.
 //
 // Thread-safety: a free function; the checkpoint is only read. The backend and allocator are
 // used as MoeBlock::Create uses them and must outlive the block.
@@ -18,6 +18,7 @@
 #include "engine/layers/moe/moe_block.h"
 #include "engine/model/model_config.h"
 #include "engine/model/safetensors_index.h"
+#include "engine/model/tensor_source.h"
 #include "kernels/backend.h"
 #include "kernels/dtype.h"
 
@@ -39,6 +40,12 @@ MoeConfig MoeLayerConfig(const ModelConfig& config, DType run_dtype);
 absl::StatusOr<std::unique_ptr<MoeBlock>> LoadMoeLayer(const ModelConfig& config,
                                                        const SafetensorsCheckpoint& checkpoint,
                                                        int layer, DType run_dtype, Backend* backend,
+                                                       Allocator* allocator);
+
+// The same from any TensorSource (errors: the source's instead of the checkpoint's).
+absl::StatusOr<std::unique_ptr<MoeBlock>> LoadMoeLayer(const ModelConfig& config,
+                                                       const TensorSource& source, int layer,
+                                                       DType run_dtype, Backend* backend,
                                                        Allocator* allocator);
 
 }  // namespace moe
