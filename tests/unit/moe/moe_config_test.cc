@@ -354,10 +354,13 @@ TEST_F(MoeCreateTest, ForwardArguments) {
   auto half = make(DType::kBF16, Shape({4, 32}));
   expect(half->tensor, out->tensor, "moe: x has dtype bf16, expected f32 (config.dtype)");
   expect(x->tensor, half->tensor, "moe: out has dtype bf16, expected f32 (config.dtype)");
-  const Tensor remote =
-      Tensor::Wrap(x->tensor.data(), Device::Cuda(0), DType::kF32, Shape({4, 32}));
-  expect(remote, out->tensor, "moe: x is on cuda:0, expected cpu (the backend's device)");
-  expect(x->tensor, remote, "moe: out is on cuda:0, expected cpu (the backend's device)");
+  const Device here = dev_.backend->device();
+  const Device other = here.type == DeviceType::kCpu ? Device::Cuda(0) : Device::Cpu();
+  const Tensor remote = Tensor::Wrap(x->tensor.data(), other, DType::kF32, Shape({4, 32}));
+  const std::string where =
+      absl::StrCat(" is on ", other.ToString(), ", expected ", here.ToString(), " (the backend's device)");
+  expect(remote, out->tensor, absl::StrCat("moe: x", where));
+  expect(x->tensor, remote, absl::StrCat("moe: out", where));
 }
 
 TEST_F(MoeCreateTest, UpdateArguments) {

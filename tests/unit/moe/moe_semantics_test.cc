@@ -106,9 +106,9 @@ TEST_F(MoeSemanticsTest, OutputOverlappingInputIsNotWrittenInPlace) {
       ASSERT_TRUE(buf.ok());
       const int64_t elem = DTypeSize(dtype);
       char* base = static_cast<char*>(buf->buffer->data());
-      const Tensor xt = Tensor::Wrap(base + x_offset * elem, Device::Cpu(), dtype, Shape({t, d}));
-      const Tensor out =
-          Tensor::Wrap(base + a.out_offset * elem, Device::Cpu(), dtype, Shape({t, d}));
+      const Device device = dev_.backend->device();
+      const Tensor xt = Tensor::Wrap(base + x_offset * elem, device, dtype, Shape({t, d}));
+      const Tensor out = Tensor::Wrap(base + a.out_offset * elem, device, dtype, Shape({t, d}));
       const std::vector<uint8_t> x_bytes = DownloadBytes(dev_.backend.get(), xt);
       auto result = block->Forward(xt, out);
       ASSERT_TRUE(result.ok()) << result.status();
