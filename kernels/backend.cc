@@ -426,6 +426,13 @@ absl::Status Backend::RmsNorm(const RmsNormArgs& a) {
   }
   MOE_RETURN_IF_ERROR(CheckLd(kOp, "x_ld", a.x_ld, a.cols));
   MOE_RETURN_IF_ERROR(CheckLd(kOp, "out_ld", a.out_ld, a.cols));
+  MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "rows_per_group", a.rows_per_group));
+  if (a.rows_per_group > 0 && (a.group_ld < a.rows_per_group * a.x_ld ||
+                               a.group_ld < a.rows_per_group * a.out_ld)) {
+    return Invalid(kOp, absl::StrCat("group_ld=", a.group_ld, " is less than rows_per_group=",
+                                     a.rows_per_group, " rows of x_ld=", a.x_ld, " / out_ld=",
+                                     a.out_ld));
+  }
   if (a.x == a.out && a.x_ld != a.out_ld) {
     return Invalid(kOp, absl::StrCat("in place with x_ld=", a.x_ld, " != out_ld=", a.out_ld));
   }

@@ -310,7 +310,19 @@ struct RmsNormArgs {
   float eps = 1e-6f;
   void* out = nullptr;  // [rows, cols]
   int64_t out_ld = 0;
+  // Rows in groups, e.g. the heads of each token in a fused qkv buffer (qk-norm: one call for
+  // every token): with rows_per_group > 0, row i is at x + (i / rows_per_group) * group_ld +
+  // (i % rows_per_group) * x_ld, and at out + the same with out_ld. 0: row i at x + i * x_ld.
+  // group_ld must be >= rows_per_group * x_ld and >= rows_per_group * out_ld.
+  int64_t rows_per_group = 0;
+  int64_t group_ld = 0;
 };
+
+// The element offset of row i of an RmsNormArgs operand with leading dim `ld`.
+inline int64_t RmsNormRowOffset(const RmsNormArgs& a, int64_t i, int64_t ld) {
+  if (a.rows_per_group <= 0) return i * ld;
+  return (i / a.rows_per_group) * a.group_ld + (i % a.rows_per_group) * ld;
+}
 
 // Which dims of a head's rotated part form the pairs that RoPE rotates by frequency i.
 // kHalf: (i, i + rotary_dim / 2), Hugging Face's rotate_half (Llama, Mixtral, Qwen2/3-MoE).

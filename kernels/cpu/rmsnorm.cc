@@ -65,7 +65,8 @@ absl::Status CpuBackend::RunRmsNorm(const RmsNormArgs& args) {
     auto* out = static_cast<float*>(args.out);
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, chunk)
     for (int64_t r = 0; r < args.rows; ++r) {
-      RowF32(x + r * args.x_ld, w, cols, args.eps, out + r * args.out_ld);
+      RowF32(x + RmsNormRowOffset(args, r, args.x_ld), w, cols, args.eps,
+             out + RmsNormRowOffset(args, r, args.out_ld));
     }
   } else {
     const auto* x = static_cast<const uint16_t*>(args.x);
@@ -73,7 +74,8 @@ absl::Status CpuBackend::RunRmsNorm(const RmsNormArgs& args) {
     auto* out = static_cast<uint16_t*>(args.out);
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, chunk)
     for (int64_t r = 0; r < args.rows; ++r) {
-      RowBf16(x + r * args.x_ld, w, cols, args.eps, out + r * args.out_ld);
+      RowBf16(x + RmsNormRowOffset(args, r, args.x_ld), w, cols, args.eps,
+              out + RmsNormRowOffset(args, r, args.out_ld));
     }
   }
   return absl::OkStatus();

@@ -36,13 +36,17 @@ __device__ __forceinline__ float NormValue(bf16 x, bf16 w, float inv) {
 template <typename T, int N>
 __global__ void __launch_bounds__(kNormThreads)
     RmsNormKernel(const T* x, int64_t x_ld, const T* __restrict__ w, float eps, T* out,
-                  int64_t out_ld, int64_t rows, int64_t cols) {
+                  int64_t out_ld, int64_t rows, int64_t cols, int64_t rows_per_group,
+                  int64_t group_ld) {
   __shared__ float squares[kNormChunk];
   __shared__ float lanes[8];
   __shared__ float inv_rms;
   const int tid = threadIdx.x;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const T* xr = x + r * x_ld;
+    // The row's place (RmsNormRowOffset, backend.h).
+    const int64_t group = rows_per_group > 0 ? r / rows_per_group : 0;
+    const int64_t in_group = rows_per_group > 0 ? r % rows_per_group : r;
+    const T* xr = x + group * group_ld + in_group * x_ld;
     // Threads 0..7 each own one lane's sequential sum across the chunks.
     float lane = 0.0f;
     for (int64_t c0 = 0; c0 < cols; c0 += kNormChunk) {
@@ -78,7 +82,7 @@ __global__ void __launch_bounds__(kNormThreads)
     }
     __syncthreads();
     const float inv = inv_rms;
-    T* o = out + r * out_ld;
+    T* o = out + group * group_ld + in_group * out_ld;
     const int64_t nvec = cols / N;
     for (int64_t k = tid; k < nvec; k += kNormThreads) {
       const Pack<T, N> px = LoadPack<T, N>(xr + k * N);
@@ -104,13 +108,16 @@ absl::Status RmsNormAs(const RmsNormArgs& args, cudaStream_t stream) {
   auto* out = static_cast<T*>(args.out);
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(args.rows, int64_t{1} << 20));
   const bool vec = kernel_util::Aligned(x, 16) && kernel_util::Aligned(w, 16) &&
-                   kernel_util::Aligned(out, 16) && args.x_ld % kN == 0 && args.out_ld % kN == 0;
+                   kernel_util::Aligned(out, 16) && args.x_ld % kN == 0 && args.out_ld % kN == 0 &&
+                   args.group_ld % kN == 0;
   if (vec) {
     RmsNormKernel<T, kN><<<blocks, kNormThreads, 0, stream>>>(x, args.x_ld, w, args.eps, out,
-                                                              args.out_ld, args.rows, args.cols);
+                                                              args.out_ld, args.rows, args.cols,
+                                                              args.rows_per_group, args.group_ld);
   } else {
     RmsNormKernel<T, 1><<<blocks, kNormThreads, 0, stream>>>(x, args.x_ld, w, args.eps, out,
-                                                             args.out_ld, args.rows, args.cols);
+                                                             args.out_ld, args.rows, args.cols,
+                                                              args.rows_per_group, args.group_ld);
   }
   MOE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();

@@ -191,24 +191,25 @@ absl::Status GqaAttention::Forward(const Tensor& x, const GqaAttentionBatch& bat
   uint8_t* k = qkv_data + h * hd * es;
   uint8_t* v = qkv_data + (h + kv) * hd * es;
   if (config_.qk_norm) {
-    // Heads of one token are contiguous rows of hd, but q and k alternate between tokens in
-    // the fused layout, so one call per token and tensor.
+    // Heads of one token are contiguous rows of hd, and tokens are n apart in the fused
+    // layout: one call for the q heads of every token, one for the k heads.
     const auto* norms = static_cast<const uint8_t*>(norms_->data());
-    for (int64_t r = 0; r < t; ++r) {
-      RmsNormArgs norm;
-      norm.cols = hd;
-      norm.dtype = dtype;
-      norm.eps = config_.rms_eps;
-      norm.x_ld = norm.out_ld = hd;
-      norm.rows = h;
-      norm.x = norm.out = q + r * n * es;
-      norm.weight = norms;
-      MOE_RETURN_IF_ERROR(backend_->RmsNorm(norm));
-      norm.rows = kv;
-      norm.x = norm.out = k + r * n * es;
-      norm.weight = norms + hd * es;
-      MOE_RETURN_IF_ERROR(backend_->RmsNorm(norm));
-    }
+    RmsNormArgs norm;
+    norm.cols = hd;
+    norm.dtype = dtype;
+    norm.eps = config_.rms_eps;
+    norm.x_ld = norm.out_ld = hd;
+    norm.group_ld = n;
+    norm.rows = t * h;
+    norm.rows_per_group = h;
+    norm.x = norm.out = q;
+    norm.weight = norms;
+    MOE_RETURN_IF_ERROR(backend_->RmsNorm(norm));
+    norm.rows = t * kv;
+    norm.rows_per_group = kv;
+    norm.x = norm.out = k;
+    norm.weight = norms + hd * es;
+    MOE_RETURN_IF_ERROR(backend_->RmsNorm(norm));
   }
 
   const auto* rope_table = static_cast<const float*>(rope_->data());

@@ -125,6 +125,33 @@ TEST_F(RmsNormTest, InPlaceEqualsOutOfPlace) {
   }
 }
 
+// Grouped rows (qk-norm over the heads of every token of a fused qkv buffer) give the bits of
+// one call per group, leave the rest of the buffer alone, and group_ld is checked.
+TEST_F(RmsNormTest, GroupedRowsEqualOneCallPerGroup) {
+  std::mt19937_64 rng(TestSeed());
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const int64_t groups = 5, per = 3, cols = 24, group_ld = 4 * cols + 8;
+    const std::vector<double> x = RoundTo(RandomUniform(groups * group_ld, rng), dtype);
+    const std::vector<uint8_t> w = Encode(RoundTo(RandomUniform(cols, rng), dtype), dtype);
+    std::vector<uint8_t> grouped = Encode(x, dtype), single = grouped;
+    RmsNormArgs a = MakeArgs(dtype, groups * per, cols, grouped.data(), cols, w.data(),
+                             grouped.data(), cols);
+    a.rows_per_group = per;
+    a.group_ld = group_ld;
+    ASSERT_TRUE(two_.RmsNorm(a).ok());
+    const int64_t es = DTypeSize(dtype);
+    for (int64_t g = 0; g < groups; ++g) {
+      uint8_t* base = single.data() + g * group_ld * es;
+      ASSERT_TRUE(two_.RmsNorm(MakeArgs(dtype, per, cols, base, cols, w.data(), base, cols)).ok());
+    }
+    EXPECT_EQ(grouped, single);
+    a.group_ld = per * cols - 1;
+    const absl::Status s = two_.RmsNorm(a);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find("group_ld="), absl::string_view::npos) << s;
+  }
+}
+
 TEST_F(RmsNormTest, ZeroRowGivesZeros) {
   const std::vector<float> x(10, 0.0f), w(10, 2.0f);
   std::vector<float> out(10, 5.0f);
