@@ -8,7 +8,8 @@ bench=tools/model_bench
 model=models/qwen3-moe-tiny
 tmp="${TEST_TMPDIR:-$(mktemp -d)}"
 
-"${bench}" --help | grep -q -- "--decode_batch"
+"${bench}" --help > "${tmp}/help.txt"  # no pipe: grep -q would SIGPIPE the writer
+grep -q -- "--decode_batch" "${tmp}/help.txt"
 for bad in "--prefill 4y8" "--decode_batch 0" "--dtype f16" "--bogus"; do
   if "${bench}" --model "${model}" ${bad} 2>"${tmp}/err.txt"; then
     echo "model_bench accepted ${bad}" >&2
