@@ -1,5 +1,8 @@
 #include "tools/flags.h"
 
+#include <cstdio>
+#include <string>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -154,6 +157,26 @@ std::string FlagParser::Usage() const {
   }
   absl::StrAppend(&out, "  --help\n      Print this text and exit.\n");
   return out;
+}
+
+int RunMain(absl::string_view tool, FlagParser& flags, int argc, char** argv,
+            const std::function<absl::Status()>& run) {
+  absl::Status status = flags.Parse(argc, argv);
+  if (!status.ok()) {
+    std::fprintf(stderr, "%s: %s\n", std::string(tool).c_str(),
+                 std::string(status.message()).c_str());
+    return 2;
+  }
+  if (flags.help_requested()) {
+    std::printf("%s", flags.Usage().c_str());
+    return 0;
+  }
+  status = run();
+  if (!status.ok()) {
+    std::fprintf(stderr, "%s: %s\n", std::string(tool).c_str(), status.ToString().c_str());
+    return 1;
+  }
+  return 0;
 }
 
 }  // namespace moe::tools

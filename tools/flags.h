@@ -50,6 +50,12 @@ class FlagParser {
   bool help_requested_ = false;
 };
 
+// A tool's main after its flags are declared: parses argv; --help prints Usage() (exit 0); a
+// bad flag prints "<tool>: <message>" (exit 2); otherwise runs `run` and prints
+// "<tool>: <status>" when it fails (exit 1), else exits 0.
+int RunMain(absl::string_view tool, FlagParser& flags, int argc, char** argv,
+            const std::function<absl::Status()>& run);
+
 }  // namespace moe::tools
 
 #endif  // MOE_TOOLS_FLAGS_H_

@@ -792,19 +792,6 @@ int main(int argc, char** argv) {
   flags.AddString("hf_python", &opt.hf_python, "Python interpreter for --hf_compare.");
   flags.AddString("hf_script", &opt.hf_script,
                   "The reference script (relative to the source tree).");
-  absl::Status status = flags.Parse(argc, argv);
-  if (!status.ok()) {
-    std::fprintf(stderr, "model_bench: %s\n", std::string(status.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::printf("%s", flags.Usage().c_str());
-    return 0;
-  }
-  status = moe::tools::Run(std::move(opt));
-  if (!status.ok()) {
-    std::fprintf(stderr, "model_bench: %s\n", status.ToString().c_str());
-    return 1;
-  }
-  return 0;
+  return moe::tools::RunMain("model_bench", flags, argc, argv,
+                             [&] { return moe::tools::Run(std::move(opt)); });
 }

@@ -693,19 +693,6 @@ int main(int argc, char** argv) {
                "a device copy; 256 with --quick).");
   flags.AddInt("gemm_size", &opt.gemm_size,
                "m = n = k of the GEMM ceiling; 0 = 4096 (cuda: 8192; 2048 with --quick).");
-  absl::Status status = flags.Parse(argc, argv);
-  if (!status.ok()) {
-    std::fprintf(stderr, "moe_bench: %s\n", std::string(status.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::printf("%s", flags.Usage().c_str());
-    return 0;
-  }
-  status = moe::tools::Run(std::move(opt));
-  if (!status.ok()) {
-    std::fprintf(stderr, "moe_bench: %s\n", status.ToString().c_str());
-    return 1;
-  }
-  return 0;
+  return moe::tools::RunMain("moe_bench", flags, argc, argv,
+                             [&] { return moe::tools::Run(std::move(opt)); });
 }

@@ -182,19 +182,6 @@ int main(int argc, char** argv) {
   flags.AddInt("warmup", &opt.warmup, "Untimed calls after the first one.");
   flags.AddInt("reps", &opt.reps, "Timed calls; the median and minimum are printed.");
   flags.AddInt("seed", &opt.seed, "Seed for weights and input; -1 = the preset's seed.");
-  absl::Status status = flags.Parse(argc, argv);
-  if (!status.ok()) {
-    std::fprintf(stderr, "moe_block_run: %s\n", std::string(status.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::printf("%s", flags.Usage().c_str());
-    return 0;
-  }
-  status = moe::tools::Run(opt);
-  if (!status.ok()) {
-    std::fprintf(stderr, "moe_block_run: %s\n", status.ToString().c_str());
-    return 1;
-  }
-  return 0;
+  return moe::tools::RunMain("moe_block_run", flags, argc, argv,
+                             [&] { return moe::tools::Run(opt); });
 }

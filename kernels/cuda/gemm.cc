@@ -295,45 +295,45 @@ absl::Status CublasLtGemm::GroupedGemm(const GroupedGemmArgs& args, cudaStream_t
     if (segment_kernel && args.num_groups <= kMaxCountGroups && SegmentGemmSupports(shape, {})) {
       return LaunchSegmentGemmCounts(shape, args.counts, args.num_groups, g.m, stream);
     }
-    // No kernel reads these counts on the device: copy them here and take the host path.
-    counts_host_.resize(args.num_groups);
-    MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(counts_host_.data(), args.counts,
+    // No kernel reads these counts on the device: copy them here (offsets_host_[1..]) and
+    // take the host path with their running sum, clipped to m as the kernel would.
+    offsets_host_.assign(args.num_groups + 1, 0);
+    MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(offsets_host_.data() + 1, args.counts,
                                              args.num_groups * sizeof(int64_t),
                                              cudaMemcpyDeviceToHost, stream));
     MOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-    std::vector<int64_t> offsets(args.num_groups + 1, 0);
     for (int64_t i = 0; i < args.num_groups; ++i) {
-      offsets[i + 1] = std::min(g.m, offsets[i] + std::max<int64_t>(counts_host_[i], 0));
+      offsets_host_[i + 1] =
+          std::min(g.m, offsets_host_[i] + std::max<int64_t>(offsets_host_[i + 1], 0));
     }
     GroupedGemmArgs with_offsets = args;
     with_offsets.counts = nullptr;
-    with_offsets.offsets = offsets.data();
+    with_offsets.offsets = offsets_host_.data();
     return GroupedGemm(with_offsets, stream);
   }
+  // One segment as its plain GEMM (Run picks the segment kernel or cuBLASLt for its rows).
+  auto plain = [&](const SegmentGemmSegment& seg) {
+    return Run("grouped_gemm", g, seg.rows, Offset(g.a, seg.a_offset, g.a_dtype),
+               Offset(b, seg.group * stride_b, g.b_dtype), ldb, b_is_nk,
+               Offset(g.c, seg.c_offset, g.c_dtype), 1, 0, 0, 0, stream);
+  };
   short_segments_.clear();
   for (int64_t i = 0; i < args.num_groups; ++i) {
     const int64_t first = args.offsets[i];
-    const int64_t rows = args.offsets[i + 1] - first;
-    if (rows == 0) continue;
-    if (segment_kernel && rows <= segment_max_rows_) {
-      short_segments_.push_back({i, first * g.lda, first * g.ldc, rows});
-      continue;
+    const SegmentGemmSegment seg{i, first * g.lda, first * g.ldc, args.offsets[i + 1] - first};
+    if (seg.rows == 0) continue;
+    if (segment_kernel && seg.rows <= segment_max_rows_) {
+      short_segments_.push_back(seg);
+    } else {
+      MOE_RETURN_IF_ERROR(plain(seg));
     }
-    MOE_RETURN_IF_ERROR(Run("grouped_gemm", g, rows, Offset(g.a, first * g.lda, g.a_dtype),
-                            Offset(b, i * stride_b, g.b_dtype), ldb, b_is_nk,
-                            Offset(g.c, first * g.ldc, g.c_dtype), 1, 0, 0, 0, stream));
   }
   if (short_segments_.empty()) return absl::OkStatus();
   if (SegmentGemmSupports(shape, short_segments_)) {
     return LaunchSegmentGemm(shape, short_segments_, stream);
   }
-  // Misaligned for the kernel as a whole: Run decides segment by segment, as it would for the
-  // plain GEMM of each.
-  for (const SegmentGemmSegment& seg : std::vector<SegmentGemmSegment>(short_segments_)) {
-    MOE_RETURN_IF_ERROR(Run("grouped_gemm", g, seg.rows, Offset(g.a, seg.a_offset, g.a_dtype),
-                            Offset(b, seg.group * stride_b, g.b_dtype), ldb, b_is_nk,
-                            Offset(g.c, seg.c_offset, g.c_dtype), 1, 0, 0, 0, stream));
-  }
+  // Misaligned for one launch: segment by segment, as the plain GEMM of each would run.
+  for (const SegmentGemmSegment& seg : short_segments_) MOE_RETURN_IF_ERROR(plain(seg));
   return absl::OkStatus();
 }
 
@@ -356,12 +356,12 @@ absl::Status CublasLtGemm::Run(absl::string_view op, const GemmArgs& g, int64_t 
     if (SegmentShapeFor(g, b, ldb, b_is_nk, stride_b, &shape)) {
       shape.a = a;
       shape.c = c;
-      short_segments_.clear();
+      batch_segments_.clear();
       for (int64_t i = 0; i < batch; ++i) {
-        short_segments_.push_back({i, i * stride_a, i * stride_c, m});
+        batch_segments_.push_back({i, i * stride_a, i * stride_c, m});
       }
-      if (SegmentGemmSupports(shape, short_segments_)) {
-        return LaunchSegmentGemm(shape, short_segments_, stream);
+      if (SegmentGemmSupports(shape, batch_segments_)) {
+        return LaunchSegmentGemm(shape, batch_segments_, stream);
       }
     }
   }

@@ -179,8 +179,11 @@ class CublasLtGemm {
   size_t scratch_bytes_ = 0;
   size_t max_plans_ = kDefaultMaxPlans;
   int64_t segment_max_rows_ = kDefaultSegmentMaxRows;
-  std::vector<SegmentGemmSegment> short_segments_;  // reused by Run and GroupedGemm
-  std::vector<int64_t> counts_host_;  // GroupedGemm with device counts the kernel cannot take
+  // Reused host buffers: GroupedGemm's short segments, Run's batch matrices as segments, and
+  // the offsets of device counts that the segment kernel cannot take.
+  std::vector<SegmentGemmSegment> short_segments_;
+  std::vector<SegmentGemmSegment> batch_segments_;
+  std::vector<int64_t> offsets_host_;
   std::list<GemmPlanKey> lru_;  // most recently used first
   std::unordered_map<GemmPlanKey, std::unique_ptr<Entry>, GemmPlanKeyHash> plans_;
 };

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/kernel_util.h"
 #include "kernels/status_macros.h"
 
 namespace moe::cuda {
@@ -69,13 +70,6 @@ __device__ __forceinline__ void MmaBf16(float* d, const uint32_t* a, uint32_t b0
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Round to nearest even; a NaN keeps its sign and top payload bits, quieted (FloatToBf16).
-__device__ __forceinline__ uint32_t Bf16Bits(float f) {
-  const uint32_t u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
-  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
 }
 
 // Stage `slot` <- the k-slice [k0, k0 + kTileK) of the tile's A rows and B rows. Chunks past
@@ -184,7 +178,8 @@ __device__ __forceinline__ void ComputeTile(const Params& p, const RowTile& tile
           *reinterpret_cast<float2*>(static_cast<float*>(p.c) + at) = make_float2(v0, v1);
         } else {
           *reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(p.c) + at) =
-              Bf16Bits(v0) | (Bf16Bits(v1) << 16);
+              static_cast<uint32_t>(kernel_util::FromF32<bf16>(v0).bits) |
+              (static_cast<uint32_t>(kernel_util::FromF32<bf16>(v1).bits) << 16);
         }
       }
     }

@@ -92,6 +92,7 @@ absl::StatusOr<Tensor> MoeBlock::Forward(const Tensor& x, const Tensor& out) {
   trace_.expert_path = ExpertPath::kNone;
   trace_.combine_path = CombinePath::kNone;
   trace_.tokens = tokens;
+  counts_on_device_ = tokens <= counts_on_device_max_tokens_ && config_.capacity_factor <= 0.0f;
   trace_.counts.assign(config_.num_experts, 0);
   trace_.expert_capacity = 0;
   trace_.dropped_rows = 0;
@@ -112,7 +113,7 @@ absl::StatusOr<Tensor> MoeBlock::Forward(const Tensor& x, const Tensor& out) {
   if (config_.num_shared_experts > 0) MOE_RETURN_IF_ERROR(RunShared(x, s, target));
   MOE_RETURN_IF_ERROR(RunCombine(s, target));
 
-  if (CountsStayOnDevice()) {
+  if (counts_on_device_) {
     trace_.counts.clear();
   } else {
     std::copy(counts_host_.begin(), counts_host_.end(), trace_.counts.begin());

@@ -127,9 +127,6 @@ class MoeBlock {
   MoeBlock(const MoeConfig& config, Backend* backend, Allocator* allocator);
 
   absl::Status CheckActivation(absl::string_view name, const Tensor& t, int64_t tokens) const;
-  bool CountsStayOnDevice() const {
-    return trace_.tokens <= counts_on_device_max_tokens_ && config_.capacity_factor <= 0.0f;
-  }
   void CopyWeightCounters();
   // Steps of Forward, in order (moe_block_steps.cc).
   absl::Status Route(const Tensor& x, const ForwardScratch& s);
@@ -153,6 +150,7 @@ class MoeBlock {
   std::unique_ptr<ExpertWeights> weights_;
   bool batched_path_enabled_ = true;
   int64_t counts_on_device_max_tokens_ = 0;
+  bool counts_on_device_ = false;  // this Forward keeps the counts on the device
   int64_t routed_rows_ = 0;  // rows the experts compute this Forward (after capacity drops)
   int64_t reserved_tokens_ = -1;
   // Host-side copies, sized by ReserveTokens so that Forward does not allocate.

@@ -94,7 +94,7 @@ absl::Status MoeBlock::Route(const Tensor& x, const ForwardScratch& s) {
   bincount.num_bins = e;
   bincount.counts = Ptr<int64_t>(s.counts);
   MOE_RETURN_IF_ERROR(backend_->Bincount(bincount));
-  if (!CountsStayOnDevice()) {
+  if (!counts_on_device_) {
     MOE_RETURN_IF_ERROR(
         backend_->CopyToHost(counts_host_.data(), s.counts.data(), s.counts.nbytes()));
   }
@@ -111,7 +111,7 @@ absl::Status MoeBlock::Route(const Tensor& x, const ForwardScratch& s) {
 
 absl::Status MoeBlock::ApplyCapacity(const ForwardScratch& s, int64_t tokens) {
   const int64_t e = config_.num_experts;
-  if (CountsStayOnDevice()) {
+  if (counts_on_device_) {
     routed_rows_ = tokens * config_.top_k;  // dropless: every slot is a row
     return absl::OkStatus();
   }
@@ -209,7 +209,7 @@ absl::Status MoeBlock::RunExperts(const Tensor& x, const ForwardScratch& s) {
   // exactly; anything else takes the grouped path, which skips empty experts.
   const int64_t c = kept_host_[0];
   const bool equal =
-      !CountsStayOnDevice() && c > 0 &&
+      !counts_on_device_ && c > 0 &&
       std::all_of(kept_host_.begin(), kept_host_.end(), [c](int64_t k) { return k == c; });
   if (equal && batched_path_enabled_) {
     trace_.expert_path = ExpertPath::kBatched;
@@ -234,7 +234,7 @@ absl::Status MoeBlock::RunExperts(const Tensor& x, const ForwardScratch& s) {
   g1.gemm = up;
   g1.gemm.m = rows;
   g1.num_groups = e;
-  if (CountsStayOnDevice()) {
+  if (counts_on_device_) {
     g1.counts = Ptr<const int64_t>(s.counts);
   } else {
     g1.offsets = offsets_host_.data();
