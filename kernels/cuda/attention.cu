@@ -139,16 +139,7 @@ __device__ __forceinline__ void ScoreChunk(const Params& p, const T* __restrict_
       o = (static_cast<int64_t>(table[j / p.block_size]) * p.block_size + j % p.block_size) *
           p.kv_row;
       const T* k = k_cache + o;
-      // Loads first, then the sums in the same order: the loads of a position overlap.
-      int64_t d = lane;
-      for (; d + 3 * kDotLanes < p.head_dim; d += 4 * kDotLanes) {
-        float kv[4];
-#pragma unroll
-        for (int u = 0; u < 4; ++u) kv[u] = ToF32(k[d + u * kDotLanes]);
-#pragma unroll
-        for (int u = 0; u < 4; ++u) l = __fadd_rn(l, __fmul_rn(q_s[d + u * kDotLanes], kv[u]));
-      }
-      for (; d < p.head_dim; d += kDotLanes) {
+      for (int64_t d = lane; d < p.head_dim; d += kDotLanes) {
         l = __fadd_rn(l, __fmul_rn(q_s[d], ToF32(k[d])));
       }
     }
@@ -227,18 +218,9 @@ __global__ void __launch_bounds__(kThreads)
       for (int64_t jj = 0; jj < n; ++jj) sum = __fadd_rn(sum, sc[jj]);
       for (int64_t d = tid; d < hd; d += kThreads) {
         float a = acc_s[d];
-        // kVLoads V values in flight, then added in ascending position as before: the chain
-        // of adds no longer waits for one load at a time.
-        constexpr int kVLoads = 16;
-        int64_t jj = 0;
-        for (; jj + kVLoads <= n; jj += kVLoads) {
-          float v[kVLoads];
-#pragma unroll
-          for (int u = 0; u < kVLoads; ++u) v[u] = ToF32(v_cache[off[jj + u] + d]);
-#pragma unroll
-          for (int u = 0; u < kVLoads; ++u) a = __fadd_rn(a, __fmul_rn(sc[jj + u], v[u]));
+        for (int64_t jj = 0; jj < n; ++jj) {
+          a = __fadd_rn(a, __fmul_rn(sc[jj], ToF32(v_cache[off[jj] + d])));
         }
-        for (; jj < n; ++jj) a = __fadd_rn(a, __fmul_rn(sc[jj], ToF32(v_cache[off[jj] + d])));
         acc_s[d] = a;
       }
     }
