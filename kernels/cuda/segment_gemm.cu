@@ -72,30 +72,59 @@ __device__ __forceinline__ void MmaBf16(float* d, const uint32_t* a, uint32_t b0
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Stage `slot` <- the k-slice [k0, k0 + kTileK) of the tile's A rows and B rows. Chunks past
-// the segment's rows, past n or past k are zero-filled without reading.
-__device__ __forceinline__ void LoadStage(const Params& p, const uint16_t* a_rows, int rows,
-                                          const uint16_t* b_rows, int cols, int k0,
-                                          uint16_t* slot) {
-  constexpr int kChunksPerRow = kTileK / 8;
-  const int a_rows_loaded = (rows + 15) & ~15;  // the m16 tiles that compute
-  for (int i = threadIdx.x; i < (kTileM + kTileN) * kChunksPerRow; i += kThreads) {
-    const int r = i / kChunksPerRow;
-    const int kk = (i % kChunksPerRow) * 8;
-    const bool in_k = k0 + kk < p.k;
-    if (r < kTileM) {
-      if (r >= a_rows_loaded) continue;
-      const bool ok = in_k && r < rows;
-      const uint16_t* src = ok ? a_rows + r * p.lda + k0 + kk : a_rows;
-      CopyAsync16(SmemAddress(slot + r * kSmemLd + kk), src, ok ? 16 : 0);
-    } else {
-      const int j = r - kTileM;
-      const bool ok = in_k && j < cols;
-      const uint16_t* src = ok ? b_rows + j * p.ldb + k0 + kk : b_rows;
-      CopyAsync16(SmemAddress(slot + r * kSmemLd + kk), src, ok ? 16 : 0);
+// Fills a stage with the k-slice [k0, k0 + kTileK) of the tile's A rows and B rows. Thread t
+// always copies the same 16-byte column (t % 8) of rows t / 8 + 16 c, c = 0..3 of A and of B,
+// so its source pointers, shared offsets and row checks are worked out once per tile and a
+// stage costs a compare and a cp.async per chunk (the loads are issued by few warps, so their
+// instruction count, not the memory, bounded small-grid GEMMs). Chunks past the segment's
+// rows, past n or past k are zero-filled without reading; A rows past the last m16 tile that
+// computes are not loaded.
+struct StageLoader {
+  static constexpr int kRowsPerPass = kThreads / (kTileK / 8);  // 16
+  static constexpr int kPasses = kTileM / kRowsPerPass;           // 4, for A and for B
+  const uint16_t* a[kPasses];
+  const uint16_t* b[kPasses];
+  uint32_t a_smem[kPasses];  // shared offsets in bytes within a stage
+  uint32_t b_smem[kPasses];
+  bool a_load[kPasses];  // row below the computed m16 tiles
+  bool a_ok[kPasses];    // row inside the segment
+  bool b_ok[kPasses];    // column inside n
+  int kk;
+  int k;
+
+  __device__ __forceinline__ StageLoader(const Params& p, const uint16_t* a_rows, int rows,
+                                         const uint16_t* b_rows, int cols) {
+    kk = (threadIdx.x % (kTileK / 8)) * 8;
+    k = p.k;
+    const int r0 = threadIdx.x / (kTileK / 8);
+    const int a_rows_loaded = (rows + 15) & ~15;
+#pragma unroll
+    for (int c = 0; c < kPasses; ++c) {
+      const int r = r0 + c * kRowsPerPass;
+      a_load[c] = r < a_rows_loaded;
+      a_ok[c] = r < rows;
+      b_ok[c] = r < cols;
+      a[c] = a_rows + (a_ok[c] ? r * p.lda + kk : 0);
+      b[c] = b_rows + (b_ok[c] ? r * p.ldb + kk : 0);
+      a_smem[c] = static_cast<uint32_t>((r * kSmemLd + kk) * 2);
+      b_smem[c] = static_cast<uint32_t>(((kTileM + r) * kSmemLd + kk) * 2);
     }
   }
-}
+
+  __device__ __forceinline__ void Load(int k0, const uint16_t* slot) const {
+    const uint32_t base = SmemAddress(slot);
+    const bool in_k = k0 + kk < k;
+#pragma unroll
+    for (int c = 0; c < kPasses; ++c) {
+      if (a_load[c]) {
+        const bool ok = in_k && a_ok[c];
+        CopyAsync16(base + a_smem[c], ok ? a[c] + k0 : a[c], ok ? 16 : 0);
+      }
+      const bool ok = in_k && b_ok[c];
+      CopyAsync16(base + b_smem[c], ok ? b[c] + k0 : b[c], ok ? 16 : 0);
+    }
+  }
+};
 
 // One 64 x 64 tile of C: rows [0, rows) of the segment whose first row is A + a_offset,
 // columns [n0, n0 + 64) of B matrix `group`.
@@ -118,10 +147,11 @@ __device__ __forceinline__ void ComputeTile(const Params& p, const RowTile& tile
 #pragma unroll
       for (int v = 0; v < 4; ++v) acc[i][j][v] = 0.0f;
 
+  const StageLoader loader(p, a_rows, tile.rows, b_rows, cols);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < k_tiles) {
-      LoadStage(p, a_rows, tile.rows, b_rows, cols, s * kTileK, smem + s * kStageElems);
+      loader.Load(s * kTileK, smem + s * kStageElems);
     }
     CommitAsync();
   }
@@ -137,8 +167,7 @@ __device__ __forceinline__ void ComputeTile(const Params& p, const RowTile& tile
     __syncthreads();  // stage kt is in; every warp is done with stage kt - 1
     const int next = kt + kStages - 1;
     if (next < k_tiles) {
-      LoadStage(p, a_rows, tile.rows, b_rows, cols, next * kTileK,
-                smem + (next % kStages) * kStageElems);
+      loader.Load(next * kTileK, smem + (next % kStages) * kStageElems);
     }
     CommitAsync();
     const uint16_t* stage = smem + (kt % kStages) * kStageElems;
