@@ -129,6 +129,12 @@ absl::Status CheckF32OrBf16(absl::string_view op, DType t) {
 
 }  // namespace
 
+absl::StatusOr<std::unique_ptr<OpGraph>> Backend::CaptureOps(
+    const std::function<absl::Status()>& /*enqueue*/) {
+  return absl::UnimplementedError(
+      absl::StrCat(device().ToString(), ": this backend does not record op graphs"));
+}
+
 absl::StatusOr<std::unique_ptr<PackedWeights>> Backend::PackWeights(const PackWeightsArgs& args) {
   constexpr absl::string_view kOp = "pack_weights";
   MOE_RETURN_IF_ERROR(CheckNonNegative(kOp, "batch", args.batch));

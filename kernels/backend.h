@@ -26,6 +26,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -526,6 +527,18 @@ struct SampleArgs {
   size_t workspace_bytes = 0;
 };
 
+// A recorded sequence of ops that a backend can run again with one call (a CUDA graph): the
+// same kernels with the same arguments and pointers, so it reads and writes the same memory
+// each time, and what it computes depends only on that memory's contents then. Made by
+// Backend::CaptureOps; the backend must outlive it.
+class OpGraph {
+ public:
+  virtual ~OpGraph() = default;
+  // Enqueues the recorded ops; like them, asynchronous. Data errors the recorded ops find are
+  // reported as theirs would be (the next Synchronize / CopyToHost).
+  virtual absl::Status Replay() = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -544,6 +557,17 @@ class Backend {
   virtual absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
   virtual absl::Status CopyOnDevice(void* dst, const void* src, size_t bytes) = 0;
   virtual absl::Status Synchronize() = 0;
+
+  // Records the ops `enqueue` issues on this backend, without running them, into a graph that
+  // Replay runs. While it records, every call that would wait for the device or move host
+  // memory (Allocate, CopyFromHost, CopyToHost, Synchronize, an op that needs a value on the
+  // host) fails, and so does the capture: the caller then runs `enqueue` directly instead.
+  // Unimplemented on a backend without graphs (the CPU's); the Status of `enqueue`, or
+  // FailedPrecondition naming what could not be recorded, otherwise.
+  virtual absl::StatusOr<std::unique_ptr<OpGraph>> CaptureOps(
+      const std::function<absl::Status()>& enqueue);
+  // Whether CaptureOps can record at all on this backend.
+  virtual bool RecordsOpGraphs() const { return false; }
 
   // Packs `args.batch` constant B matrices into a new handle (see PackedWeights).
   // InvalidArgument naming the field for bad shapes, leading dim, stride or pointer;

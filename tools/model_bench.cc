@@ -42,6 +42,7 @@ struct Options {
   std::string model;
   bool random_weights = false;
   int64_t random_seed = 0;
+  bool step_graphs = true;
   std::vector<std::string> phases = {"prefill", "decode"};
   std::string dtype = "bf16";
   int64_t threads = 0;
@@ -534,6 +535,7 @@ std::string FormatJson(const Options& opt, const Model& model, const CostModel& 
                   ", \"vocab\": ", m.vocab_size, ", \"dtype\": ", JsonQuote(opt.dtype),
                   ", \"weights\": ", JsonQuote(opt.random_weights ? "random" : "checkpoint"),
                   opt.random_weights ? absl::StrCat(", \"random_seed\": ", opt.random_seed) : "",
+                  ", \"step_graphs\": ", opt.step_graphs ? "true" : "false",
                   ", \"weight_bytes\": ", model.weight_bytes(),
                   ", \"dense_bytes\": ", JsonNumber(cost.dense_bytes()),
                   ", \"lm_head_bytes\": ", JsonNumber(cost.lm_head_bytes()),
@@ -545,6 +547,10 @@ std::string FormatJson(const Options& opt, const Model& model, const CostModel& 
       ", \"decode_steps\": ", opt.decode_steps, ", \"context\": ", opt.context,
       ", \"block_size\": ", opt.block_size, ", \"seed\": ", opt.seed,
       ", \"timing\": \"best of reps\", \"experts_hit\": \"expected, uniform routing\"},\n");
+  const Model::StepGraphStats& g = model.step_graph_stats();
+  absl::StrAppend(&j, "  \"step_graphs\": {\"recorded\": ", g.recorded, ", \"replayed\": ",
+                  g.replayed, ", \"failed\": ", g.failed, ", \"last_failure\": ",
+                  g.last_failure.ok() ? "null" : JsonQuote(g.last_failure.ToString()), "},\n");
   absl::StrAppend(&j, "  \"load_average_1min\": {\"start\": ", JsonRounded(load_start, 3),
                   ", \"end\": ", JsonRounded(load_end, 3), "},\n");
   absl::StrAppend(&j, "  \"ceilings\": {\"copy\": ");
@@ -668,6 +674,7 @@ absl::Status Run(Options opt) {
   model_options.dtype = dtype;
   model_options.random_weights = opt.random_weights;
   model_options.random_seed = static_cast<uint64_t>(opt.random_seed);
+  model_options.record_step_graphs = opt.step_graphs;
   // Progress: in place on a terminal, else a line at every eighth of the steps.
   const bool tty = isatty(STDERR_FILENO);
   model_options.on_load_progress = [&](int64_t done, int64_t total) {
@@ -725,6 +732,12 @@ absl::Status Run(Options opt) {
       "MoE layer); %% floor = floor / time\n");
   std::printf("load average (1 min): %.2f at start, %.2f at end; non-finite logits %" PRId64 "\n",
               load_start, load_end, non_finite);
+  const Model::StepGraphStats& graphs = model->step_graph_stats();
+  std::printf("step graphs: %" PRId64 " recorded, %" PRId64 " steps replayed, %" PRId64
+              " shapes not recordable%s%s\n",
+              graphs.recorded, graphs.replayed, graphs.failed,
+              graphs.last_failure.ok() ? "" : "; last: ",
+              graphs.last_failure.ok() ? "" : graphs.last_failure.ToString().c_str());
   if (!opt.json.empty()) {
     MOE_RETURN_IF_ERROR(MakeParentDirs(opt.json));
     MOE_RETURN_IF_ERROR(
@@ -764,6 +777,9 @@ int main(int argc, char** argv) {
                 "Draw random weights (from --random_seed and each tensor's name) instead of\n"
                 "reading a checkpoint: the folder needs only config.json. Not with --hf_compare.");
   flags.AddInt("random_seed", &opt.random_seed, "Seed of --random_weights.");
+  flags.AddBool("step_graphs", &opt.step_graphs,
+                "Replay steps of up to 64 tokens from recorded graphs (CUDA graphs; no effect on\n"
+                "the cpu backend). false: every op launched one by one.");
   flags.AddStringList("phases", &opt.phases, "What to time: prefill, decode or both.");
   flags.AddString("dtype", &opt.dtype, "Run dtype: f32 or bf16.");
   flags.AddInt("threads", &opt.threads, "CPU threads; 0 = all cores.");

@@ -1,6 +1,7 @@
 #include "engine/model/model.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <utility>
 
@@ -35,8 +36,22 @@ struct Model::Layer {
 namespace {
 
 // Batches up to this size never give an expert more rows than the CUDA backend's short-segment
-// GEMM takes (CublasLtGemm::kDefaultSegmentMaxRows), so its one-launch device-count path runs.
-constexpr int64_t kDeviceCountsMaxTokens = 64;
+// GEMM takes (CublasLtGemm::kDefaultSegmentMaxRows), so its one-launch device-count path runs,
+// and with nothing waiting for the host such a step can be recorded as a graph.
+constexpr int64_t kDeviceCountsMaxTokens = Model::kGraphMaxTokens;
+
+// Recorded step graphs kept at most (then all are dropped and recorded again as needed).
+constexpr size_t kMaxGraphs = 64;
+
+// Block table widths of recorded steps: powers of two from 8, so a sequence growing by a block
+// changes the shape only log2 times.
+int64_t GraphTableWidth(int64_t blocks) {
+  int64_t width = 8;
+  while (width < blocks) width *= 2;
+  return width;
+}
+
+std::atomic<int64_t> next_cache_id{1};
 
 // The tensors of `config` named `name` (ExpectedTensors order), or null.
 const ExpectedTensor* FindExpected(const std::vector<ExpectedTensor>& all,
@@ -205,6 +220,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
   }
 
   std::unique_ptr<Model> m(new Model(config, options, backend, allocator));
+  m->backend_records_graphs_ = backend->RecordsOpGraphs();
   const DType dtype = options.dtype;
   const std::vector<ExpectedTensor> all = ExpectedTensors(config);
   m->weight_bytes_ = WeightBytes(config, all, dtype);
@@ -284,6 +300,7 @@ absl::StatusOr<std::unique_ptr<KvCache>> Model::AllocateKvCache(int64_t num_bloc
                                                    " must both be >= 1"));
   }
   std::unique_ptr<KvCache> cache(new KvCache());
+  cache->id_ = next_cache_id.fetch_add(1);
   cache->num_blocks_ = num_blocks;
   cache->block_size_ = block_size;
   for (const auto& layer : layers_) {
@@ -364,6 +381,7 @@ absl::Status Model::ReserveLogitRows(int64_t rows) {
     MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> b, allocator_->Allocate(size));
     scratch.push_back(std::move(b));
   }
+  ForgetGraphs();
   head_scratch_ = std::move(scratch);
   head_rows_ = rows;
   return absl::OkStatus();
@@ -390,6 +408,7 @@ absl::Status Model::ReserveTokens(int64_t tokens) {
     if (layer->moe != nullptr) MOE_RETURN_IF_ERROR(layer->moe->ReserveTokens(tokens));
     if (layer->mlp != nullptr) MOE_RETURN_IF_ERROR(layer->mlp->ReserveTokens(tokens));
   }
+  ForgetGraphs();
   scratch_ = std::move(scratch);
   scratch_tokens_ = tokens;
   return absl::OkStatus();
@@ -403,12 +422,33 @@ absl::Status Model::Forward(const ModelBatch& batch, KvCache& cache, std::vector
   return backend_->CopyToHost(logits->data(), device_logits, n * sizeof(float));
 }
 
+void Model::ForgetGraphs() { graphs_.clear(); }
+
+absl::Status Model::UploadBlockTables(const ModelBatch& batch, int64_t width) {
+  const int64_t seqs = batch.num_seqs, have = batch.max_blocks_per_seq;
+  const int32_t* host = batch.block_tables.data();
+  if (width != have) {
+    padded_tables_.assign(static_cast<size_t>(seqs * width), -1);
+    for (int64_t s = 0; s < seqs; ++s) {
+      std::copy_n(batch.block_tables.begin() + s * have, have, padded_tables_.begin() + s * width);
+    }
+    host = padded_tables_.data();
+  }
+  const size_t bytes = static_cast<size_t>(seqs * width) * sizeof(int32_t);
+  if (tables_ == nullptr || tables_->size() < bytes) {
+    size_t capacity = 256;
+    while (capacity < bytes) capacity *= 2;
+    ForgetGraphs();  // they read the old buffer
+    MOE_ASSIGN_OR_RETURN(tables_, allocator_->Allocate(capacity));
+  }
+  if (bytes == 0) return absl::OkStatus();
+  return backend_->CopyFromHost(tables_->data(), host, bytes);
+}
+
 absl::StatusOr<const float*> Model::ForwardOnDevice(const ModelBatch& batch, KvCache& cache) {
   MOE_RETURN_IF_ERROR(CheckBatch(batch, config_));
   const int64_t t = static_cast<int64_t>(batch.token_ids.size());
   const int64_t rows = static_cast<int64_t>(batch.logit_rows.size());
-  const int64_t d = config_.hidden_size, v = config_.vocab_size;
-  const DType dtype = options_.dtype;
   if (t == 0) return nullptr;
   if (cache.k_.size() != layers_.size()) {
     return absl::InvalidArgumentError(absl::StrCat("model: the KV cache has ", cache.k_.size(),
@@ -419,30 +459,75 @@ absl::StatusOr<const float*> Model::ForwardOnDevice(const ModelBatch& batch, KvC
 
   // The int arrays go to the device once per step (a plain copy on the CPU backend).
   int32_t* ints = static_cast<int32_t*>(scratch_[kInts]->data());
+  MOE_RETURN_IF_ERROR(backend_->CopyFromHost(ints, batch.token_ids.data(), t * sizeof(int32_t)));
+  MOE_RETURN_IF_ERROR(
+      backend_->CopyFromHost(ints + t, batch.positions.data(), t * sizeof(int32_t)));
+  MOE_RETURN_IF_ERROR(
+      backend_->CopyFromHost(ints + 2 * t, batch.seq_ids.data(), t * sizeof(int32_t)));
+  MOE_RETURN_IF_ERROR(
+      backend_->CopyFromHost(ints + 3 * t, batch.slot_mapping.data(), t * sizeof(int32_t)));
+  if (rows > 0) {
+    MOE_RETURN_IF_ERROR(
+        backend_->CopyFromHost(ints + 4 * t, batch.logit_rows.data(), rows * sizeof(int32_t)));
+  }
+  // A step that may be recorded gets its tables padded to a width of few values (attention
+  // reads only the columns a position reaches, so the padding changes no result).
+  const bool record = options_.record_step_graphs && backend_records_graphs_ &&
+                      t <= kGraphMaxTokens;
+  StepShape shape;
+  shape.tokens = t;
+  shape.logit_rows = rows;
+  shape.num_seqs = batch.num_seqs;
+  shape.table_width = record ? GraphTableWidth(batch.max_blocks_per_seq) : batch.max_blocks_per_seq;
+  MOE_RETURN_IF_ERROR(UploadBlockTables(batch, shape.table_width));
+
+  bool replayed = false;
+  if (record) {
+    MOE_ASSIGN_OR_RETURN(replayed, ReplayStep(shape, cache));
+  }
+  if (!replayed) MOE_RETURN_IF_ERROR(EnqueueStep(shape, cache));
+  if (rows == 0) return nullptr;
+  const int64_t logits = options_.dtype == DType::kF32 ? kLogits : kLogitsF32;
+  return static_cast<const float*>(head_scratch_[logits]->data());
+}
+
+absl::StatusOr<bool> Model::ReplayStep(const StepShape& shape, KvCache& cache) {
+  const auto key = std::make_tuple(shape.tokens, shape.logit_rows, shape.num_seqs,
+                                   shape.table_width, cache.id_);
+  if (graphs_.size() >= kMaxGraphs && graphs_.find(key) == graphs_.end()) graphs_.clear();
+  RecordedStep& step = graphs_[key];
+  if (step.failed) return false;
+  if (step.graph == nullptr) {
+    if (++step.seen < 2) return false;
+    absl::StatusOr<std::unique_ptr<OpGraph>> graph =
+        backend_->CaptureOps([&] { return EnqueueStep(shape, cache); });
+    if (!graph.ok()) {
+      // An op waits for the host or allocates: this shape runs op by op, now and later (a
+      // real error shows when it does).
+      step.failed = true;
+      ++graph_stats_.failed;
+      graph_stats_.last_failure = graph.status();
+      return false;
+    }
+    step.graph = *std::move(graph);
+    ++graph_stats_.recorded;
+  }
+  MOE_RETURN_IF_ERROR(step.graph->Replay());
+  ++graph_stats_.replayed;
+  return true;
+}
+
+absl::Status Model::EnqueueStep(const StepShape& shape, KvCache& cache) {
+  const int64_t t = shape.tokens;
+  const int64_t rows = shape.logit_rows;
+  const int64_t d = config_.hidden_size, v = config_.vocab_size;
+  const DType dtype = options_.dtype;
+  int32_t* ints = static_cast<int32_t*>(scratch_[kInts]->data());
   int32_t* ids = ints;
   int32_t* positions = ints + t;
   int32_t* seq_ids = ints + 2 * t;
   int32_t* slots = ints + 3 * t;
   int32_t* logit_rows = ints + 4 * t;
-  MOE_RETURN_IF_ERROR(backend_->CopyFromHost(ids, batch.token_ids.data(), t * sizeof(int32_t)));
-  MOE_RETURN_IF_ERROR(
-      backend_->CopyFromHost(positions, batch.positions.data(), t * sizeof(int32_t)));
-  MOE_RETURN_IF_ERROR(backend_->CopyFromHost(seq_ids, batch.seq_ids.data(), t * sizeof(int32_t)));
-  MOE_RETURN_IF_ERROR(
-      backend_->CopyFromHost(slots, batch.slot_mapping.data(), t * sizeof(int32_t)));
-  if (rows > 0) {
-    MOE_RETURN_IF_ERROR(
-        backend_->CopyFromHost(logit_rows, batch.logit_rows.data(), rows * sizeof(int32_t)));
-  }
-  // Block tables: num_seqs * max_blocks_per_seq ints, in a buffer grown on demand.
-  const size_t table_bytes = batch.block_tables.size() * sizeof(int32_t);
-  if (tables_ == nullptr || tables_->size() < table_bytes) {
-    MOE_ASSIGN_OR_RETURN(tables_, allocator_->Allocate(std::max<size_t>(table_bytes, 64)));
-  }
-  if (table_bytes > 0) {
-    MOE_RETURN_IF_ERROR(
-        backend_->CopyFromHost(tables_->data(), batch.block_tables.data(), table_bytes));
-  }
   const Device dev = backend_->device();
   const auto i32 = [&](void* p, Shape shape) {
     return Tensor::Wrap(p, dev, DType::kI32, std::move(shape));
@@ -451,7 +536,7 @@ absl::StatusOr<const float*> Model::ForwardOnDevice(const ModelBatch& batch, KvC
   attn_batch.positions = i32(positions, {t});
   attn_batch.seq_ids = i32(seq_ids, {t});
   attn_batch.slot_mapping = i32(slots, {t});
-  attn_batch.block_tables = i32(tables_->data(), {batch.num_seqs, batch.max_blocks_per_seq});
+  attn_batch.block_tables = i32(tables_->data(), {shape.num_seqs, shape.table_width});
 
   void* x = scratch_[kX]->data();
   void* h = scratch_[kH]->data();
@@ -505,7 +590,7 @@ absl::StatusOr<const float*> Model::ForwardOnDevice(const ModelBatch& batch, KvC
       MOE_RETURN_IF_ERROR(add_to_x(y));
     }
   }
-  if (rows == 0) return nullptr;
+  if (rows == 0) return absl::OkStatus();
 
   // logits = norm(x[logit_rows]) lm_head^T, rounded to the run dtype as HF's lm_head output
   // is, then widened to f32.
@@ -533,16 +618,12 @@ absl::StatusOr<const float*> Model::ForwardOnDevice(const ModelBatch& batch, KvC
                                       .c_dtype = dtype,
                                       .ldc = v,
                                       .packed_b = lm_head_.get()}));
-  void* head_f32 = head_out;
-  if (dtype != DType::kF32) {
-    head_f32 = head_scratch_[kLogitsF32]->data();
-    MOE_RETURN_IF_ERROR(backend_->Cast({.n = rows * v,
-                                        .src = head_out,
-                                        .src_dtype = dtype,
-                                        .dst = head_f32,
-                                        .dst_dtype = DType::kF32}));
-  }
-  return static_cast<const float*>(head_f32);
+  if (dtype == DType::kF32) return absl::OkStatus();
+  return backend_->Cast({.n = rows * v,
+                         .src = head_out,
+                         .src_dtype = dtype,
+                         .dst = head_scratch_[kLogitsF32]->data(),
+                         .dst_dtype = DType::kF32});
 }
 
 }  // namespace moe

@@ -23,8 +23,10 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -62,6 +64,7 @@ class KvCache {
  private:
   friend class Model;
   KvCache() = default;
+  int64_t id_ = 0;  // unique per process: the key of the op graphs recorded over this cache
   int64_t num_blocks_ = 0;
   int64_t block_size_ = 0;
   int64_t bytes_ = 0;
@@ -84,6 +87,12 @@ struct ModelOptions {
   // Called during Load after each of the steps (embedding and lm_head, then every layer) with
   // (steps done, total steps), on the loading thread; may be empty.
   std::function<void(int64_t, int64_t)> on_load_progress;
+  // Steps of at most kGraphMaxTokens tokens (decode) are recorded as a backend op graph (a CUDA
+  // graph) the second time their shape (tokens, logit rows, sequences, block table width, cache)
+  // is seen and replayed from then on: the same kernels with the same arguments, so the same
+  // bits as running them one by one, at one launch per step. Ignored by a backend without
+  // graphs (the CPU's); a step that cannot be recorded runs op by op.
+  bool record_step_graphs = true;
 };
 
 class Model {
@@ -126,8 +135,37 @@ class Model {
   // buffers grow with the logit rows a Forward asks for).
   absl::Status ReserveTokens(int64_t tokens);
 
+  // The largest step (tokens) ModelOptions::record_step_graphs records; with at most this many
+  // tokens, the MoE blocks keep their expert counts on the device (no wait for the host).
+  static constexpr int64_t kGraphMaxTokens = 64;
+  // ModelOptions::record_step_graphs at work: a shape is recorded the second time it is seen
+  // (the first runs op by op, so state ops make on first use exists before recording).
+  struct StepGraphStats {
+    int64_t recorded = 0;  // graphs made
+    int64_t replayed = 0;  // steps run from a graph
+    int64_t failed = 0;    // shapes that could not be recorded (they run op by op)
+    absl::Status last_failure;  // why the last of those could not
+  };
+  const StepGraphStats& step_graph_stats() const { return graph_stats_; }
+
  private:
   struct Layer;
+  // What a step's ops depend on besides the contents of device memory.
+  struct StepShape {
+    int64_t tokens = 0;
+    int64_t logit_rows = 0;
+    int64_t num_seqs = 0;
+    int64_t table_width = 0;  // block table columns as uploaded
+  };
+  // Enqueues the step's ops after the batch's arrays are on the device.
+  absl::Status EnqueueStep(const StepShape& shape, KvCache& cache);
+  // Replays the step's recorded graph, recording it first if its shape is new; false (nothing
+  // enqueued) when the backend or the step cannot be recorded.
+  absl::StatusOr<bool> ReplayStep(const StepShape& shape, KvCache& cache);
+  // Uploads the block tables as [num_seqs, width], padded with -1.
+  absl::Status UploadBlockTables(const ModelBatch& batch, int64_t width);
+  // Forgets the recorded graphs (the buffers they use were reallocated).
+  void ForgetGraphs();
   Model(const ModelConfig& config, const ModelOptions& options, Backend* backend,
         Allocator* allocator);
 
@@ -148,6 +186,17 @@ class Model {
   std::vector<std::unique_ptr<Buffer>> head_scratch_;  // lm_head rows, grown on demand
   int64_t head_rows_ = 0;
   std::unique_ptr<Buffer> tables_;  // the step's block tables on the device
+  std::vector<int32_t> padded_tables_;  // host staging of padded block tables
+
+  struct RecordedStep {
+    int64_t seen = 0;
+    bool failed = false;  // could not be recorded: runs op by op
+    std::unique_ptr<OpGraph> graph;
+  };
+  // By (tokens, logit rows, sequences, table width, cache id).
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>, RecordedStep> graphs_;
+  bool backend_records_graphs_ = false;  // Backend::RecordsOpGraphs
+  StepGraphStats graph_stats_;
 };
 
 }  // namespace moe

@@ -143,6 +143,7 @@ absl::Status CudaBackend::NotBuilt(absl::string_view op) {
 
 absl::StatusOr<void*> CudaBackend::Allocate(size_t bytes) {
   MOE_RETURN_IF_ERROR(UseDevice());
+  MOE_RETURN_IF_ERROR(CheckNotRecording(absl::StrCat("allocate(", bytes, " bytes)")));
   return AllocateOnStream(bytes);
 }
 
@@ -221,6 +222,10 @@ absl::Status CudaBackend::OutOfMemory(size_t bytes, cudaError_t err) {
 
 void CudaBackend::Free(void* ptr) {
   if (ptr == nullptr || !UseDevice().ok()) return;
+  if (recording_) {
+    frees_after_capture_.push_back(ptr);
+    return;
+  }
   // Free returns no Status; a failure here (a pointer not from this pool) is cleared so that
   // it is not reported by the next launch instead.
   if (cudaFreeAsync(ptr, stream_) != cudaSuccess) (void)cudaGetLastError();
@@ -236,6 +241,8 @@ absl::Status CudaBackend::CopyFromHost(void* dst, const void* host_src, size_t b
     MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyDefault, stream_));
     return absl::OkStatus();
   }
+  // A recorded copy would read the staging slot again at every replay, whatever it then holds.
+  MOE_RETURN_IF_ERROR(CheckNotRecording("copy_from_host (host memory)"));
   return StageFromHost(static_cast<char*>(dst), static_cast<const char*>(host_src), bytes);
 }
 
@@ -261,6 +268,7 @@ absl::Status CudaBackend::CopyToHost(void* host_dst, const void* src, size_t byt
   MOE_RETURN_IF_ERROR(CheckCopy("copy_to_host", host_dst, src, bytes));
   if (bytes == 0) return absl::OkStatus();
   MOE_RETURN_IF_ERROR(UseDevice());
+  MOE_RETURN_IF_ERROR(CheckNotRecording("copy_to_host"));
   MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDefault, stream_));
   return CheckDataErrors();
 }
@@ -277,6 +285,7 @@ absl::Status CudaBackend::CopyOnDevice(void* dst, const void* src, size_t bytes)
   }
   // cudaMemcpy is undefined for overlapping ranges; memmove semantics (as the CPU backend)
   // through a temporary copy. Rare, so the extra pass does not matter.
+  MOE_RETURN_IF_ERROR(CheckNotRecording("an overlapping copy_on_device"));
   MOE_ASSIGN_OR_RETURN(void* tmp, AllocateOnStream(bytes));
   cudaError_t err = cudaMemcpyAsync(tmp, src, bytes, cudaMemcpyDeviceToDevice, stream_);
   if (err == cudaSuccess) err = cudaMemcpyAsync(dst, tmp, bytes, cudaMemcpyDeviceToDevice, stream_);
@@ -291,6 +300,7 @@ absl::Status CudaBackend::Synchronize() {
 }
 
 absl::Status CudaBackend::CheckDataErrors() {
+  MOE_RETURN_IF_ERROR(CheckNotRecording("waiting for the device"));
   const size_t n = pending_checks_.size();
   if (n > 0) {
     MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(op_error_host_, op_error_,

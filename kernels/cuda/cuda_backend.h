@@ -68,6 +68,15 @@ class CudaBackend final : public Backend {
   absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes) override;
   absl::Status CopyOnDevice(void* dst, const void* src, size_t bytes) override;
   absl::Status Synchronize() override;
+  // A CUDA graph of the ops (cuda_graph.cc): stream capture in thread-local mode, so work other
+  // threads enqueue elsewhere is unaffected. While recording, Allocate, CopyFromHost from host
+  // memory, CopyToHost and Synchronize return FailedPrecondition, and a Free is held back
+  // until the capture ends (the capture then fails: replaying a free would free again). The
+  // graph's data-error checks are kept with it; each Replay hands them to this backend as if
+  // its ops had just been launched (so it first reports the checks still pending).
+  absl::StatusOr<std::unique_ptr<OpGraph>> CaptureOps(
+      const std::function<absl::Status()>& enqueue) override;
+  bool RecordsOpGraphs() const override { return true; }
 
   // cuda::SampleWorkspaceBytes (kernels/cuda/sample.h): per logit an fp64 z and a 64-bit key
   // and int32 id, both double-buffered for the radix sort (32 bytes); per row the copied params
@@ -115,6 +124,9 @@ class CudaBackend final : public Backend {
   };
   static constexpr int kStagingSlots = 2;
   static constexpr size_t kStagingSlotBytes = size_t{4} << 20;
+
+  class CudaOpGraph;
+  friend class CudaOpGraph;
 
   explicit CudaBackend(int index);
   absl::Status Init();
@@ -176,6 +188,14 @@ class CudaBackend final : public Backend {
   }
   // Waits for the stream and reports the first pending data error (OK when none).
   absl::Status CheckDataErrors();
+  // FailedPrecondition "cuda:<i>: <what> while recording an op graph" when recording, else OK.
+  absl::Status CheckNotRecording(absl::string_view what) const;
+  // Enqueues a recorded graph and takes its checks as pending (cuda_graph.cc).
+  absl::Status ReplayGraph(cudaGraphExec_t exec, const std::vector<PendingCheck>& checks);
+  bool recording_ = false;
+  // Frees asked for while recording; made once the capture has ended.
+  std::vector<void*> frees_after_capture_;
+
   uint64_t* op_error_ = nullptr;       // device, 2 * kErrorSlots words
   uint64_t* op_error_host_ = nullptr;  // pinned, 2 * kErrorSlots words
   std::vector<PendingCheck> pending_checks_;

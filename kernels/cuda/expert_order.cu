@@ -1,5 +1,5 @@
-// Three kernels on one stream: the counts' check (one thread, the CPU's loop), the placement (a
-// block per expert range; ballots and per-warp counts give each slot its rank among the equal
+// Three kernels on one stream: the counts' check (one block: the CPU's loop as a scan), the
+// placement (a block per expert range; ballots and per-warp counts give each slot its rank among the equal
 // ids before it, so the order is the CPU's and no atomics decide it), and the error value.
 //
 // Error word 0 orders the CPU's checks: a bad count at e is e, a wrong sum is kSumError, a bad
@@ -24,21 +24,49 @@ constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
 constexpr int64_t kMaxPlaceBlocks = 1024;
 
-__global__ void CheckCountsKernel(const int64_t* __restrict__ counts, int64_t num_experts,
-                                  int64_t n, unsigned long long* __restrict__ error) {
-  int64_t total = 0;
-  for (int64_t e = 0; e < num_experts; ++e) {
-    const int64_t c = counts[e];
-    if (c < 0 || c > n - total) {
-      error[0] = static_cast<unsigned long long>(e);
-      error[1] = static_cast<unsigned long long>(c);
-      return;
+// The CPU's serial check in parallel, one block: counts[e] is bad when negative or above n
+// minus the sum of the counts before it, and the first bad e is reported. For every e up to
+// the first bad one the prefix sum is the CPU's running total; past it, nothing matters (the
+// minimum bad e is kept).
+__global__ void __launch_bounds__(kThreads)
+    CheckCountsKernel(const int64_t* __restrict__ counts, int64_t num_experts, int64_t n,
+                      unsigned long long* __restrict__ error) {
+  __shared__ int64_t warp_sums[kWarps];
+  __shared__ unsigned long long first_bad;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (threadIdx.x == 0) first_bad = ~0ull;
+  int64_t before = 0;  // sum of the counts of earlier chunks
+  for (int64_t e0 = 0; e0 < num_experts; e0 += kThreads) {
+    const int64_t e = e0 + threadIdx.x;
+    const int64_t c = e < num_experts ? counts[e] : 0;
+    int64_t inclusive = c;  // within the warp
+    for (int off = 1; off < 32; off *= 2) {
+      const int64_t v = __shfl_up_sync(0xffffffffu, inclusive, off);
+      if (lane >= off) inclusive += v;
     }
-    total += c;
+    if (lane == 31) warp_sums[warp] = inclusive;
+    __syncthreads();
+    int64_t prefix = before;  // counts before e
+    int64_t chunk = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      prefix += w < warp ? warp_sums[w] : 0;
+      chunk += warp_sums[w];
+    }
+    prefix += inclusive - c;
+    if (e < num_experts && (c < 0 || c > n - prefix)) {
+      atomicMin(&first_bad, static_cast<unsigned long long>(e));
+    }
+    before += chunk;
+    __syncthreads();  // warp_sums is rewritten by the next chunk
   }
-  if (total != n) {
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  if (first_bad != ~0ull) {
+    error[0] = first_bad;
+    error[1] = static_cast<unsigned long long>(counts[first_bad]);
+  } else if (before != n) {
     error[0] = kSumError;
-    error[1] = static_cast<unsigned long long>(total);
+    error[1] = static_cast<unsigned long long>(before);
   }
 }
 
@@ -133,7 +161,7 @@ absl::Status LaunchExpertOrder(const ExpertOrderArgs& args, uint64_t* error, cud
   MOE_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(error, 0xff, 2 * sizeof(uint64_t), stream));
   if (args.n <= 0) return absl::OkStatus();
   auto* words = reinterpret_cast<unsigned long long*>(error);
-  CheckCountsKernel<<<1, 1, 0, stream>>>(args.counts, args.num_experts, args.n, words);
+  CheckCountsKernel<<<1, kThreads, 0, stream>>>(args.counts, args.num_experts, args.n, words);
   MOE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   const int64_t per_block = (args.num_experts + kMaxPlaceBlocks - 1) / kMaxPlaceBlocks;
   const int64_t blocks = (args.num_experts + per_block - 1) / per_block;

@@ -256,6 +256,45 @@ CublasLtGemm::~CublasLtGemm() {
   if (handle_ != nullptr) cublasLtDestroy(handle_);
   if (workspace_ != nullptr) cudaFree(workspace_);
   if (scratch_ != nullptr) cudaFree(scratch_);
+  if (split_.partials != nullptr) cudaFree(split_.partials);
+  if (split_.counters != nullptr) cudaFree(split_.counters);
+}
+
+absl::StatusOr<bool> CublasLtGemm::SegmentShape(const GemmArgs& g, const void* b, int64_t ldb,
+                                                bool b_is_nk, int64_t stride_b,
+                                                cudaStream_t stream, SegmentGemmShape* shape) {
+  if (!SegmentShapeFor(g, b, ldb, b_is_nk, stride_b, shape)) return false;
+  if (SegmentGemmSplits(g.n, g.k) > 1) {
+    MOE_RETURN_IF_ERROR(EnsureSplitWorkspace(stream));
+    shape->workspace = split_;
+  }
+  return true;
+}
+
+absl::Status CublasLtGemm::EnsureSplitWorkspace(cudaStream_t stream) {
+  if (split_.partials != nullptr) return absl::OkStatus();
+  // Made once, the first time a split shape runs (a synchronisation; before any graph records
+  // it, since a step is run op by op before it is recorded).
+  MOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  void* partials = nullptr;
+  void* counters = nullptr;
+  const size_t partial_bytes = kSplitPartialFloats * sizeof(float);
+  const size_t counter_bytes = kSplitCounters * sizeof(int32_t);
+  if (cudaMalloc(&partials, partial_bytes) != cudaSuccess ||
+      cudaMalloc(&counters, counter_bytes) != cudaSuccess ||
+      cudaMemset(counters, 0, counter_bytes) != cudaSuccess) {
+    cudaGetLastError();
+    if (partials != nullptr) cudaFree(partials);
+    if (counters != nullptr) cudaFree(counters);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cublaslt gemm: cannot allocate the split-k workspace (", partial_bytes,
+                     " + ", counter_bytes, " bytes)"));
+  }
+  split_.partials = static_cast<float*>(partials);
+  split_.partial_floats = kSplitPartialFloats;
+  split_.counters = static_cast<int32_t*>(counters);
+  split_.num_counters = kSplitCounters;
+  return absl::OkStatus();
 }
 
 absl::Status CublasLtGemm::Gemm(const GemmArgs& args, cudaStream_t stream) {
@@ -290,9 +329,11 @@ absl::Status CublasLtGemm::GroupedGemm(const GroupedGemmArgs& args, cudaStream_t
   // Short segments go to one launch of the segment kernel, the others to cuBLASLt one by one;
   // either way a segment is computed as the plain GEMM of its rows would be (see Run).
   SegmentGemmShape shape;
-  const bool segment_kernel = SegmentShapeFor(g, b, ldb, b_is_nk, stride_b, &shape);
+  MOE_ASSIGN_OR_RETURN(const bool segment_kernel,
+                       SegmentShape(g, b, ldb, b_is_nk, stride_b, stream, &shape));
   if (args.counts != nullptr) {
-    if (segment_kernel && args.num_groups <= kMaxCountGroups && SegmentGemmSupports(shape, {})) {
+    if (segment_kernel && args.num_groups <= kMaxCountGroups && SegmentGemmSupports(shape, {}) &&
+        SegmentGemmCountsFits(shape, g.m, args.num_groups)) {
       return LaunchSegmentGemmCounts(shape, args.counts, args.num_groups, g.m, stream);
     }
     // No kernel reads these counts on the device: copy them here (offsets_host_[1..]) and
@@ -353,7 +394,9 @@ absl::Status CublasLtGemm::Run(absl::string_view op, const GemmArgs& g, int64_t 
   if (batch == 1) stride_a = stride_b = stride_c = 0;
   if (m <= segment_max_rows_) {
     SegmentGemmShape shape;
-    if (SegmentShapeFor(g, b, ldb, b_is_nk, stride_b, &shape)) {
+    MOE_ASSIGN_OR_RETURN(const bool segment_kernel,
+                         SegmentShape(g, b, ldb, b_is_nk, stride_b, stream, &shape));
+    if (segment_kernel) {
       shape.a = a;
       shape.c = c;
       batch_segments_.clear();

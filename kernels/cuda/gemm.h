@@ -171,12 +171,23 @@ class CublasLtGemm {
   absl::StatusOr<std::unique_ptr<Plan>> MakePlan(absl::string_view op, const GemmPlanKey& key);
   // An fp32 buffer of at least `bytes` for the f32 -> bf16 path.
   absl::StatusOr<float*> Scratch(size_t bytes, cudaStream_t stream);
+  // SegmentShapeFor (gemm.cc) with the split-k workspace made and attached where the shape
+  // splits (segment_gemm.h); false when the segment kernel does not take these dtypes/layouts.
+  absl::StatusOr<bool> SegmentShape(const GemmArgs& g, const void* b, int64_t ldb, bool b_is_nk,
+                                    int64_t stride_b, cudaStream_t stream,
+                                    SegmentGemmShape* shape);
+  absl::Status EnsureSplitWorkspace(cudaStream_t stream);
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
+  // The segment kernel's split-k partials (64 MiB: all rows of a 64-token decode step's expert
+  // GEMMs at every shape measured) and per-tile counters, made on first need.
+  static constexpr int64_t kSplitPartialFloats = int64_t{16} << 20;
+  static constexpr int64_t kSplitCounters = int64_t{1} << 20;
+  SegmentGemmWorkspace split_;
   size_t max_plans_ = kDefaultMaxPlans;
   int64_t segment_max_rows_ = kDefaultSegmentMaxRows;
   // Reused host buffers: GroupedGemm's short segments, Run's batch matrices as segments, and

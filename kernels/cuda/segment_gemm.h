@@ -33,6 +33,26 @@
 
 namespace moe::cuda {
 
+// Split k, for GEMMs with too few column tiles to fill the GPU (an attention output projection
+// or a router gate at decode; the rule is in SegmentGemmSplits, segment_gemm.cu):
+// SegmentGemmSplits(n, k) blocks per output tile each sum a range
+// of k tiles into fp32 partials; the block that finishes last adds the partials in split
+// order (split 0 first, fp32, no fma) and rounds once. The number of splits depends only on
+// (n, k) and the order is fixed, so the bits are the same run to run, for any segments and
+// rows in the launch, and a plain GEMM of the same rows gives the same bits; they differ from
+// an unsplit sum by fp32 rounding. Which split finishes last is decided with an integer
+// counter per output tile, never by float atomics. The partials and counters live in a
+// workspace the caller keeps (counters zero before first use; each launch leaves them zero).
+constexpr int kMaxSegmentGemmSplits = 16;
+int SegmentGemmSplits(int64_t n, int64_t k);
+
+struct SegmentGemmWorkspace {
+  float* partials = nullptr;
+  int64_t partial_floats = 0;
+  int32_t* counters = nullptr;
+  int64_t num_counters = 0;
+};
+
 // What all segments of one launch share. Leading dims and strides are in elements.
 struct SegmentGemmShape {
   int64_t n = 0;
@@ -45,6 +65,10 @@ struct SegmentGemmShape {
   void* c = nullptr;  // bf16 or f32; segment rows at c + c_offset + r * ldc
   int64_t ldc = 0;
   bool c_is_f32 = false;
+  // Needed when SegmentGemmSplits(n, k) > 1: enough for one row tile (64 rows at ldc) of every
+  // split and one row of column tiles (SegmentGemmSupports says false otherwise); launches over
+  // more rows are cut to fit.
+  SegmentGemmWorkspace workspace;
 };
 
 struct SegmentGemmSegment {
@@ -56,7 +80,7 @@ struct SegmentGemmSegment {
 
 // Whether the kernel can run `shape` over `segments`: k % 8 == 0, n % 2 == 0; lda, ldb,
 // stride_b and every a_offset multiples of 8 and A, B 16-byte aligned; ldc and every c_offset
-// even and C aligned to two elements.
+// even and C aligned to two elements; for a split shape, a workspace as above.
 bool SegmentGemmSupports(const SegmentGemmShape& shape,
                          absl::Span<const SegmentGemmSegment> segments);
 
@@ -73,7 +97,10 @@ absl::Status LaunchSegmentGemm(const SegmentGemmShape& shape,
 // counts; segments are clipped to it (and negative counts read as 0), so no count can make the
 // kernel touch memory past A or C. Needs SegmentGemmSupports(shape, {}) and num_groups <=
 // kMaxCountGroups.
+// For a split shape the workspace must hold all `rows` rows at ldc and every possible tile
+// (SegmentGemmCountsFits); the host path (LaunchSegmentGemm) has no such limit.
 constexpr int64_t kMaxCountGroups = 1 << 16;
+bool SegmentGemmCountsFits(const SegmentGemmShape& shape, int64_t rows, int64_t num_groups);
 absl::Status LaunchSegmentGemmCounts(const SegmentGemmShape& shape, const int64_t* counts,
                                      int64_t num_groups, int64_t rows, cudaStream_t stream);
 

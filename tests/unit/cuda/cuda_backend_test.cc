@@ -10,15 +10,18 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/registry.h"
+#include "kernels/status_macros.h"
 #include "tests/testing/test_util.h"
 
 namespace moe {
@@ -360,6 +363,113 @@ TEST_F(CudaBackendTest, BincountReportsTheFirstBadIdAsTheCpuBackendDoes) {
     backend_->Free(d_ids);
     backend_->Free(d_counts);
   }
+}
+
+// CaptureOps records without running; each Replay runs the recorded ops on the memory's
+// contents at that time.
+TEST_F(CudaBackendTest, RecordedOpsRunOnlyWhenReplayedOnTheCurrentInputs) {
+  constexpr int64_t n = 1001;
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+  std::vector<float> a(n), b(n);
+  for (int64_t i = 0; i < n; ++i) a[i] = u(rng), b[i] = u(rng);
+  float* da = Upload(a);
+  float* db = Upload(b);
+  float* dout = Upload(std::vector<float>(n, -7.0f));
+  absl::StatusOr<std::unique_ptr<OpGraph>> graph = backend_->CaptureOps([&] {
+    MOE_RETURN_IF_ERROR(
+        backend_->Add({.n = n, .dtype = DType::kF32, .a = da, .b = db, .out = dout}));
+    return backend_->Add({.n = n, .dtype = DType::kF32, .a = dout, .b = db, .out = dout});
+  });
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  std::vector<float> out(n);
+  ASSERT_TRUE(backend_->CopyToHost(out.data(), dout, n * sizeof(float)).ok());
+  EXPECT_EQ(out, std::vector<float>(n, -7.0f)) << "recording ran the ops";
+  for (int round = 0; round < 2; ++round) {
+    for (float& x : a) x = u(rng);
+    ASSERT_TRUE(backend_->CopyFromHost(da, a.data(), n * sizeof(float)).ok());
+    ASSERT_TRUE((*graph)->Replay().ok());
+    ASSERT_TRUE(backend_->CopyToHost(out.data(), dout, n * sizeof(float)).ok());
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(out[i], (a[i] + b[i]) + b[i]) << i;
+  }
+  graph->reset();
+  backend_->Free(da);
+  backend_->Free(db);
+  backend_->Free(dout);
+}
+
+TEST_F(CudaBackendTest, RecordingRefusesWhatWouldWaitForTheHostAndRecovers) {
+  float* d = Upload(std::vector<float>(16, 1.0f));
+  std::vector<float> host(16, 0.0f);
+  const std::vector<std::pair<const char*, std::function<absl::Status()>>> cases = {
+      {"allocate(64 bytes)", [&] { return backend_->Allocate(64).status(); }},
+      {"copy_from_host (host memory)",
+       [&] { return backend_->CopyFromHost(d, host.data(), sizeof(float)); }},
+      {"copy_to_host", [&] { return backend_->CopyToHost(host.data(), d, sizeof(float)); }},
+      {"waiting for the device", [&] { return backend_->Synchronize(); }},
+  };
+  for (const auto& [what, call] : cases) {
+    SCOPED_TRACE(what);
+    absl::StatusOr<std::unique_ptr<OpGraph>> graph = backend_->CaptureOps(call);
+    EXPECT_EQ(graph.status().code(), absl::StatusCode::kFailedPrecondition) << graph.status();
+    EXPECT_THAT(Msg(graph.status()),
+                HasSubstr(absl::StrCat("cuda:0: ", what, " while recording an op graph")));
+    // The stream works as before.
+    ASSERT_TRUE(backend_->CopyToHost(host.data(), d, 16 * sizeof(float)).ok());
+    EXPECT_EQ(host, std::vector<float>(16, 1.0f));
+  }
+  // A free while recording is made after the capture, which then fails.
+  absl::StatusOr<void*> spare = backend_->Allocate(256);
+  ASSERT_TRUE(spare.ok());
+  absl::StatusOr<std::unique_ptr<OpGraph>> graph = backend_->CaptureOps([&] {
+    backend_->Free(*spare);
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(graph.status().code(), absl::StatusCode::kFailedPrecondition) << graph.status();
+  EXPECT_THAT(Msg(graph.status()), HasSubstr("free while recording an op graph"));
+  EXPECT_TRUE(backend_->Synchronize().ok());
+  backend_->Free(d);
+}
+
+// A recorded op that finds a bad index reports it, as the op would, at the next wait after
+// each replay; a replay with good data reports nothing.
+TEST_F(CudaBackendTest, ReplaysReportTheRecordedOpsDataErrors) {
+  constexpr int64_t rows = 3, cols = 5;
+  std::vector<float> src(rows * cols);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<float>(i);
+  float* dsrc = Upload(src);
+  int32_t* dindex = Upload(std::vector<int32_t>{2, 0, 1});
+  float* ddst = Upload(std::vector<float>(rows * cols, 0.0f));
+  const GatherRowsArgs gather{.rows = rows,
+                              .cols = cols,
+                              .dtype = DType::kF32,
+                              .src = dsrc,
+                              .src_ld = cols,
+                              .src_rows = rows,
+                              .index = dindex,
+                              .dst = ddst,
+                              .dst_ld = cols};
+  absl::StatusOr<std::unique_ptr<OpGraph>> graph =
+      backend_->CaptureOps([&] { return backend_->GatherRows(gather); });
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  ASSERT_TRUE((*graph)->Replay().ok());
+  EXPECT_TRUE(backend_->Synchronize().ok());
+  const std::vector<int32_t> bad = {2, 7, 1};
+  ASSERT_TRUE(backend_->CopyFromHost(dindex, bad.data(), bad.size() * sizeof(int32_t)).ok());
+  ASSERT_TRUE((*graph)->Replay().ok());
+  const absl::Status got = backend_->Synchronize();
+  std::vector<float> cpu_dst(rows * cols);
+  GatherRowsArgs on_cpu = gather;
+  on_cpu.src = src.data();
+  on_cpu.index = bad.data();
+  on_cpu.dst = cpu_dst.data();
+  const absl::Status want = cpu_->GatherRows(on_cpu);
+  ASSERT_EQ(want.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(got, want);
+  graph->reset();
+  backend_->Free(dsrc);
+  backend_->Free(dindex);
+  backend_->Free(ddst);
 }
 
 TEST_F(CudaBackendTest, SampleWorkspaceBytesIsZeroForNothingAndGrowsWithTheShape) {
