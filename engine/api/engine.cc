@@ -136,7 +136,30 @@ struct Engine::Impl {
   // Applies one sequence event to its request (`mu` held); queues its callback.
   void Apply(const SequenceEvent& e, std::vector<PendingCallback>* callbacks);
   void Finish(RequestId id, FinishReason reason, absl::Status status);
+  // Ends a request failed by a step (`mu` held): its status, and a last callback event carrying
+  // it, so a streaming caller learns of the failure as of any other end.
+  void Fail(RequestId id, const absl::Status& error, std::vector<PendingCallback>* callbacks);
 };
+
+void Engine::Impl::Fail(RequestId id, const absl::Status& error,
+                        std::vector<PendingCallback>* callbacks) {
+  auto it = requests.find(id);
+  if (it == requests.end()) return;
+  Request& r = it->second;
+  r.status = absl::Status(error.code(),
+                          absl::StrCat("request ", id, ": step failed: ", error.message()));
+  r.result.finish_reason = FinishReason::kCancelled;
+  ending.push_back(id);
+  if (!r.on_token) return;
+  TokenEvent te;
+  te.request_id = id;
+  te.index = static_cast<int64_t>(r.result.tokens.size());
+  te.token = -1;
+  te.finished = true;
+  te.finish_reason = FinishReason::kCancelled;
+  te.status = r.status;
+  callbacks->push_back({&r.on_token, te});
+}
 
 void Engine::Impl::Finish(RequestId id, FinishReason reason, absl::Status status) {
   Request& r = requests.at(id);
@@ -232,6 +255,7 @@ void Engine::Impl::Run() {
       if (outcome.tokens > 0) ++stats.steps;
       stats.prompt_tokens += outcome.prompt_tokens;
       for (const SequenceEvent& e : outcome.events) Apply(e, &callbacks);
+      for (const int64_t id : outcome.failed) Fail(id, outcome.error, &callbacks);
       stats.running = generator->num_running();
       stats.waiting = generator->num_waiting() + static_cast<int64_t>(pending.size());
       stats.kv_blocks_used = generator->blocks().blocks_used();
@@ -243,12 +267,6 @@ void Engine::Impl::Run() {
       std::lock_guard<std::mutex> lock(mu);
       for (const RequestId id : ending) requests.at(id).done = true;
       ending.clear();
-      for (const int64_t id : outcome.failed) {
-        if (requests.count(id) == 0) continue;
-        Finish(id, FinishReason::kCancelled,
-               absl::Status(outcome.error.code(), absl::StrCat("request ", id, ": step failed: ",
-                                                              outcome.error.message())));
-      }
       done_cv.notify_all();
     }
   }
@@ -281,6 +299,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   g.max_seqs = options.max_seqs;
   g.block_size = options.block_size;
   g.max_tokens_per_seq = options.max_tokens_per_seq;
+  g.step_hook = options.step_hook;
   const int64_t block_bytes = impl->model->KvBytesPerBlock(options.block_size);
   g.num_blocks = options.kv_cache_bytes / block_bytes;
   if (g.num_blocks < 1) {
@@ -294,9 +313,16 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   ModelInfo& info = impl->info;
   info.model_dir = model_dir;
   info.family = std::string(ModelFamilyName(c.family));
+  info.backend = options.backend;
   info.vocab_size = c.vocab_size;
+  info.hidden_size = c.hidden_size;
   info.num_layers = c.num_hidden_layers;
+  info.num_experts = c.moe.num_experts;
+  info.experts_per_token = c.moe.top_k;
   info.max_position_embeddings = c.max_position_embeddings;
+  info.max_tokens_per_seq = impl->generator->max_tokens_per_seq();
+  info.max_batch_tokens = options.max_batch_tokens;
+  info.max_seqs = options.max_seqs;
   MOE_ASSIGN_OR_RETURN(info.eos_token_ids, LoadEosTokenIds(model_dir, c.vocab_size));
   info.dtype = std::string(DTypeName(dtype));
   info.weight_bytes = impl->model->weight_bytes();

@@ -31,7 +31,8 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(Model* model, Backe
   so.block_size = options.block_size;
   so.max_blocks_per_seq = (max_tokens + options.block_size - 1) / options.block_size;
   MOE_ASSIGN_OR_RETURN(Scheduler scheduler, Scheduler::Create(so));
-  std::unique_ptr<Generator> g(new Generator(model, backend, std::move(scheduler), max_tokens));
+  std::unique_ptr<Generator> g(new Generator(model, backend, std::move(scheduler), max_tokens,
+                                                options.step_hook));
   MOE_ASSIGN_OR_RETURN(g->cache_, model->AllocateKvCache(options.num_blocks, options.block_size));
   // At most one sampled row per running sequence per step.
   g->sample_workspace_bytes_ =
@@ -46,11 +47,12 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(Model* model, Backe
 }
 
 Generator::Generator(Model* model, Backend* backend, Scheduler scheduler,
-                     int64_t max_tokens_per_seq)
+                     int64_t max_tokens_per_seq, std::function<absl::Status()> step_hook)
     : model_(model),
       backend_(backend),
       scheduler_(std::move(scheduler)),
-      max_tokens_per_seq_(max_tokens_per_seq) {}
+      max_tokens_per_seq_(max_tokens_per_seq),
+      step_hook_(std::move(step_hook)) {}
 
 absl::Status Generator::Validate(const SequenceRequest& r) const {
   const int64_t vocab = model_->config().vocab_size;
@@ -228,6 +230,7 @@ StepOutcome Generator::Step() {
   }
   outcome.tokens = plan.tokens;
   absl::Status status = BuildBatch(plan);
+  if (status.ok() && step_hook_) status = step_hook_();
   if (status.ok()) {
     absl::StatusOr<const float*> logits = model_->ForwardOnDevice(batch_, *cache_);
     status = logits.status();

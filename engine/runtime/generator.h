@@ -14,6 +14,7 @@
 #define MOE_ENGINE_RUNTIME_GENERATOR_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -34,6 +35,9 @@ struct GeneratorOptions {
   int64_t num_blocks = 0;           // KV cache blocks, >= 1
   int64_t block_size = 16;          // tokens per block, >= 1
   int64_t max_tokens_per_seq = 0;   // prompt + new tokens; 0 = max_position_embeddings
+  // Test hook (EngineOptions::step_hook): runs before the model in every step with work; a
+  // non-OK Status fails the step like a model error.
+  std::function<absl::Status()> step_hook;
 };
 
 struct SequenceRequest {
@@ -103,7 +107,8 @@ class Generator {
     int64_t generated = 0;
   };
 
-  Generator(Model* model, Backend* backend, Scheduler scheduler, int64_t max_tokens_per_seq);
+  Generator(Model* model, Backend* backend, Scheduler scheduler, int64_t max_tokens_per_seq,
+            std::function<absl::Status()> step_hook);
 
   // Fills batch_ from the plan.
   absl::Status BuildBatch(const StepPlan& plan);
@@ -114,6 +119,7 @@ class Generator {
   Backend* backend_;
   Scheduler scheduler_;
   int64_t max_tokens_per_seq_;
+  std::function<absl::Status()> step_hook_;
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<Buffer> sample_workspace_;
   size_t sample_workspace_bytes_ = 0;
