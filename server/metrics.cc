@@ -7,20 +7,6 @@
 
 namespace moe::server {
 
-// The registry's metrics, with the engine's copied in first: scrapes see current values
-// without a polling thread.
-class ServerMetrics::EngineCollector : public prometheus::Collectable {
- public:
-  explicit EngineCollector(const ServerMetrics* metrics) : metrics_(metrics) {}
-  std::vector<prometheus::MetricFamily> Collect() const override {
-    metrics_->Refresh();
-    return metrics_->registry_->Collect();
-  }
-
- private:
-  const ServerMetrics* metrics_;
-};
-
 namespace {
 
 // Seconds: 1 ms .. 30 s, roughly x2.5 per bucket.
@@ -81,9 +67,7 @@ ServerMetrics::ServerMetrics()
                           .Name("moe_kv_blocks_free")
                           .Help("KV cache blocks free")
                           .Register(*registry_)
-                          .Add({})) {
-  collectable_ = std::make_shared<EngineCollector>(this);
-}
+                          .Add({})) {}
 
 void ServerMetrics::SetEngine(const Engine* engine) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -119,8 +103,10 @@ void ServerMetrics::Refresh() const {
 }
 
 std::string ServerMetrics::Text() const {
+  // The engine's values are copied in at each scrape: current without a polling thread.
+  Refresh();
   std::ostringstream out;
-  prometheus::TextSerializer().Serialize(out, collectable_->Collect());
+  prometheus::TextSerializer().Serialize(out, registry_->Collect());
   return out.str();
 }
 

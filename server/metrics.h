@@ -21,7 +21,6 @@
 
 #include "absl/strings/string_view.h"
 #include "engine/api/engine.h"
-#include "prometheus/collectable.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
@@ -45,16 +44,12 @@ class ServerMetrics {
 
   // Every metric in Prometheus' text format (what the HTTP endpoint serves).
   std::string Text() const;
-  // What the HTTP exposer registers.
-  std::shared_ptr<prometheus::Collectable> collectable() const { return collectable_; }
 
  private:
-  class EngineCollector;
   // Copies Engine::Stats into the engine gauges and counters.
   void Refresh() const;
 
   std::shared_ptr<prometheus::Registry> registry_;
-  std::shared_ptr<prometheus::Collectable> collectable_;
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Family<prometheus::Counter>& rejections_;
   prometheus::Histogram& ttft_;

@@ -10,7 +10,6 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/impl/server_builder_option.h"
 #include "grpcpp/impl/server_builder_plugin.h"
-#include "prometheus/exposer.h"
 
 namespace moe::server {
 namespace {
@@ -99,15 +98,11 @@ absl::StatusOr<std::unique_ptr<MoeServer>> MoeServer::Start(const ServerOptions&
   health->SetServingStatus(false);
 
   if (options.metrics_port >= 0) {
-    const std::string metrics_address = Address(options.host, options.metrics_port);
-    try {
-      s->exposer_ = std::make_unique<prometheus::Exposer>(metrics_address);
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", metrics_address,
-                                                 " (--metrics_port): ", e.what()));
-    }
-    s->exposer_->RegisterCollectable(s->metrics_->collectable());
-    s->metrics_port_ = s->exposer_->GetListeningPorts().at(0);
+    ServerMetrics* metrics = s->metrics_.get();
+    auto http = MetricsHttpServer::Start(options.host, static_cast<int>(options.metrics_port),
+                                         [metrics] { return metrics->Text(); });
+    if (!http.ok()) return http.status();
+    s->metrics_http_ = std::move(*http);
   }
   return s;
 }

@@ -15,11 +15,8 @@
 #include "engine/api/engine.h"
 #include "grpcpp/grpcpp.h"
 #include "server/metrics.h"
+#include "server/metrics_http.h"
 #include "server/moe_service.h"
-
-namespace prometheus {
-class Exposer;
-}
 
 namespace moe::server {
 
@@ -52,7 +49,8 @@ class MoeServer {
   void Drain(std::chrono::milliseconds grace);
 
   int port() const { return port_; }
-  int metrics_port() const { return metrics_port_; }
+  // 0 without a metrics endpoint.
+  int metrics_port() const { return metrics_http_ ? metrics_http_->port() : 0; }
   ServerMetrics& metrics() { return *metrics_; }
   MoeService& service() { return *service_; }
 
@@ -62,9 +60,8 @@ class MoeServer {
   std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<MoeService> service_;
   std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<MetricsHttpServer> metrics_http_;
   int port_ = 0;
-  int metrics_port_ = 0;
   bool drained_ = false;
 };
 
