@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <memory>
+#include <string>
 
 #include "absl/status/status.h"
 #include "engine/api/engine.h"
@@ -16,25 +17,24 @@ namespace moe::server {
 namespace {
 
 absl::Status Serve(const ServerFlags& flags, const sigset_t& stop_signals) {
-  if (auto s = CheckServerFlags(flags); !s.ok()) return s;
   absl::StatusOr<ServerOptions> options = ToServerOptions(flags);
   if (!options.ok()) return options.status();
   // Listening first: a taken port fails before the (long) load, and health answers
   // NOT_SERVING while the weights load.
   absl::StatusOr<std::unique_ptr<MoeServer>> server = MoeServer::Start(*options);
   if (!server.ok()) return server.status();
-  std::fprintf(stderr, "moe_server: listening on %s:%d", options->host.c_str(),
-               (*server)->port());
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      Engine::Create(flags.model, ToEngineOptions(flags));
+  if (!engine.ok()) return engine.status();
+  (*server)->SetEngine(engine->get());
+  // The one line of a good start (a failed one prints only its error).
+  std::fprintf(stderr, "moe_server: serving %s on %s:%d", flags.model.c_str(),
+               options->host.c_str(), (*server)->port());
   if ((*server)->metrics_port() > 0) {
     std::fprintf(stderr, ", metrics on http://%s:%d/metrics", options->host.c_str(),
                  (*server)->metrics_port());
   }
   std::fprintf(stderr, "\n");
-  absl::StatusOr<std::unique_ptr<Engine>> engine =
-      Engine::Create(flags.model, ToEngineOptions(flags));
-  if (!engine.ok()) return engine.status();
-  (*server)->SetEngine(engine->get());
-  std::fprintf(stderr, "moe_server: serving %s\n", flags.model.c_str());
 
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
@@ -62,6 +62,21 @@ int main(int argc, char** argv) {
   moe::server::ServerFlags flags = moe::server::DefaultServerFlags();
   moe::tools::FlagParser parser(moe::server::ServerUsage());
   moe::server::AddServerFlags(&parser, &flags);
-  return moe::tools::RunMain("moe_server", parser, argc, argv,
-                             [&] { return moe::server::Serve(flags, stop_signals); });
+  absl::Status parsed = parser.Parse(argc, argv);
+  if (parsed.ok() && parser.help_requested()) {
+    std::fputs(parser.Usage().c_str(), stdout);
+    return 0;
+  }
+  // A flag that parses but is out of range is a bad flag too (exit 2), like an unknown one.
+  if (parsed.ok()) parsed = moe::server::CheckServerFlags(flags);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "moe_server: %s\n", std::string(parsed.message()).c_str());
+    return 2;
+  }
+  const absl::Status served = moe::server::Serve(flags, stop_signals);
+  if (!served.ok()) {
+    std::fprintf(stderr, "moe_server: %s\n", served.ToString().c_str());
+    return 1;
+  }
+  return 0;
 }

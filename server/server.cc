@@ -1,5 +1,12 @@
 #include "server/server.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -57,6 +64,25 @@ std::string Address(const std::string& host, int64_t port) {
                                              : absl::StrCat(host, ":", port);
 }
 
+// Whether an IPv4 host:port can be bound now: a taken port then fails with one line naming it,
+// before gRPC logs its own multi-line error. OK for other hosts (gRPC's bind decides).
+absl::Status CheckPortFree(const std::string& host, int64_t port, const std::string& address) {
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (port == 0 || inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) return absl::OkStatus();
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::OkStatus();
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  const bool bound = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  const int error = errno;
+  close(fd);
+  if (bound) return absl::OkStatus();
+  return absl::UnavailableError(
+      absl::StrCat("cannot listen on ", address, " (--host / --port): ", strerror(error)));
+}
+
 // --reflection=false: removes the reflection plugin that InitProtoReflectionServerBuilderPlugin
 // registered for every builder of the process.
 class NoReflection : public grpc::ServerBuilderOption {
@@ -86,6 +112,9 @@ absl::StatusOr<std::unique_ptr<MoeServer>> MoeServer::Start(const ServerOptions&
     builder.SetOption(std::make_unique<NoReflection>());
   }
   const std::string address = Address(options.host, options.port);
+  if (auto free = CheckPortFree(options.host, options.port, address); !free.ok()) return free;
+  // Two servers on one port would share its connections: refused instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(address, *credentials, &s->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(s->service_.get());
@@ -116,7 +145,7 @@ void MoeServer::SetEngine(Engine* engine) {
 }
 
 void MoeServer::Drain(std::chrono::milliseconds grace) {
-  if (drained_) return;
+  if (drained_ || server_ == nullptr) return;
   drained_ = true;
   server_->GetHealthCheckService()->SetServingStatus(false);
   const auto grace_end = std::chrono::steady_clock::now() + grace;

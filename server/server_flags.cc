@@ -1,6 +1,9 @@
 #include "server/server_flags.h"
 
+#include <chrono>
 #include <fstream>
+#include <thread>
+#include <tuple>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -75,6 +78,8 @@ void AddServerFlags(tools::FlagParser* p, ServerFlags* f) {
   p->AddString("bearer_token_file", &f->bearer_token_file,
                "file holding a token every call but health must send as "
                "\"authorization: Bearer <token>\"");
+  p->AddInt("test_step_delay_ms", &f->test_step_delay_ms,
+            "testing only: sleep this long in every engine step (the binary's drain tests)");
 }
 
 absl::Status CheckServerFlags(const ServerFlags& f) {
@@ -100,7 +105,9 @@ absl::Status CheckServerFlags(const ServerFlags& f) {
                                      std::make_tuple("max_queue", f.max_queue, 0),
                                      std::make_tuple("max_batch_requests", f.max_batch_requests, 1),
                                      std::make_tuple("max_message_bytes", f.max_message_bytes, 1),
-                                     std::make_tuple("grace_period_ms", f.grace_period_ms, 0)}) {
+                                     std::make_tuple("grace_period_ms", f.grace_period_ms, 0),
+                                     std::make_tuple("test_step_delay_ms", f.test_step_delay_ms,
+                                                     0)}) {
     if (auto s = at_least(name, v, min); !s.ok()) return s;
   }
   // gRPC takes the message limit as an int.
@@ -121,6 +128,13 @@ EngineOptions ToEngineOptions(const ServerFlags& f) {
   o.block_size = f.block_size;
   o.max_tokens_per_seq = f.max_context;
   o.threads = static_cast<int>(f.threads);
+  if (f.test_step_delay_ms > 0) {
+    const auto delay = std::chrono::milliseconds(f.test_step_delay_ms);
+    o.step_hook = [delay] {
+      std::this_thread::sleep_for(delay);
+      return absl::OkStatus();
+    };
+  }
   return o;
 }
 

@@ -36,6 +36,7 @@ struct ServerFlags {
   std::string tls_key;
   std::string tls_client_ca;
   std::string bearer_token_file;
+  int64_t test_step_delay_ms = 0;
 };
 
 ServerFlags DefaultServerFlags();
