@@ -268,6 +268,45 @@ grpc::Status MoeService::DoGenerateBatch(grpc::ServerContext* context,
   return status;
 }
 
+grpc::Status MoeService::Forward(grpc::ServerContext* context, const v1::ForwardRequest* request,
+                                 v1::ForwardResponse* response) {
+  return Finish("Forward", DoForward(context, *request, response));
+}
+
+grpc::Status MoeService::DoForward(grpc::ServerContext* context, const v1::ForwardRequest& request,
+                                   v1::ForwardResponse* response) {
+  const absl::Status valid = state_.load() == State::kLoading
+                                 ? absl::OkStatus()
+                                 : ValidateForward(request, limits_);
+  const int64_t n = request.sequences_size();
+  grpc::Status gate = Enter(*context, valid, n);
+  if (!gate.ok()) return gate;
+  AdmissionTicket ticket(&admission_, n);
+  ForwardRequest forward;
+  for (const v1::TokenSequence& s : request.sequences()) {
+    forward.sequences.emplace_back(s.tokens().begin(), s.tokens().end());
+  }
+  forward.output = request.output() == v1::FORWARD_OUTPUT_HIDDEN_STATE ? ForwardOutput::kHiddenState
+                   : request.output() == v1::FORWARD_OUTPUT_LOGITS    ? ForwardOutput::kLogits
+                                                                      : ForwardOutput::kTopLogprobs;
+  forward.top_n = request.top_n();
+  absl::StatusOr<std::vector<ForwardResult>> results = engine_.load()->Forward(forward);
+  if (!results.ok()) {
+    // Validated above: what is left is the engine's own failure (or its shutdown).
+    return grpc::Status(absl::IsFailedPrecondition(results.status())
+                            ? grpc::StatusCode::UNAVAILABLE
+                            : grpc::StatusCode::INTERNAL,
+                        std::string(results.status().message()));
+  }
+  for (const ForwardResult& r : *results) {
+    v1::ForwardResult* out = response->add_results();
+    out->mutable_values()->Add(r.values.begin(), r.values.end());
+    out->mutable_top_ids()->Add(r.top_ids.begin(), r.top_ids.end());
+    out->mutable_top_logprobs()->Add(r.top_logprobs.begin(), r.top_logprobs.end());
+  }
+  return grpc::Status::OK;
+}
+
 grpc::Status MoeService::GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest*,
                                       v1::ModelInfo* response) {
   if (state_.load() == State::kLoading) {

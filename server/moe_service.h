@@ -12,7 +12,8 @@
 // the engine, which frees its KV blocks and slot after the current step; nothing more is
 // written. A request whose deadline passes while it waits in the engine's queue is cancelled
 // there and never runs. An engine step that fails ends its requests with INTERNAL; the engine
-// goes on with the others (the server stays SERVING).
+// goes on with the others (the server stays SERVING). Forward runs to its end once admitted
+// (Engine::Forward has no cancel; its sequences are at most max_context tokens each).
 //
 // Thread-safe.
 #ifndef MOE_SERVER_MOE_SERVICE_H_
@@ -61,6 +62,8 @@ class MoeService final : public v1::MoeService::Service {
   grpc::Status GenerateBatch(grpc::ServerContext* context,
                              const v1::GenerateBatchRequest* request,
                              v1::GenerateBatchResponse* response) override;
+  grpc::Status Forward(grpc::ServerContext* context, const v1::ForwardRequest* request,
+                       v1::ForwardResponse* response) override;
   grpc::Status GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest* request,
                             v1::ModelInfo* response) override;
 
@@ -82,6 +85,8 @@ class MoeService final : public v1::MoeService::Service {
   grpc::Status DoGenerateBatch(grpc::ServerContext* context,
                                const v1::GenerateBatchRequest& request,
                                v1::GenerateBatchResponse* response);
+  grpc::Status DoForward(grpc::ServerContext* context, const v1::ForwardRequest& request,
+                         v1::ForwardResponse* response);
   // Counts the outcome of a finished call.
   grpc::Status Finish(const char* method, grpc::Status status);
 

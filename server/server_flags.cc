@@ -36,7 +36,7 @@ ServerFlags DefaultServerFlags() {
 
 const char* ServerUsage() {
   return "moe_server: serves one MoE model over gRPC (moe.v1.MoeService in proto/moe.proto:\n"
-         "Generate, GenerateBatch, GetModelInfo), with grpc.health.v1 (SERVING once the\n"
+         "Generate, GenerateBatch, Forward, GetModelInfo), with grpc.health.v1 (SERVING once the\n"
          "weights are loaded) and server reflection.\n"
          "\n"
          "  moe_server --model models/qwen3-moe-tiny --port 50051\n"

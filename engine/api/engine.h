@@ -110,6 +110,27 @@ struct TokenEvent {
 };
 using TokenCallback = std::function<void(const TokenEvent&)>;
 
+// Engine::Forward: the scoring / embedding call.
+enum class ForwardOutput {
+  kHiddenState,  // the last token's final-norm hidden state (the lm_head's input), [hidden_size]
+  kLogits,       // the last token's logits, [vocab_size]
+  kTopLogprobs,  // the top_n entries of the last token's log-softmax
+};
+
+struct ForwardRequest {
+  // Each at least one token, each token in [0, vocab_size), at most max_tokens_per_seq long.
+  std::vector<std::vector<int32_t>> sequences;
+  ForwardOutput output = ForwardOutput::kLogits;
+  int64_t top_n = 0;  // kTopLogprobs: in [1, vocab_size]
+};
+
+// One sequence's output, f32.
+struct ForwardResult {
+  std::vector<float> values;        // kHiddenState, kLogits
+  std::vector<int32_t> top_ids;     // kTopLogprobs: by descending log-prob, ties to the lower id
+  std::vector<float> top_logprobs;  // log-softmax (computed in fp64) at top_ids
+};
+
 struct EngineOptions {
   std::string backend = "cpu";  // "cpu"; "cuda" and "xpu" once built in
   // Run dtype: "f32", "bf16", or "auto" = the checkpoint's dtype (bf16 for bf16 / f16
@@ -195,6 +216,15 @@ class Engine {
   // forgotten). NotFound for an unknown or already awaited id. An internal error of a step
   // (a backend failure) is returned here for every request of that step.
   absl::StatusOr<GenerationResult> Await(RequestId id);
+
+  // Runs every sequence as a prompt and returns its last token's output (one result per
+  // sequence, in order); nothing is generated and nothing stays in the KV cache. Runs on the
+  // worker between generation steps, one sequence at a time in its own model forward (prefill
+  // chunks of max_batch_tokens), so a sequence's result is the same whatever else runs; it
+  // waits while the KV cache has too few free blocks for a sequence. InvalidArgument naming
+  // sequences[i] and the limit for a bad request (checked before anything runs);
+  // FailedPrecondition after Shutdown; a backend error of the forward. Blocks the caller.
+  absl::StatusOr<std::vector<ForwardResult>> Forward(const ForwardRequest& request);
 
   // Cancels everything not finished, stops the worker thread and waits for it. Idempotent.
   void Shutdown();

@@ -94,6 +94,14 @@ class Generator {
   // Runs one step. An empty outcome when there is nothing to run.
   StepOutcome Step();
 
+  // Runs `tokens` as a prompt outside any request (the scoring / embedding call: nothing is
+  // sampled or kept) in chunks of max_batch_tokens, and returns the last token's final-norm
+  // hidden state (f32 [hidden_size], hidden = true) or logits (f32 [vocab_size]). Takes KV
+  // blocks for it and frees them before returning. Unavailable when too few blocks are free
+  // now (retry after a step frees some); the model's errors otherwise. Call between steps.
+  absl::StatusOr<std::vector<float>> ForwardSequence(const std::vector<int32_t>& tokens,
+                                                     bool hidden);
+
   bool HasWork() const { return !seqs_.empty(); }
   int64_t num_running() const { return scheduler_.num_running(); }
   int64_t num_waiting() const { return scheduler_.num_waiting(); }
@@ -108,7 +116,7 @@ class Generator {
   };
 
   Generator(Model* model, Backend* backend, Scheduler scheduler, int64_t max_tokens_per_seq,
-            std::function<absl::Status()> step_hook);
+            int64_t max_batch_tokens, std::function<absl::Status()> step_hook);
 
   // Fills batch_ from the plan.
   absl::Status BuildBatch(const StepPlan& plan);
@@ -119,7 +127,9 @@ class Generator {
   Backend* backend_;
   Scheduler scheduler_;
   int64_t max_tokens_per_seq_;
+  int64_t max_batch_tokens_;
   std::function<absl::Status()> step_hook_;
+
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<Buffer> sample_workspace_;
   size_t sample_workspace_bytes_ = 0;

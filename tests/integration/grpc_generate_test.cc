@@ -167,5 +167,79 @@ TEST(GrpcGenerateTest, MetricsEndpointServesCountersAndEngineGauges) {
   EXPECT_EQ(MetricValue(text, "moe_queue_depth"), 0);
 }
 
+TEST(GrpcGenerateTest, ForwardGivesTheEngineAloneResultsPerSequence) {
+  auto t = StartServer(SmallOptions(), SmallEngine());
+  ASSERT_NE(t, nullptr);
+  // 70 tokens: two prefill chunks of max_batch_tokens=64.
+  std::vector<int32_t> long_seq;
+  for (int i = 0; i < 70; ++i) long_seq.push_back((i * 13 + 5) % 256);
+  const std::vector<std::vector<int32_t>> sequences = {{5, 17, 99}, {1}, long_seq};
+  const auto call = [&](v1::ForwardOutput output, int top_n) {
+    v1::ForwardRequest request;
+    for (const auto& s : sequences) {
+      v1::TokenSequence* seq = request.add_sequences();
+      seq->mutable_tokens()->Add(s.begin(), s.end());
+    }
+    request.set_output(output);
+    request.set_top_n(top_n);
+    grpc::ClientContext context;
+    v1::ForwardResponse response;
+    grpc::Status status = t->stub->Forward(&context, request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response;
+  };
+  const v1::ForwardResponse logits = call(v1::FORWARD_OUTPUT_LOGITS, 0);
+  const v1::ForwardResponse hidden = call(v1::FORWARD_OUTPUT_HIDDEN_STATE, 0);
+  const v1::ForwardResponse top = call(v1::FORWARD_OUTPUT_TOP_LOGPROBS, 3);
+  ASSERT_EQ(logits.results_size(), 3);
+  ASSERT_EQ(hidden.results_size(), 3);
+  ASSERT_EQ(top.results_size(), 3);
+  ForwardRequest alone;
+  alone.output = ForwardOutput::kLogits;
+  for (int i = 0; i < 3; ++i) {
+    alone.sequences = {sequences[i]};
+    auto direct = t->engine->Forward(alone);
+    ASSERT_TRUE(direct.ok()) << direct.status();
+    const auto& got = logits.results(i).values();
+    ASSERT_EQ(got.size(), 256);
+    EXPECT_EQ(0, std::memcmp(got.data(), (*direct)[0].values.data(), 256 * sizeof(float)))
+        << "sequence " << i;
+    EXPECT_EQ(hidden.results(i).values_size(), 64);
+    // The top id is the greedy next token, and the top-3 are sorted.
+    ASSERT_EQ(top.results(i).top_ids_size(), 3);
+    auto next = t->engine->Generate({ToEngine(GreedyRequest(sequences[i], 1))});
+    ASSERT_TRUE(next[0].ok());
+    EXPECT_EQ(top.results(i).top_ids(0), next[0]->tokens[0]);
+    EXPECT_GE(top.results(i).top_logprobs(0), top.results(i).top_logprobs(1));
+    EXPECT_GE(top.results(i).top_logprobs(1), top.results(i).top_logprobs(2));
+    EXPECT_LE(top.results(i).top_logprobs(0), 0.0f);
+  }
+  // Nothing stays in the KV cache.
+  EXPECT_EQ(t->engine->Stats().kv_blocks_used, 0);
+}
+
+TEST(GrpcGenerateTest, ForwardValidationNamesTheField) {
+  auto t = StartServer(SmallOptions(), SmallEngine());
+  ASSERT_NE(t, nullptr);
+  const auto status_of = [&](const v1::ForwardRequest& r) {
+    grpc::ClientContext context;
+    v1::ForwardResponse response;
+    return t->stub->Forward(&context, r, &response);
+  };
+  v1::ForwardRequest r;
+  r.add_sequences()->add_tokens(256);
+  r.set_output(v1::FORWARD_OUTPUT_LOGITS);
+  EXPECT_EQ(status_of(r).error_message(), "sequences[0].tokens[0]=256 is outside [0, vocab_size=256)");
+  r.mutable_sequences(0)->set_tokens(0, 1);
+  r.set_output(v1::FORWARD_OUTPUT_TOP_LOGPROBS);
+  r.set_top_n(257);
+  EXPECT_EQ(status_of(r).error_message(), "top_n=257 is outside [1, vocab_size=256]");
+  r.set_output(v1::FORWARD_OUTPUT_UNSPECIFIED);
+  EXPECT_EQ(status_of(r).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  r.set_output(v1::FORWARD_OUTPUT_LOGITS);
+  r.add_sequences();
+  EXPECT_EQ(status_of(r).error_message(), "sequences[1].tokens is empty");
+}
+
 }  // namespace
 }  // namespace moe::testing
