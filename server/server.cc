@@ -151,8 +151,12 @@ void MoeServer::Drain(std::chrono::milliseconds grace) {
   const auto grace_end = std::chrono::steady_clock::now() + grace;
   service_->StartDrain(grace_end);
   // Running calls see the grace end themselves (within their poll interval) and cancel their
-  // engine requests; this only waits for them to be gone.
-  while (service_->in_flight() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  // engine requests; this waits for them to be gone. Bounded: a call stuck in a Write to a
+  // client that reads nothing is cancelled by Shutdown's deadline below.
+  const auto wait_end = grace_end + std::chrono::seconds(2);
+  while (service_->in_flight() > 0 && std::chrono::steady_clock::now() < wait_end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   server_->Wait();
   metrics_->SetEngine(nullptr);
