@@ -1,5 +1,7 @@
 #include "engine/api/engine.h"
 
+#include <algorithm>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -84,6 +86,14 @@ struct Engine::Impl {
     const TokenCallback* callback;
     TokenEvent event;
   };
+  // An Engine::Forward call, worked through by the worker one sequence at a time.
+  struct ForwardJob {
+    const ForwardRequest* request;
+    std::vector<ForwardResult> results;
+    size_t next = 0;  // sequences done
+    absl::Status status;
+    bool done = false;
+  };
   struct Request {
     GenerationRequest request;
     TokenCallback on_token;
@@ -105,6 +115,7 @@ struct Engine::Impl {
   std::deque<RequestId> pending;    // submitted, not yet handed to the generator
   std::deque<RequestId> cancelled;  // Cancel called, not yet handled by the worker
   std::vector<RequestId> ending;   // finished by the worker, marked done after their callbacks
+  std::deque<ForwardJob*> forward_jobs;  // Forward calls waiting for the worker (their callers)
   RequestId next_id = 1;
   bool stopping = false;
   EngineStats stats;
@@ -129,6 +140,10 @@ struct Engine::Impl {
   }
 
   void Run();
+  // Runs the sequences of `jobs` that fit in the free KV blocks now (worker thread, `mu` not
+  // held); returns the jobs still waiting for blocks.
+  std::deque<ForwardJob*> RunForwardJobs(std::deque<ForwardJob*> jobs);
+  absl::Status ValidateForward(const ForwardRequest& request) const;
   // Validates and queues a request (`mu` held).
   absl::StatusOr<RequestId> SubmitLocked(GenerationRequest request, TokenCallback on_token);
   // Hands pending requests and cancellations to the generator (worker thread, `mu` held).
@@ -136,7 +151,30 @@ struct Engine::Impl {
   // Applies one sequence event to its request (`mu` held); queues its callback.
   void Apply(const SequenceEvent& e, std::vector<PendingCallback>* callbacks);
   void Finish(RequestId id, FinishReason reason, absl::Status status);
+  // Ends a request failed by a step (`mu` held): its status, and a last callback event carrying
+  // it, so a streaming caller learns of the failure as of any other end.
+  void Fail(RequestId id, const absl::Status& error, std::vector<PendingCallback>* callbacks);
 };
+
+void Engine::Impl::Fail(RequestId id, const absl::Status& error,
+                        std::vector<PendingCallback>* callbacks) {
+  auto it = requests.find(id);
+  if (it == requests.end()) return;
+  Request& r = it->second;
+  r.status = absl::Status(error.code(),
+                          absl::StrCat("request ", id, ": step failed: ", error.message()));
+  r.result.finish_reason = FinishReason::kCancelled;
+  ending.push_back(id);
+  if (!r.on_token) return;
+  TokenEvent te;
+  te.request_id = id;
+  te.index = static_cast<int64_t>(r.result.tokens.size());
+  te.token = -1;
+  te.finished = true;
+  te.finish_reason = FinishReason::kCancelled;
+  te.status = r.status;
+  callbacks->push_back({&r.on_token, te});
+}
 
 void Engine::Impl::Finish(RequestId id, FinishReason reason, absl::Status status) {
   Request& r = requests.at(id);
@@ -198,7 +236,8 @@ void Engine::Impl::Run() {
     {
       std::unique_lock<std::mutex> lock(mu);
       work_cv.wait(lock, [&] {
-        return stopping || !pending.empty() || !cancelled.empty() || generator->HasWork();
+        return stopping || !pending.empty() || !cancelled.empty() || !forward_jobs.empty() ||
+               generator->HasWork();
       });
       if (stopping) {
         // Cancel everything still here; the results keep their tokens so far.
@@ -212,6 +251,11 @@ void Engine::Impl::Run() {
         }
         pending.clear();
         cancelled.clear();
+        for (ForwardJob* job : forward_jobs) {
+          job->status = absl::FailedPreconditionError("the engine shut down during Forward");
+          job->done = true;
+        }
+        forward_jobs.clear();
         stopped = true;
       } else {
         DrainQueues(&callbacks);
@@ -225,6 +269,19 @@ void Engine::Impl::Run() {
       done_cv.notify_all();
       return;
     }
+    // Forward calls run between steps, without the lock; those that wait for KV blocks go
+    // back to the front of the queue and try again after the step.
+    std::deque<ForwardJob*> jobs;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      jobs.swap(forward_jobs);
+    }
+    if (!jobs.empty()) {
+      std::deque<ForwardJob*> waiting = RunForwardJobs(std::move(jobs));
+      std::lock_guard<std::mutex> lock(mu);
+      forward_jobs.insert(forward_jobs.begin(), waiting.begin(), waiting.end());
+      done_cv.notify_all();
+    }
     // The step runs without the lock: Submit, Cancel and Stats stay responsive.
     StepOutcome outcome = generator->Step();
     {
@@ -232,6 +289,7 @@ void Engine::Impl::Run() {
       if (outcome.tokens > 0) ++stats.steps;
       stats.prompt_tokens += outcome.prompt_tokens;
       for (const SequenceEvent& e : outcome.events) Apply(e, &callbacks);
+      for (const int64_t id : outcome.failed) Fail(id, outcome.error, &callbacks);
       stats.running = generator->num_running();
       stats.waiting = generator->num_waiting() + static_cast<int64_t>(pending.size());
       stats.kv_blocks_used = generator->blocks().blocks_used();
@@ -243,15 +301,93 @@ void Engine::Impl::Run() {
       std::lock_guard<std::mutex> lock(mu);
       for (const RequestId id : ending) requests.at(id).done = true;
       ending.clear();
-      for (const int64_t id : outcome.failed) {
-        if (requests.count(id) == 0) continue;
-        Finish(id, FinishReason::kCancelled,
-               absl::Status(outcome.error.code(), absl::StrCat("request ", id, ": step failed: ",
-                                                              outcome.error.message())));
-      }
       done_cv.notify_all();
     }
   }
+}
+
+namespace {
+
+// The top_n entries of log_softmax(logits), computed in fp64: descending, ties to the lower id.
+void TopLogprobs(const std::vector<float>& logits, int64_t top_n, ForwardResult* out) {
+  double max = logits[0];
+  for (const float x : logits) max = std::max(max, static_cast<double>(x));
+  double sum = 0;
+  for (const float x : logits) sum += std::exp(static_cast<double>(x) - max);
+  const double log_z = max + std::log(sum);
+  std::vector<int32_t> ids(logits.size());
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
+  std::partial_sort(ids.begin(), ids.begin() + top_n, ids.end(), [&](int32_t a, int32_t b) {
+    return logits[a] != logits[b] ? logits[a] > logits[b] : a < b;
+  });
+  for (int64_t i = 0; i < top_n; ++i) {
+    out->top_ids.push_back(ids[i]);
+    out->top_logprobs.push_back(static_cast<float>(logits[ids[i]] - log_z));
+  }
+}
+
+}  // namespace
+
+std::deque<Engine::Impl::ForwardJob*> Engine::Impl::RunForwardJobs(std::deque<ForwardJob*> jobs) {
+  std::deque<ForwardJob*> waiting;
+  for (ForwardJob* job : jobs) {
+    const ForwardRequest& r = *job->request;
+    while (job->next < r.sequences.size()) {
+      absl::StatusOr<std::vector<float>> out = generator->ForwardSequence(
+          r.sequences[job->next], r.output == ForwardOutput::kHiddenState);
+      if (absl::IsUnavailable(out.status())) break;  // too few free blocks now
+      if (!out.ok()) {
+        job->status = absl::Status(out.status().code(),
+                                   absl::StrCat("sequences[", job->next, "]: forward failed: ",
+                                                out.status().message()));
+        break;
+      }
+      ForwardResult& result = job->results[job->next++];
+      if (r.output == ForwardOutput::kTopLogprobs) {
+        TopLogprobs(*out, r.top_n, &result);
+      } else {
+        result.values = *std::move(out);
+      }
+    }
+    if (job->next == r.sequences.size() || !job->status.ok()) {
+      std::lock_guard<std::mutex> lock(mu);
+      job->done = true;
+    } else {
+      waiting.push_back(job);
+    }
+  }
+  return waiting;
+}
+
+absl::Status Engine::Impl::ValidateForward(const ForwardRequest& r) const {
+  const int64_t vocab = info.vocab_size;
+  if (r.sequences.empty()) return absl::InvalidArgumentError("sequences is empty");
+  if (r.output == ForwardOutput::kTopLogprobs && (r.top_n < 1 || r.top_n > vocab)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_n=", r.top_n, " is outside [1, vocab_size=", vocab, "]"));
+  }
+  for (size_t i = 0; i < r.sequences.size(); ++i) {
+    const std::vector<int32_t>& s = r.sequences[i];
+    if (s.empty()) return absl::InvalidArgumentError(absl::StrCat("sequences[", i, "] is empty"));
+    const int64_t n = static_cast<int64_t>(s.size());
+    if (n > info.max_tokens_per_seq) {
+      return absl::InvalidArgumentError(absl::StrCat("sequences[", i, "] has ", n,
+                                                     " tokens, over max_tokens_per_seq=",
+                                                     info.max_tokens_per_seq));
+    }
+    if (!generator->blocks().CanEverFit(n)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequences[", i, "] has ", n, " tokens, more than the KV cache of ",
+                       info.kv_cache_blocks, " blocks of ", info.block_size, " tokens holds"));
+    }
+    for (size_t j = 0; j < s.size(); ++j) {
+      if (s[j] < 0 || s[j] >= vocab) {
+        return absl::InvalidArgumentError(absl::StrCat("sequences[", i, "][", j, "]=", s[j],
+                                                       " is outside [0, vocab_size=", vocab, ")"));
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -281,6 +417,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   g.max_seqs = options.max_seqs;
   g.block_size = options.block_size;
   g.max_tokens_per_seq = options.max_tokens_per_seq;
+  g.step_hook = options.step_hook;
   const int64_t block_bytes = impl->model->KvBytesPerBlock(options.block_size);
   g.num_blocks = options.kv_cache_bytes / block_bytes;
   if (g.num_blocks < 1) {
@@ -294,9 +431,16 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   ModelInfo& info = impl->info;
   info.model_dir = model_dir;
   info.family = std::string(ModelFamilyName(c.family));
+  info.backend = options.backend;
   info.vocab_size = c.vocab_size;
+  info.hidden_size = c.hidden_size;
   info.num_layers = c.num_hidden_layers;
+  info.num_experts = c.moe.num_experts;
+  info.experts_per_token = c.moe.top_k;
   info.max_position_embeddings = c.max_position_embeddings;
+  info.max_tokens_per_seq = impl->generator->max_tokens_per_seq();
+  info.max_batch_tokens = options.max_batch_tokens;
+  info.max_seqs = options.max_seqs;
   MOE_ASSIGN_OR_RETURN(info.eos_token_ids, LoadEosTokenIds(model_dir, c.vocab_size));
   info.dtype = std::string(DTypeName(dtype));
   info.weight_bytes = impl->model->weight_bytes();
@@ -379,6 +523,21 @@ std::vector<absl::StatusOr<GenerationResult>> Engine::Generate(
     }
   }
   return results;
+}
+
+absl::StatusOr<std::vector<ForwardResult>> Engine::Forward(const ForwardRequest& request) {
+  Impl& m = *impl_;
+  MOE_RETURN_IF_ERROR(m.ValidateForward(request));
+  Impl::ForwardJob job;
+  job.request = &request;
+  job.results.resize(request.sequences.size());
+  std::unique_lock<std::mutex> lock(m.mu);
+  if (m.stopping) return absl::FailedPreconditionError("the engine is shut down");
+  m.forward_jobs.push_back(&job);
+  m.work_cv.notify_one();
+  m.done_cv.wait(lock, [&] { return job.done; });
+  if (!job.status.ok()) return job.status;
+  return std::move(job.results);
 }
 
 void Engine::Shutdown() {

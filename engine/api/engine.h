@@ -96,7 +96,9 @@ using RequestId = int64_t;
 
 // One generated token, delivered to the Submit callback in order; the last event of a request
 // has finished = true. A request ended by Cancel or Shutdown gets a last event without a
-// token (token = -1, index = the number of tokens it got).
+// token (token = -1, index = the number of tokens it got); so does one failed by an engine
+// step (a backend error), whose last event then carries that error in `status` (Await returns
+// it too).
 struct TokenEvent {
   RequestId request_id = 0;
   int64_t index = 0;     // 0 for the first generated token
@@ -104,8 +106,30 @@ struct TokenEvent {
   float logprob = 0.0f;  // 0 unless return_logprobs
   bool finished = false;  // the last event of the request; finish_reason is then set
   FinishReason finish_reason = FinishReason::kLength;
+  absl::Status status;  // not OK only on the last event of a request failed by a step
 };
 using TokenCallback = std::function<void(const TokenEvent&)>;
+
+// Engine::Forward: the scoring / embedding call.
+enum class ForwardOutput {
+  kHiddenState,  // the last token's final-norm hidden state (the lm_head's input), [hidden_size]
+  kLogits,       // the last token's logits, [vocab_size]
+  kTopLogprobs,  // the top_n entries of the last token's log-softmax
+};
+
+struct ForwardRequest {
+  // Each at least one token, each token in [0, vocab_size), at most max_tokens_per_seq long.
+  std::vector<std::vector<int32_t>> sequences;
+  ForwardOutput output = ForwardOutput::kLogits;
+  int64_t top_n = 0;  // kTopLogprobs: in [1, vocab_size]
+};
+
+// One sequence's output, f32.
+struct ForwardResult {
+  std::vector<float> values;        // kHiddenState, kLogits
+  std::vector<int32_t> top_ids;     // kTopLogprobs: by descending log-prob, ties to the lower id
+  std::vector<float> top_logprobs;  // log-softmax (computed in fp64) at top_ids
+};
 
 struct EngineOptions {
   std::string backend = "cpu";  // "cpu"; "cuda" and "xpu" once built in
@@ -123,15 +147,27 @@ struct EngineOptions {
   // Called while Create loads the weights with (steps done, total steps): the embedding and
   // lm_head, then each layer. On the calling thread; may be empty.
   std::function<void(int64_t, int64_t)> on_load_progress;
+  // Test hook, empty in production: called on the worker thread in every step that has work,
+  // before the model runs. A non-OK Status fails that step's requests as a backend error would
+  // (their last event and Await carry it; the engine goes on with later requests). It may also
+  // sleep, to make steps slow.
+  std::function<absl::Status()> step_hook;
 };
 
 // What an embedder needs to know about the loaded model.
 struct ModelInfo {
   std::string model_dir;
   std::string family;  // config.json model_type: "mixtral", "qwen3_moe", "qwen2_moe", ...
+  std::string backend;  // EngineOptions::backend
   int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
   int64_t num_layers = 0;
+  int64_t num_experts = 0;        // routed experts per MoE layer
+  int64_t experts_per_token = 0;  // the router's top-k
   int64_t max_position_embeddings = 0;
+  int64_t max_tokens_per_seq = 0;  // the limit on prompt + max_new_tokens (option or model's)
+  int64_t max_batch_tokens = 0;    // EngineOptions'
+  int64_t max_seqs = 0;            // EngineOptions'
   std::vector<int32_t> eos_token_ids;
   std::string dtype;  // the run dtype
   int64_t weight_bytes = 0;
@@ -180,6 +216,15 @@ class Engine {
   // forgotten). NotFound for an unknown or already awaited id. An internal error of a step
   // (a backend failure) is returned here for every request of that step.
   absl::StatusOr<GenerationResult> Await(RequestId id);
+
+  // Runs every sequence as a prompt and returns its last token's output (one result per
+  // sequence, in order); nothing is generated and nothing stays in the KV cache. Runs on the
+  // worker between generation steps, one sequence at a time in its own model forward (prefill
+  // chunks of max_batch_tokens), so a sequence's result is the same whatever else runs; it
+  // waits while the KV cache has too few free blocks for a sequence. InvalidArgument naming
+  // sequences[i] and the limit for a bad request (checked before anything runs);
+  // FailedPrecondition after Shutdown; a backend error of the forward. Blocks the caller.
+  absl::StatusOr<std::vector<ForwardResult>> Forward(const ForwardRequest& request);
 
   // Cancels everything not finished, stops the worker thread and waits for it. Idempotent.
   void Shutdown();

@@ -374,7 +374,8 @@ absl::Status Model::ReserveLogitRows(int64_t rows) {
   const size_t sizes[kNumHeadScratch] = {
       static_cast<size_t>(rows * d) * es,  // normed rows, the lm_head GEMM's input
       static_cast<size_t>(rows * v) * es,  // logits in the run dtype
-      es == sizeof(float) ? 1 : static_cast<size_t>(rows * v) * sizeof(float),  // widened
+      // widened logits, or widened hidden states (ModelBatch::hidden_states)
+      es == sizeof(float) ? 1 : static_cast<size_t>(rows * std::max(v, d)) * sizeof(float),
   };
   std::vector<std::unique_ptr<Buffer>> scratch;
   for (size_t size : sizes) {
@@ -416,7 +417,9 @@ absl::Status Model::ReserveTokens(int64_t tokens) {
 
 absl::Status Model::Forward(const ModelBatch& batch, KvCache& cache, std::vector<float>* logits) {
   MOE_ASSIGN_OR_RETURN(const float* device_logits, ForwardOnDevice(batch, cache));
-  const size_t n = batch.logit_rows.size() * static_cast<size_t>(config_.vocab_size);
+  const size_t n = batch.logit_rows.size() *
+                   static_cast<size_t>(batch.hidden_states ? config_.hidden_size
+                                                           : config_.vocab_size);
   logits->assign(n, 0.0f);
   if (n == 0 || device_logits == nullptr) return absl::OkStatus();
   return backend_->CopyToHost(logits->data(), device_logits, n * sizeof(float));
@@ -606,6 +609,16 @@ absl::Status Model::EnqueueStep(const StepShape& shape, KvCache& cache) {
                                             .dst = h,
                                             .dst_ld = d}));
   MOE_RETURN_IF_ERROR(rms_norm(h, *final_norm_, head_in, rows));
+  if (batch.hidden_states) {
+    if (dtype == DType::kF32) return static_cast<const float*>(head_in);
+    void* hidden_f32 = head_scratch_[kLogitsF32]->data();
+    MOE_RETURN_IF_ERROR(backend_->Cast({.n = rows * d,
+                                        .src = head_in,
+                                        .src_dtype = dtype,
+                                        .dst = hidden_f32,
+                                        .dst_dtype = DType::kF32}));
+    return static_cast<const float*>(hidden_f32);
+  }
   MOE_RETURN_IF_ERROR(backend_->Gemm({.m = rows,
                                       .n = v,
                                       .k = d,

@@ -51,6 +51,9 @@ struct ModelBatch {
   int64_t num_seqs = 0;
   int64_t max_blocks_per_seq = 0;
   std::vector<int32_t> logit_rows;  // token rows whose logits Forward returns
+  // Return the final-norm hidden states of logit_rows (f32 [rows, hidden_size]: the lm_head's
+  // input, widened) instead of their logits: the embedding call (Engine::Forward).
+  bool hidden_states = false;
 };
 
 // The paged KV cache of every layer: per layer one K and one V array of
@@ -120,14 +123,15 @@ class Model {
                                                            int64_t block_size);
 
   // Runs the batch, writes its K / V into `cache` and returns the logits of logit_rows as f32
-  // [logit_rows.size(), vocab_size] into `logits` (resized). InvalidArgument naming the field
+  // [logit_rows.size(), vocab_size] (hidden_size with batch.hidden_states) into `logits`
+  // (resized). InvalidArgument naming the field
   // for inconsistent array sizes, a token id outside [0, vocab_size), a position outside
   // [0, max_position_embeddings), a logit row outside [0, T); the backend's errors for slots
   // and blocks. T = 0 returns no logits.
   absl::Status Forward(const ModelBatch& batch, KvCache& cache, std::vector<float>* logits);
 
   // As Forward, but leaves the logits on the backend's device: f32 [logit_rows.size(),
-  // vocab_size], valid until the next Forward / ForwardOnDevice / ReserveTokens; null when there
+  // vocab_size] (hidden_size with batch.hidden_states), valid until the next Forward / ForwardOnDevice / ReserveTokens; null when there
   // are no logit rows (or no tokens).
   absl::StatusOr<const float*> ForwardOnDevice(const ModelBatch& batch, KvCache& cache);
 

@@ -31,7 +31,8 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(Model* model, Backe
   so.block_size = options.block_size;
   so.max_blocks_per_seq = (max_tokens + options.block_size - 1) / options.block_size;
   MOE_ASSIGN_OR_RETURN(Scheduler scheduler, Scheduler::Create(so));
-  std::unique_ptr<Generator> g(new Generator(model, backend, std::move(scheduler), max_tokens));
+  std::unique_ptr<Generator> g(new Generator(model, backend, std::move(scheduler), max_tokens,
+                                                options.max_batch_tokens, options.step_hook));
   MOE_ASSIGN_OR_RETURN(g->cache_, model->AllocateKvCache(options.num_blocks, options.block_size));
   // At most one sampled row per running sequence per step.
   g->sample_workspace_bytes_ =
@@ -46,11 +47,14 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(Model* model, Backe
 }
 
 Generator::Generator(Model* model, Backend* backend, Scheduler scheduler,
-                     int64_t max_tokens_per_seq)
+                     int64_t max_tokens_per_seq, int64_t max_batch_tokens,
+                     std::function<absl::Status()> step_hook)
     : model_(model),
       backend_(backend),
       scheduler_(std::move(scheduler)),
-      max_tokens_per_seq_(max_tokens_per_seq) {}
+      max_tokens_per_seq_(max_tokens_per_seq),
+      max_batch_tokens_(max_batch_tokens),
+      step_hook_(std::move(step_hook)) {}
 
 absl::Status Generator::Validate(const SequenceRequest& r) const {
   const int64_t vocab = model_->config().vocab_size;
@@ -228,6 +232,7 @@ StepOutcome Generator::Step() {
   }
   outcome.tokens = plan.tokens;
   absl::Status status = BuildBatch(plan);
+  if (status.ok() && step_hook_) status = step_hook_();
   if (status.ok()) {
     absl::StatusOr<const float*> logits = model_->ForwardOnDevice(batch_, *cache_);
     status = logits.status();
@@ -247,6 +252,47 @@ StepOutcome Generator::Step() {
     }
   }
   return outcome;
+}
+
+absl::StatusOr<std::vector<float>> Generator::ForwardSequence(const std::vector<int32_t>& tokens,
+                                                              bool hidden) {
+  // Below every request id (they start at 1), so it never meets one.
+  constexpr int64_t kForwardSeq = -1;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  KvBlockManager& blocks = scheduler_.mutable_blocks();
+  if (blocks.BlocksForTokens(n) > blocks.blocks_free()) {
+    return absl::UnavailableError(absl::StrCat("forward: ", n, " tokens need ",
+                                               blocks.BlocksForTokens(n), " KV blocks, ",
+                                               blocks.blocks_free(), " free now"));
+  }
+  MOE_RETURN_IF_ERROR(blocks.AddSequence(kForwardSeq));
+  absl::StatusOr<std::vector<float>> out = [&]() -> absl::StatusOr<std::vector<float>> {
+    MOE_RETURN_IF_ERROR(blocks.Reserve(kForwardSeq, n));
+    ModelBatch b;
+    b.num_seqs = 1;
+    b.max_blocks_per_seq = blocks.BlocksForTokens(n);
+    b.block_tables.assign(static_cast<size_t>(b.max_blocks_per_seq), -1);
+    MOE_RETURN_IF_ERROR(
+        blocks.FillBlockTableRow(kForwardSeq, b.block_tables.data(), b.max_blocks_per_seq));
+    b.hidden_states = hidden;
+    std::vector<float> result;
+    // Chunked like a prefill: the step's workspaces stay within max_batch_tokens.
+    for (int64_t start = 0; start < n; start += max_batch_tokens_) {
+      const int64_t count = std::min(max_batch_tokens_, n - start);
+      b.token_ids.assign(tokens.begin() + start, tokens.begin() + start + count);
+      b.positions.resize(count);
+      for (int64_t i = 0; i < count; ++i) b.positions[i] = static_cast<int32_t>(start + i);
+      b.seq_ids.assign(count, 0);
+      b.slot_mapping.resize(count);
+      MOE_RETURN_IF_ERROR(blocks.FillSlotMapping(kForwardSeq, start, count, b.slot_mapping.data()));
+      b.logit_rows.clear();
+      if (start + count == n) b.logit_rows.push_back(static_cast<int32_t>(count - 1));
+      MOE_RETURN_IF_ERROR(model_->Forward(b, *cache_, &result));
+    }
+    return result;
+  }();
+  blocks.Free(kForwardSeq).IgnoreError();
+  return out;
 }
 
 }  // namespace moe

@@ -14,6 +14,7 @@
 #define MOE_ENGINE_RUNTIME_GENERATOR_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -34,6 +35,9 @@ struct GeneratorOptions {
   int64_t num_blocks = 0;           // KV cache blocks, >= 1
   int64_t block_size = 16;          // tokens per block, >= 1
   int64_t max_tokens_per_seq = 0;   // prompt + new tokens; 0 = max_position_embeddings
+  // Test hook (EngineOptions::step_hook): runs before the model in every step with work; a
+  // non-OK Status fails the step like a model error.
+  std::function<absl::Status()> step_hook;
 };
 
 struct SequenceRequest {
@@ -90,6 +94,14 @@ class Generator {
   // Runs one step. An empty outcome when there is nothing to run.
   StepOutcome Step();
 
+  // Runs `tokens` as a prompt outside any request (the scoring / embedding call: nothing is
+  // sampled or kept) in chunks of max_batch_tokens, and returns the last token's final-norm
+  // hidden state (f32 [hidden_size], hidden = true) or logits (f32 [vocab_size]). Takes KV
+  // blocks for it and frees them before returning. Unavailable when too few blocks are free
+  // now (retry after a step frees some); the model's errors otherwise. Call between steps.
+  absl::StatusOr<std::vector<float>> ForwardSequence(const std::vector<int32_t>& tokens,
+                                                     bool hidden);
+
   bool HasWork() const { return !seqs_.empty(); }
   int64_t num_running() const { return scheduler_.num_running(); }
   int64_t num_waiting() const { return scheduler_.num_waiting(); }
@@ -103,7 +115,8 @@ class Generator {
     int64_t generated = 0;
   };
 
-  Generator(Model* model, Backend* backend, Scheduler scheduler, int64_t max_tokens_per_seq);
+  Generator(Model* model, Backend* backend, Scheduler scheduler, int64_t max_tokens_per_seq,
+            int64_t max_batch_tokens, std::function<absl::Status()> step_hook);
 
   // Fills batch_ from the plan.
   absl::Status BuildBatch(const StepPlan& plan);
@@ -114,6 +127,9 @@ class Generator {
   Backend* backend_;
   Scheduler scheduler_;
   int64_t max_tokens_per_seq_;
+  int64_t max_batch_tokens_;
+  std::function<absl::Status()> step_hook_;
+
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<Buffer> sample_workspace_;
   size_t sample_workspace_bytes_ = 0;

@@ -126,6 +126,9 @@ class Scheduler {
   // For slot mappings and block-table rows. It tracks every waiting and running sequence;
   // waiting ones hold no blocks.
   const KvBlockManager& blocks() const { return blocks_; }
+  // For a sequence outside the schedule (Generator::ForwardSequence) that takes blocks and
+  // frees them again between two Schedule calls, so admission never sees them.
+  KvBlockManager& mutable_blocks() { return blocks_; }
   const SchedulerOptions& options() const { return options_; }
 
   int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }

@@ -16,6 +16,8 @@ PACKAGES=(
   protobuf-compiler       # protoc, called by genrules
   libgrpc++-dev           # gRPC C++ (server/)
   protobuf-compiler-grpc  # grpc_cpp_plugin
+  prometheus-cpp-dev      # prometheus-cpp 1.0: moe_server's metrics endpoint
+  openssl                 # the TLS tests make their certificates with it
   libgtest-dev            # GoogleTest
   libgmock-dev            # GoogleMock
   googletest              # GoogleTest sources
