@@ -481,6 +481,7 @@ absl::StatusOr<const float*> Model::ForwardOnDevice(const ModelBatch& batch, KvC
   shape.tokens = t;
   shape.logit_rows = rows;
   shape.num_seqs = batch.num_seqs;
+  shape.hidden_states = batch.hidden_states;
   shape.table_width = record ? GraphTableWidth(batch.max_blocks_per_seq) : batch.max_blocks_per_seq;
   MOE_RETURN_IF_ERROR(UploadBlockTables(batch, shape.table_width));
 
@@ -490,13 +491,15 @@ absl::StatusOr<const float*> Model::ForwardOnDevice(const ModelBatch& batch, KvC
   }
   if (!replayed) MOE_RETURN_IF_ERROR(EnqueueStep(shape, cache));
   if (rows == 0) return nullptr;
-  const int64_t logits = options_.dtype == DType::kF32 ? kLogits : kLogitsF32;
-  return static_cast<const float*>(head_scratch_[logits]->data());
+  // f32 rows: the normed hidden states as they are, else the f32 logits; bf16 rows widened.
+  const bool f32 = options_.dtype == DType::kF32;
+  const int64_t out = f32 ? (batch.hidden_states ? kHeadIn : kLogits) : kLogitsF32;
+  return static_cast<const float*>(head_scratch_[out]->data());
 }
 
 absl::StatusOr<bool> Model::ReplayStep(const StepShape& shape, KvCache& cache) {
   const auto key = std::make_tuple(shape.tokens, shape.logit_rows, shape.num_seqs,
-                                   shape.table_width, cache.id_);
+                                   shape.table_width, shape.hidden_states, cache.id_);
   if (graphs_.size() >= kMaxGraphs && graphs_.find(key) == graphs_.end()) graphs_.clear();
   RecordedStep& step = graphs_[key];
   if (step.failed) return false;
@@ -609,15 +612,13 @@ absl::Status Model::EnqueueStep(const StepShape& shape, KvCache& cache) {
                                             .dst = h,
                                             .dst_ld = d}));
   MOE_RETURN_IF_ERROR(rms_norm(h, *final_norm_, head_in, rows));
-  if (batch.hidden_states) {
-    if (dtype == DType::kF32) return static_cast<const float*>(head_in);
-    void* hidden_f32 = head_scratch_[kLogitsF32]->data();
-    MOE_RETURN_IF_ERROR(backend_->Cast({.n = rows * d,
-                                        .src = head_in,
-                                        .src_dtype = dtype,
-                                        .dst = hidden_f32,
-                                        .dst_dtype = DType::kF32}));
-    return static_cast<const float*>(hidden_f32);
+  if (shape.hidden_states) {
+    if (dtype == DType::kF32) return absl::OkStatus();
+    return backend_->Cast({.n = rows * d,
+                           .src = head_in,
+                           .src_dtype = dtype,
+                           .dst = head_scratch_[kLogitsF32]->data(),
+                           .dst_dtype = DType::kF32});
   }
   MOE_RETURN_IF_ERROR(backend_->Gemm({.m = rows,
                                       .n = v,

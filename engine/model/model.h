@@ -117,22 +117,21 @@ class Model {
   // Bytes one KV cache block of block_size tokens takes over all layers (K and V).
   int64_t KvBytesPerBlock(int64_t block_size) const;
 
-  // A cache of num_blocks blocks, uninitialised (every slot is written before it is read). InvalidArgument for sizes < 1;
-  // ResourceExhausted from the allocator.
+  // A cache of num_blocks blocks, uninitialised (every slot is written before it is read).
+  // InvalidArgument for sizes < 1; ResourceExhausted from the allocator.
   absl::StatusOr<std::unique_ptr<KvCache>> AllocateKvCache(int64_t num_blocks,
                                                            int64_t block_size);
 
   // Runs the batch, writes its K / V into `cache` and returns the logits of logit_rows as f32
   // [logit_rows.size(), vocab_size] (hidden_size with batch.hidden_states) into `logits`
-  // (resized). InvalidArgument naming the field
-  // for inconsistent array sizes, a token id outside [0, vocab_size), a position outside
-  // [0, max_position_embeddings), a logit row outside [0, T); the backend's errors for slots
-  // and blocks. T = 0 returns no logits.
+  // (resized). InvalidArgument naming the field for inconsistent array sizes, a token id
+  // outside [0, vocab_size), a position outside [0, max_position_embeddings), a logit row
+  // outside [0, T); the backend's errors for slots and blocks. T = 0 returns no logits.
   absl::Status Forward(const ModelBatch& batch, KvCache& cache, std::vector<float>* logits);
 
   // As Forward, but leaves the logits on the backend's device: f32 [logit_rows.size(),
-  // vocab_size] (hidden_size with batch.hidden_states), valid until the next Forward / ForwardOnDevice / ReserveTokens; null when there
-  // are no logit rows (or no tokens).
+  // vocab_size] (hidden_size with batch.hidden_states), valid until the next Forward /
+  // ForwardOnDevice / ReserveTokens; null when there are no logit rows (or no tokens).
   absl::StatusOr<const float*> ForwardOnDevice(const ModelBatch& batch, KvCache& cache);
 
   // Grows every layer's workspace for steps of up to `tokens` tokens now (the lm_head's
@@ -160,6 +159,7 @@ class Model {
     int64_t logit_rows = 0;
     int64_t num_seqs = 0;
     int64_t table_width = 0;  // block table columns as uploaded
+    bool hidden_states = false;  // ModelBatch::hidden_states
   };
   // Enqueues the step's ops after the batch's arrays are on the device.
   absl::Status EnqueueStep(const StepShape& shape, KvCache& cache);
@@ -197,8 +197,8 @@ class Model {
     bool failed = false;  // could not be recorded: runs op by op
     std::unique_ptr<OpGraph> graph;
   };
-  // By (tokens, logit rows, sequences, table width, cache id).
-  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>, RecordedStep> graphs_;
+  // By (tokens, logit rows, sequences, table width, hidden states, cache id).
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool, int64_t>, RecordedStep> graphs_;
   bool backend_records_graphs_ = false;  // Backend::RecordsOpGraphs
   StepGraphStats graph_stats_;
 };
