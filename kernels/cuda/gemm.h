@@ -42,7 +42,8 @@
 // streams the weights once at tensor-core speed, instead of cuBLASLt, whose small-m kernels
 // take a launch (and often a split-K pass) per matrix. The rule depends only on the matrix's
 // own rows and alignment, so a plain, a batched and a grouped GEMM of the same rows still give
-// the same bits.
+// the same bits. Shapes the segment kernel splits over k (segment_gemm.h) use this runner's
+// split workspace (64 MiB of fp32 partials and per-tile counters, made on first need).
 //
 // Grouped GEMM: the short segments go to one launch of the segment kernel; each longer one is a
 // cuBLASLt matmul, in order, on the caller's stream (a launch and a heuristic query the first
