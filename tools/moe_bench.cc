@@ -63,6 +63,7 @@ struct Options {
   int64_t copy_mib = 0;
   int64_t gemm_size = 0;
   int64_t device_counts_max_tokens = -1;  // -1 = 64 on cuda, 0 on cpu
+  bool graphs = true;
 
   bool on_gpu() const { return backend == "cuda"; }
 };
@@ -89,6 +90,7 @@ struct Row {
   std::string routing;
   std::string expert_path;
   std::string combine_path;
+  bool graph = false;  // timed as a replayed op graph (Backend::CaptureOps)
   int64_t experts_hit = 0;
   int64_t reps = 0;
   double median_s = 0;
@@ -293,11 +295,30 @@ absl::Status BenchPreset(const Options& opt, const MoePreset& preset, Backend* b
         MOE_ASSIGN_OR_RETURN(result, block->Forward(x_t, out_t));
       }
       MOE_RETURN_IF_ERROR(backend->Synchronize());
+      // Decode-sized blocks run inside the engine's recorded step graphs (Model): time them
+      // that way where the block records (counts on the device), else op by op.
+      std::unique_ptr<OpGraph> graph;
+      if (opt.graphs && backend->RecordsOpGraphs() && t <= opt.device_counts_max_tokens) {
+        absl::StatusOr<std::unique_ptr<OpGraph>> made = backend->CaptureOps([&]() -> absl::Status {
+          MOE_ASSIGN_OR_RETURN(result, block->Forward(x_t, out_t));
+          return absl::OkStatus();
+        });
+        if (made.ok()) graph = *std::move(made);
+      }
+      const auto run = [&]() -> absl::Status {
+        if (graph != nullptr) return graph->Replay();
+        MOE_ASSIGN_OR_RETURN(result, block->Forward(x_t, out_t));
+        return absl::OkStatus();
+      };
+      if (graph != nullptr) {
+        MOE_RETURN_IF_ERROR(run());
+        MOE_RETURN_IF_ERROR(backend->Synchronize());
+      }
       std::vector<double> times;
       const double row_start = NowSeconds();
       for (int64_t i = 0; i < opt.reps; ++i) {
         const double t0 = NowSeconds();
-        MOE_ASSIGN_OR_RETURN(result, block->Forward(x_t, out_t));
+        MOE_RETURN_IF_ERROR(run());
         MOE_RETURN_IF_ERROR(backend->Synchronize());
         times.push_back(NowSeconds() - t0);
         if (i + 1 >= 3 && NowSeconds() - row_start > opt.max_row_seconds) break;
@@ -310,6 +331,7 @@ absl::Status BenchPreset(const Options& opt, const MoePreset& preset, Backend* b
       row.routing = routing;
       row.expert_path = std::string(ExpertPathName(trace.expert_path));
       row.combine_path = std::string(CombinePathName(trace.combine_path));
+      row.graph = graph != nullptr;
       std::vector<int64_t> counts = trace.counts;
       if (counts.empty()) {
         // The counts stayed on the device: count the last routing's ids here.
@@ -375,13 +397,14 @@ std::string FormatTable(const std::vector<Row>& rows, const Ceilings& c) {
   } else if (!c.gemm_error.empty()) {
     absl::StrAppend(&out, "ceiling: bf16 GEMM unavailable: ", c.gemm_error, "\n");
   }
-  absl::StrAppendFormat(&out, "%-22s %5s %-16s %-8s %10s %5s %9s %9s %10s %7s\n", "shape", "T",
+  absl::StrAppendFormat(&out, "%-22s %5s %-16s %-14s %10s %5s %9s %9s %10s %7s\n", "shape", "T",
                         "routing", "path", "ms", "hit", "GB/s", "GFLOP/s", "floor ms", "x floor");
   for (const Row& r : rows) {
     const std::string floor_ms = r.floor_s > 0 ? absl::StrFormat("%.3f", r.floor_s * 1e3) : "-";
     const std::string ratio = r.floor_s > 0 ? absl::StrFormat("%.2f", r.median_s / r.floor_s) : "-";
-    absl::StrAppendFormat(&out, "%-22s %5d %-16s %-8s %10.3f %5d %9.1f %9.1f %10s %7s\n", r.preset,
-                          r.tokens, r.routing, r.expert_path, r.median_s * 1e3, r.experts_hit,
+    const std::string path = r.graph ? r.expert_path + " (graph)" : r.expert_path;
+    absl::StrAppendFormat(&out, "%-22s %5d %-16s %-14s %10.3f %5d %9.1f %9.1f %10s %7s\n", r.preset,
+                          r.tokens, r.routing, path, r.median_s * 1e3, r.experts_hit,
                           r.weight_bytes / r.median_s / 1e9, r.flops / r.median_s / 1e9, floor_ms,
                           ratio);
   }
@@ -467,7 +490,8 @@ std::string FormatJson(const Options& opt, const std::string& backend, const Cei
                     ", \"dtype\": ", JsonQuote(DTypeName(m.dtype)), ", \"T\": ", r.tokens,
                     ", \"routing\": ", JsonQuote(r.routing),
                     ", \"expert_path\": ", JsonQuote(r.expert_path),
-                    ", \"combine_path\": ", JsonQuote(r.combine_path));
+                    ", \"combine_path\": ", JsonQuote(r.combine_path),
+                    ", \"graph\": ", r.graph ? "true" : "false");
     // The rest of the block's config, so that a reference (tools/moe_bench_torch.py) can
     // rebuild the same block from the row alone.
     absl::StrAppend(
@@ -648,6 +672,9 @@ int main(int argc, char** argv) {
       "under `bazel run`), on the GPU machine:\n"
       "  moe_bench --backend cuda --json $OUT/moe_bench_h100.json\n"
       "  python3 tools/moe_bench_torch.py --engine_json $OUT/moe_bench_h100.json\n"));
+  flags.AddBool("graphs", &opt.graphs,
+                "Time blocks that keep their counts on the device as a replayed op graph (CUDA\n"
+                "graph), as the engine's decode steps run them; false: op by op.");
   flags.AddInt("device_counts_max_tokens", &opt.device_counts_max_tokens,
                "Batches of at most this many tokens keep the expert counts on the device\n"
                "(MoeBlock::set_counts_on_device_max_tokens: no host wait inside the block);\n"
