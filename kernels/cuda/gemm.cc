@@ -271,6 +271,11 @@ absl::StatusOr<bool> CublasLtGemm::SegmentShape(const GemmArgs& g, const void* b
   return true;
 }
 
+int64_t CublasLtGemm::SegmentRowsLimit(int64_t n, int64_t k) const {
+  if (segment_max_rows_ == 0 || n * k > kSmallMatrixElements) return segment_max_rows_;
+  return std::max(segment_max_rows_, kSmallMatrixSegmentRows);
+}
+
 absl::Status CublasLtGemm::EnsureSplitWorkspace(cudaStream_t stream) {
   if (split_.partials != nullptr) return absl::OkStatus();
   // Made once, the first time a split shape runs (a synchronisation; before any graph records
@@ -363,7 +368,7 @@ absl::Status CublasLtGemm::GroupedGemm(const GroupedGemmArgs& args, cudaStream_t
     const int64_t first = args.offsets[i];
     const SegmentGemmSegment seg{i, first * g.lda, first * g.ldc, args.offsets[i + 1] - first};
     if (seg.rows == 0) continue;
-    if (segment_kernel && seg.rows <= segment_max_rows_) {
+    if (segment_kernel && seg.rows <= SegmentRowsLimit(g.n, g.k)) {
       short_segments_.push_back(seg);
     } else {
       MOE_RETURN_IF_ERROR(plain(seg));
@@ -392,7 +397,7 @@ absl::Status CublasLtGemm::Run(absl::string_view op, const GemmArgs& g, int64_t 
     return absl::OkStatus();
   }
   if (batch == 1) stride_a = stride_b = stride_c = 0;
-  if (m <= segment_max_rows_) {
+  if (m <= SegmentRowsLimit(g.n, g.k)) {
     SegmentGemmShape shape;
     MOE_ASSIGN_OR_RETURN(const bool segment_kernel,
                          SegmentShape(g, b, ldb, b_is_nk, stride_b, stream, &shape));

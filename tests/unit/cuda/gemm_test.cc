@@ -347,13 +347,14 @@ TEST_F(CublasLtGemmTest, BatchedEqualsOneByOne) {
 
 // Variable segments with empty ones (first, middle, last); each segment equals a plain GEMM
 // of its rows bit for bit, and the reference.
-// The second offsets set mixes short segments (the segment kernel, one launch) with long ones
-// (cuBLASLt, one call each).
+// The second offsets set has segments of up to 100 rows (the segment kernel, one launch, for
+// this small B); the third mixes short ones with a 300-row one (cuBLASLt).
 TEST_F(CublasLtGemmTest, GroupedWithEmptySegments) {
   std::mt19937_64 rng(12);
   for (const std::vector<int64_t>& offsets :
        {std::vector<int64_t>{0, 0, 5, 5, 22, 23, 23, 40, 40},
-        std::vector<int64_t>{0, 3, 3, 103, 170, 171, 171, 236}}) {
+        std::vector<int64_t>{0, 3, 3, 103, 170, 171, 171, 236},
+        std::vector<int64_t>{0, 2, 302, 302, 345}}) {
   const int64_t groups = static_cast<int64_t>(offsets.size()) - 1;
   const int64_t rows = offsets.back(), n = 72, k = 64;
   for (DType ab : {DType::kF32, DType::kBF16}) {
