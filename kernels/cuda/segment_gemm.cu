@@ -11,16 +11,35 @@
 namespace moe::cuda {
 namespace {
 
-constexpr int kTileM = 64;
-constexpr int kTileN = 64;
 constexpr int kTileK = 64;
 constexpr int kStages = 4;
-constexpr int kThreads = 128;  // 4 warps; warp w owns columns [16 w, 16 w + 16) of the tile
 // Shared rows padded from 64 to 72 bf16 (144 bytes): the 8 rows an ldmatrix phase reads then
 // start in 8 different 16-byte bank groups, so the reads are conflict-free.
 constexpr int kSmemLd = kTileK + 8;
-constexpr int kStageElems = (kTileM + kTileN) * kSmemLd;
-constexpr int kSmemBytes = kStages * kStageElems * 2;
+
+// A block's output tile: kM x kN, kWarpsM x kWarpsN warps, each owning 64 rows and
+// kN / kWarpsN columns. Every output element is one thread's sum over k in ascending steps of
+// 16 whatever the tile, so both tiles give the same bits.
+template <int kM, int kN, int kWarpsM, int kWarpsN>
+struct Tile {
+  static constexpr int M = kM;
+  static constexpr int N = kN;
+  static constexpr int kWarpsAlongN = kWarpsN;
+  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kWarpCols = kN / kWarpsN;
+  static constexpr int kNTiles = kWarpCols / 8;  // n8 mma tiles per warp
+  static constexpr int kStageElems = (kM + kN) * kSmemLd;
+  static constexpr int kSmemBytes = kStages * kStageElems * 2;
+  static_assert(kM / kWarpsM == 64, "a warp owns 64 rows (4 m16 tiles)");
+  static_assert(kWarpCols % 16 == 0, "B fragments are loaded 16 columns at a time");
+};
+// Short segments (decode): 4 warps, each 64 rows x 16 columns.
+using SmallTile = Tile<64, 64, 1, 4>;
+// Segments of 128 rows and more: 8 warps, each 64 rows x 32 columns; B is read once per 128
+// rows.
+using LargeTile = Tile<128, 128, 2, 4>;
+constexpr int kTileM = SmallTile::M;  // the row tiles of the device-count path
+constexpr int kTileN = SmallTile::N;
 
 // Row tiles per launch: the list travels as a kernel parameter (CUDA 12.1+ allows 32 KiB).
 constexpr int kMaxTiles = 1024;
@@ -29,7 +48,7 @@ struct RowTile {
   int64_t a_offset;  // elements, first row of the tile
   int64_t c_offset;
   int32_t group;
-  int32_t rows;  // 1..kTileM
+  int32_t rows;  // 1..the tile's M
 };
 
 struct TileList {
@@ -87,9 +106,11 @@ __device__ __forceinline__ void MmaBf16(float* d, const uint32_t* a, uint32_t b0
 // instruction count, not the memory, bounded small-grid GEMMs). Chunks past the segment's
 // rows, past n or past k are zero-filled without reading; A rows past the last m16 tile that
 // computes are not loaded.
+template <typename Cfg>
 struct StageLoader {
-  static constexpr int kRowsPerPass = kThreads / (kTileK / 8);  // 16
-  static constexpr int kPasses = kTileM / kRowsPerPass;           // 4, for A and for B
+  static constexpr int kRowsPerPass = Cfg::kThreads / (kTileK / 8);  // 16 or 32
+  static constexpr int kPasses = Cfg::M / kRowsPerPass;                // 4, for A and for B
+  static_assert(Cfg::M == Cfg::N, "A and B rows are loaded in the same passes");
   const uint16_t* a[kPasses];
   const uint16_t* b[kPasses];
   uint32_t a_smem[kPasses];  // shared offsets in bytes within a stage
@@ -115,7 +136,7 @@ struct StageLoader {
       a[c] = a_rows + (a_ok[c] ? r * p.lda + kk : 0);
       b[c] = b_rows + (b_ok[c] ? r * p.ldb + kk : 0);
       a_smem[c] = static_cast<uint32_t>((r * kSmemLd + kk) * 2);
-      b_smem[c] = static_cast<uint32_t>(((kTileM + r) * kSmemLd + kk) * 2);
+      b_smem[c] = static_cast<uint32_t>(((Cfg::M + r) * kSmemLd + kk) * 2);
     }
   }
 
@@ -136,40 +157,43 @@ struct StageLoader {
 
 // One 64 x 64 tile of C: rows [0, rows) of the segment whose first row is A + a_offset,
 // columns [n0, n0 + 64) of B matrix `group`.
-template <bool kF32Out>
+template <typename Cfg, bool kF32Out>
 __device__ __forceinline__ void ComputeTile(const Params& p, const RowTile& tile, int n0,
                                             uint16_t* smem) {
-  const int cols = min(kTileN, p.n - n0);
+  const int cols = min(Cfg::N, p.n - n0);
   const uint16_t* a_rows = p.a + tile.a_offset;
   const uint16_t* b_rows = p.b + tile.group * p.stride_b + static_cast<int64_t>(n0) * p.ldb;
-  const int m_tiles = (tile.rows + 15) / 16;
-  const int kt_begin = blockIdx.z * p.split_tiles;
-  const int k_tiles = min((p.k + kTileK - 1) / kTileK, kt_begin + p.split_tiles) - kt_begin;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
+  const int warp_row = (warp / Cfg::kWarpsAlongN) * 64;
+  const int warp_col = (warp % Cfg::kWarpsAlongN) * Cfg::kWarpCols;
+  const int m_tiles = min(4, max(0, (tile.rows - warp_row + 15) / 16));  // this warp's m16 tiles
+  const int kt_begin = blockIdx.z * p.split_tiles;
+  const int k_tiles = min((p.k + kTileK - 1) / kTileK, kt_begin + p.split_tiles) - kt_begin;
 
-  float acc[4][2][4];
+  float acc[4][Cfg::kNTiles][4];
 #pragma unroll
   for (int i = 0; i < 4; ++i)
 #pragma unroll
-    for (int j = 0; j < 2; ++j)
+    for (int j = 0; j < Cfg::kNTiles; ++j)
 #pragma unroll
       for (int v = 0; v < 4; ++v) acc[i][j][v] = 0.0f;
 
-  const StageLoader loader(p, a_rows, tile.rows, b_rows, cols);
+  const StageLoader<Cfg> loader(p, a_rows, tile.rows, b_rows, cols);
   const int k_first = kt_begin * kTileK;
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < k_tiles) {
-      loader.Load(k_first + s * kTileK, smem + s * kStageElems);
+      loader.Load(k_first + s * kTileK, smem + s * Cfg::kStageElems);
     }
     CommitAsync();
   }
 
   // ldmatrix lane addresses inside a stage (elements): A rows lane % 16, k half lane / 16;
-  // B (the warp's 16 columns) rows (lane % 8) + 8 (lane / 16), k half (lane / 8) % 2.
-  const int a_lane = (lane & 15) * kSmemLd + (lane >> 4) * 8;
-  const int b_lane = (kTileM + warp * 16 + (lane & 7) + ((lane >> 4) << 3)) * kSmemLd +
+  // B (16 of the warp's columns at a time) rows (lane % 8) + 8 (lane / 16), k half
+  // (lane / 8) % 2.
+  const int a_lane = (warp_row + (lane & 15)) * kSmemLd + (lane >> 4) * 8;
+  const int b_lane = (Cfg::M + warp_col + (lane & 7) + ((lane >> 4) << 3)) * kSmemLd +
                      ((lane >> 3) & 1) * 8;
 
   for (int kt = 0; kt < k_tiles; ++kt) {
@@ -177,39 +201,45 @@ __device__ __forceinline__ void ComputeTile(const Params& p, const RowTile& tile
     __syncthreads();  // stage kt is in; every warp is done with stage kt - 1
     const int next = kt + kStages - 1;
     if (next < k_tiles) {
-      loader.Load(k_first + next * kTileK, smem + (next % kStages) * kStageElems);
+      loader.Load(k_first + next * kTileK, smem + (next % kStages) * Cfg::kStageElems);
     }
     CommitAsync();
-    const uint16_t* stage = smem + (kt % kStages) * kStageElems;
+    const uint16_t* stage = smem + (kt % kStages) * Cfg::kStageElems;
 #pragma unroll
     for (int kk = 0; kk < kTileK; kk += 16) {
-      uint32_t b[4];
-      LoadMatrixX4(SmemAddress(stage + b_lane + kk), b);
+      uint32_t b[Cfg::kNTiles / 2][4];
+#pragma unroll
+      for (int np = 0; np < Cfg::kNTiles / 2; ++np) {
+        LoadMatrixX4(SmemAddress(stage + b_lane + np * 16 * kSmemLd + kk), b[np]);
+      }
 #pragma unroll
       for (int mt = 0; mt < 4; ++mt) {
         if (mt < m_tiles) {
           uint32_t a[4];
           LoadMatrixX4(SmemAddress(stage + a_lane + mt * 16 * kSmemLd + kk), a);
-          MmaBf16(acc[mt][0], a, b[0], b[1]);
-          MmaBf16(acc[mt][1], a, b[2], b[3]);
+#pragma unroll
+          for (int np = 0; np < Cfg::kNTiles / 2; ++np) {
+            MmaBf16(acc[mt][2 * np], a, b[np][0], b[np][1]);
+            MmaBf16(acc[mt][2 * np + 1], a, b[np][2], b[np][3]);
+          }
         }
       }
     }
   }
   WaitAsync<0>();
 
-  // Accumulator v of tile (mt, nt): row mt * 16 + lane / 4 + 8 (v / 2), column
-  // warp * 16 + nt * 8 + 2 (lane % 4) + v % 2. `visit(at, v0, v1)` for each pair in C.
+  // Accumulator v of tile (mt, nt): row warp_row + mt * 16 + lane / 4 + 8 (v / 2), column
+  // warp_col + nt * 8 + 2 (lane % 4) + v % 2. `visit(at, v0, v1)` for each pair in C.
   const auto for_each_pair = [&](auto&& visit) {
 #pragma unroll
     for (int mt = 0; mt < 4; ++mt) {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int r = mt * 16 + lane / 4 + 8 * half;
+        const int r = warp_row + mt * 16 + lane / 4 + 8 * half;
         if (r >= tile.rows) continue;
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          const int col = warp * 16 + nt * 8 + 2 * (lane % 4);
+        for (int nt = 0; nt < Cfg::kNTiles; ++nt) {
+          const int col = warp_col + nt * 8 + 2 * (lane % 4);
           if (col >= cols) continue;
           visit(tile.c_offset + r * p.ldc + n0 + col, acc[mt][nt][2 * half],
                 acc[mt][nt][2 * half + 1]);
@@ -258,11 +288,11 @@ __device__ __forceinline__ void ComputeTile(const Params& p, const RowTile& tile
 }
 
 // Row tiles from a host-built list: blockIdx.y is the tile.
-template <bool kF32Out>
-__global__ void __launch_bounds__(kThreads)
+template <typename Cfg, bool kF32Out>
+__global__ void __launch_bounds__(Cfg::kThreads)
     SegmentGemmKernel(const __grid_constant__ TileList list, const Params p) {
   extern __shared__ __align__(16) uint16_t smem[];
-  ComputeTile<kF32Out>(p, list.tiles[blockIdx.y], blockIdx.x * kTileN, smem);
+  ComputeTile<Cfg, kF32Out>(p, list.tiles[blockIdx.y], blockIdx.x * Cfg::N, smem);
 }
 
 // Row tiles from the group sizes in device memory: each block scans `counts` (in order, so
@@ -270,7 +300,7 @@ __global__ void __launch_bounds__(kThreads)
 // tile of that sequence; blocks past the last tile return. Segments are clipped to `rows`
 // rows in all, so A and C are never read or written past them whatever the counts say.
 template <bool kF32Out>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(SmallTile::kThreads)
     SegmentGemmCountsKernel(const int64_t* __restrict__ counts, int num_groups, int64_t rows,
                             const Params p) {
   extern __shared__ __align__(16) uint16_t smem[];
@@ -280,14 +310,14 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   // Thread i owns groups [i * per, (i + 1) * per): their rows and tiles, then a block-wide
   // exclusive scan of both (counts are integers: exact in any order).
-  const int per = (num_groups + kThreads - 1) / kThreads;
+  const int per = (num_groups + SmallTile::kThreads - 1) / SmallTile::kThreads;
   const int g0 = min(num_groups, threadIdx.x * per), g1 = min(num_groups, g0 + per);
   int64_t my_rows = 0, my_tiles = 0;
   for (int g = g0; g < g1; ++g) {
     const int64_t c = counts[g];
     my_rows += c > 0 ? c : 0;
   }
-  __shared__ int64_t scan_rows[kThreads];
+  __shared__ int64_t scan_rows[SmallTile::kThreads];
   scan_rows[threadIdx.x] = my_rows;
   __syncthreads();
   int64_t row_start = 0;
@@ -300,7 +330,7 @@ __global__ void __launch_bounds__(kThreads)
     my_tiles += (end - start + kTileM - 1) / kTileM;
     start = end;
   }
-  __shared__ int64_t scan_tiles[kThreads];
+  __shared__ int64_t scan_tiles[SmallTile::kThreads];
   scan_tiles[threadIdx.x] = my_tiles;
   __syncthreads();
   int64_t tile_start = 0;
@@ -329,7 +359,7 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   if (!found_any) return;
   const RowTile tile = found;
-  ComputeTile<kF32Out>(p, tile, blockIdx.x * kTileN, smem);
+  ComputeTile<SmallTile, kF32Out>(p, tile, blockIdx.x * kTileN, smem);
 }
 
 bool Aligned(const void* p, uintptr_t bytes) {
@@ -357,9 +387,10 @@ Params MakeParams(const SegmentGemmShape& shape) {
 
 int64_t ColumnTiles(int64_t n) { return (n + kTileN - 1) / kTileN; }
 
+template <typename Cfg>
 dim3 Grid(const Params& p, int64_t row_tiles) {
-  return dim3(static_cast<unsigned>(ColumnTiles(p.n)), static_cast<unsigned>(row_tiles),
-              static_cast<unsigned>(p.splits));
+  return dim3(static_cast<unsigned>((p.n + Cfg::N - 1) / Cfg::N),
+              static_cast<unsigned>(row_tiles), static_cast<unsigned>(p.splits));
 }
 
 // C elements one row tile of `rows` rows spans (its rows' leading dims, the last row's n).
@@ -370,16 +401,17 @@ int64_t TileExtent(const SegmentGemmShape& shape, int64_t rows) {
 // Dynamic shared memory above 48 KiB must be allowed per kernel (and per device, so every time:
 // it is a cheap host call).
 template <typename Kernel>
-absl::Status AllowSharedMemory(Kernel kernel) {
+absl::Status AllowSharedMemory(Kernel kernel, int bytes) {
   MOE_CUDA_RETURN_IF_ERROR(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   return absl::OkStatus();
 }
 
-template <bool kF32Out>
+template <typename Cfg, bool kF32Out>
 absl::Status Launch(const Params& p, const TileList& list, int tiles, cudaStream_t stream) {
-  MOE_RETURN_IF_ERROR(AllowSharedMemory(SegmentGemmKernel<kF32Out>));
-  SegmentGemmKernel<kF32Out><<<Grid(p, tiles), kThreads, kSmemBytes, stream>>>(list, p);
+  MOE_RETURN_IF_ERROR(AllowSharedMemory(SegmentGemmKernel<Cfg, kF32Out>, Cfg::kSmemBytes));
+  SegmentGemmKernel<Cfg, kF32Out>
+      <<<Grid<Cfg>(p, tiles), Cfg::kThreads, Cfg::kSmemBytes, stream>>>(list, p);
   MOE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
@@ -392,10 +424,12 @@ int64_t MaxCountTiles(int64_t rows, int64_t num_groups) {
 template <bool kF32Out>
 absl::Status LaunchCounts(const Params& p, const int64_t* counts, int num_groups, int64_t rows,
                           cudaStream_t stream) {
-  MOE_RETURN_IF_ERROR(AllowSharedMemory(SegmentGemmCountsKernel<kF32Out>));
+  MOE_RETURN_IF_ERROR(
+      AllowSharedMemory(SegmentGemmCountsKernel<kF32Out>, SmallTile::kSmemBytes));
   const int64_t max_tiles = MaxCountTiles(rows, num_groups);
-  SegmentGemmCountsKernel<kF32Out><<<Grid(p, max_tiles), kThreads, kSmemBytes, stream>>>(
-      counts, num_groups, rows, p);
+  SegmentGemmCountsKernel<kF32Out>
+      <<<Grid<SmallTile>(p, max_tiles), SmallTile::kThreads, SmallTile::kSmemBytes, stream>>>(
+          counts, num_groups, rows, p);
   MOE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
@@ -424,16 +458,17 @@ bool SegmentGemmSupports(const SegmentGemmShape& shape,
   return true;
 }
 
-absl::Status LaunchSegmentGemm(const SegmentGemmShape& shape,
-                               absl::Span<const SegmentGemmSegment> segments,
-                               cudaStream_t stream) {
-  if (shape.n == 0) return absl::OkStatus();
-  Params p = MakeParams(shape);
+namespace {
+
+// The host-list launch with Cfg's tiles: row tiles of Cfg::M rows, in launches of at most
+// kMaxTiles of them (fewer for a split shape: while their C span times the splits fits the
+// partials and their tiles fit the counters).
+template <typename Cfg>
+absl::Status LaunchTiles(const SegmentGemmShape& shape, Params p,
+                         absl::Span<const SegmentGemmSegment> segments, cudaStream_t stream) {
   // Host-side only: a TileList is 24 KiB, too large for the stack of every caller's thread.
   static thread_local TileList list;
   int tiles = 0;
-  // A split launch takes row tiles while their C span (times the splits) fits the partials and
-  // their tiles fit the counters.
   const int64_t max_tiles =
       p.splits == 1 ? kMaxTiles
                     : std::min<int64_t>(kMaxTiles, shape.workspace.num_counters / ColumnTiles(p.n));
@@ -442,14 +477,14 @@ absl::Status LaunchSegmentGemm(const SegmentGemmShape& shape,
     if (tiles == 0) return absl::OkStatus();
     p.c_base = c_min;
     p.extent = c_max - c_min;
-    const absl::Status s = shape.c_is_f32 ? Launch<true>(p, list, tiles, stream)
-                                          : Launch<false>(p, list, tiles, stream);
+    const absl::Status s = shape.c_is_f32 ? Launch<Cfg, true>(p, list, tiles, stream)
+                                          : Launch<Cfg, false>(p, list, tiles, stream);
     tiles = 0;
     return s;
   };
   for (const SegmentGemmSegment& s : segments) {
-    for (int64_t r = 0; r < s.rows; r += kTileM) {
-      const int64_t rows = std::min<int64_t>(kTileM, s.rows - r);
+    for (int64_t r = 0; r < s.rows; r += Cfg::M) {
+      const int64_t rows = std::min<int64_t>(Cfg::M, s.rows - r);
       const int64_t c_offset = s.c_offset + r * shape.ldc;
       const int64_t lo = tiles == 0 ? c_offset : std::min(c_min, c_offset);
       const int64_t hi = std::max(tiles == 0 ? c_offset : c_max,
@@ -471,6 +506,23 @@ absl::Status LaunchSegmentGemm(const SegmentGemmShape& shape,
     }
   }
   return flush();
+}
+
+}  // namespace
+
+absl::Status LaunchSegmentGemm(const SegmentGemmShape& shape,
+                               absl::Span<const SegmentGemmSegment> segments,
+                               cudaStream_t stream) {
+  if (shape.n == 0) return absl::OkStatus();
+  const Params p = MakeParams(shape);
+  int64_t longest = 0;
+  for (const SegmentGemmSegment& s : segments) longest = std::max(longest, s.rows);
+  // Split shapes keep the small tiles (the split workspace is sized for them).
+  const bool large = p.splits == 1 && (shape.tiles == SegmentGemmTiles::kLarge ||
+                                       (shape.tiles == SegmentGemmTiles::kAuto &&
+                                        longest >= LargeTile::M));
+  return large ? LaunchTiles<LargeTile>(shape, p, segments, stream)
+               : LaunchTiles<SmallTile>(shape, p, segments, stream);
 }
 
 int SegmentGemmSplits(int64_t n, int64_t k) {

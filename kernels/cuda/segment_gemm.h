@@ -7,10 +7,10 @@
 // row-major (K-major, as CudaPackedWeights and trans_b store it). A and B bf16, C bf16 or f32,
 // fp32 accumulation, one rounding (round to nearest even, NaN kept, as FloatToBf16).
 //
-// How: a block computes a 64-row x 64-column tile of one segment with mma.sync m16n8k16 from
-// shared memory fed by a 4-stage cp.async pipeline over k in steps of 64; a segment of more
-// than 64 rows is several row tiles, so weights are read from memory once per 64 rows (the
-// repeats mostly hit L2). Blocks of one segment's row tile are adjacent in the grid, so their
+// How: a block computes a 64-row x 64-column tile (or 128 x 128 for long segments) of one
+// segment with mma.sync m16n8k16 from shared memory fed by a 4-stage cp.async pipeline over k
+// in steps of 64; a segment of more rows than a tile is several row tiles, so weights are read
+// from memory once per tile of rows (the repeats mostly hit L2). Blocks of one segment's row tile are adjacent in the grid, so their
 // A rows stay in L2. Row tiles past a segment's end do no math.
 //
 // Determinism: every output element is one thread's fp32 sum over k in ascending steps of 16
@@ -53,6 +53,11 @@ struct SegmentGemmWorkspace {
   int64_t num_counters = 0;
 };
 
+// The block tiles of LaunchSegmentGemm: 64 x 64 (4 warps), or 128 x 128 (8 warps; B read once
+// per 128 rows). They give the same bits. kAuto: 128 x 128 when some segment has 128 rows or
+// more and the shape does not split k. The device-count launch always takes 64 x 64.
+enum class SegmentGemmTiles { kAuto, kSmall, kLarge };
+
 // What all segments of one launch share. Leading dims and strides are in elements.
 struct SegmentGemmShape {
   int64_t n = 0;
@@ -69,6 +74,7 @@ struct SegmentGemmShape {
   // split and one row of column tiles (SegmentGemmSupports says false otherwise); launches over
   // more rows are cut to fit.
   SegmentGemmWorkspace workspace;
+  SegmentGemmTiles tiles = SegmentGemmTiles::kAuto;
 };
 
 struct SegmentGemmSegment {

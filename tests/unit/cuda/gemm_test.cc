@@ -526,6 +526,59 @@ TEST_F(CublasLtGemmTest, SegmentKernelMatchesReferenceAndCublasLt) {
   }
 }
 
+// The segment kernel's two block tiles give the same bits, segment by segment, and the
+// reference: segments around both tiles' heights, n and k off the tiles.
+TEST_F(CublasLtGemmTest, SegmentKernelTilesGiveTheSameBits) {
+  std::mt19937_64 rng(17);
+  const std::vector<int64_t> rows = {1, 17, 64, 127, 128, 200, 300, 0, 65};
+  int64_t m = 0;
+  for (int64_t r : rows) m += r;
+  const int64_t groups = static_cast<int64_t>(rows.size()), n = 264, k = 520, ldc = n + 2;
+  const Matrices a = RandomMatrices(m, k, 8, 1, DType::kBF16, rng);
+  const Matrices b = RandomMatrices(n, k, 0, groups, DType::kBF16, rng);
+  DeviceBuffer da(Encode(a.values, DType::kBF16)), db(Encode(b.values, DType::kBF16));
+  for (DType ct : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(DTypeName(ct));
+    std::vector<SegmentGemmSegment> segments;
+    int64_t first = 0;
+    for (int64_t i = 0; i < groups; ++i) {
+      segments.push_back({i, first * a.ld, first * ldc, rows[i]});
+      first += rows[i];
+    }
+    std::vector<std::vector<uint8_t>> results;
+    for (SegmentGemmTiles tiles : {SegmentGemmTiles::kSmall, SegmentGemmTiles::kLarge}) {
+      auto dc = OutputBuffer(m * ldc, ct);
+      SegmentGemmShape shape;
+      shape.n = n;
+      shape.k = k;
+      shape.b = db.get();
+      shape.ldb = b.ld;
+      shape.stride_b = b.stride;
+      shape.a = da.get();
+      shape.lda = a.ld;
+      shape.c = dc->get();
+      shape.ldc = ldc;
+      shape.c_is_f32 = ct == DType::kF32;
+      shape.tiles = tiles;
+      ASSERT_EQ(SegmentGemmSplits(n, k), 1);
+      ASSERT_TRUE(SegmentGemmSupports(shape, segments));
+      ASSERT_TRUE(LaunchSegmentGemm(shape, segments, stream_).ok());
+      results.push_back(dc->Download());
+    }
+    EXPECT_EQ(results[0], results[1]);
+    first = 0;
+    for (int64_t i = 0; i < groups; ++i) {
+      if (rows[i] > 0) {
+        EXPECT_LE(MaxRelError(Block(results[1], ct, first * ldc, rows[i], n, ldc),
+                              Reference(a, false, 0, first, b, true, i, rows[i], n, k)),
+                  OpTol(ct))
+            << "segment " << i;
+      }
+      first += rows[i];
+    }
+  }
+}
+
 // Packing only moves bits: Unpack returns the source exactly, leaves ld padding alone; storage
 // made without a source reads as zeros; Repack replaces one matrix.
 TEST_F(CublasLtGemmTest, PackUnpackRepackExact) {
