@@ -97,8 +97,8 @@ std::string FormatLoadJson(const LoadSettings& settings, const LoadSamples& s, d
                   ", \"prompt_tokens\": ", settings.prompt_tokens,
                   ", \"max_new_tokens\": ", settings.max_new_tokens, "},\n");
   absl::StrAppend(&j, "  \"wall_s\": ", JsonRounded(wall_s, 4), ",\n");
-  absl::StrAppend(&j, "  \"generate_ok\": ", s.generate_ok, ",\n  \"forward_ok\": ",
-                  s.forward_ok, ",\n  \"generated_tokens\": ", s.tokens, ",\n");
+  absl::StrAppend(&j, "  \"generate_ok\": ", s.generate_ok, ",\n  \"forward_ok\": ", s.forward_ok,
+                  ",\n  \"generated_tokens\": ", s.tokens, ",\n");
   absl::StrAppend(&j, "  \"failed\": {");
   bool first = true;
   for (const auto& [code, count] : s.failures) {
@@ -109,14 +109,12 @@ std::string FormatLoadJson(const LoadSettings& settings, const LoadSamples& s, d
   absl::StrAppend(&j, "  \"throughput\": {\"generate_req_per_s\": ",
                   JsonRounded(Rate(s.generate_ok, wall_s), 4),
                   ", \"generated_tok_per_s\": ", JsonRounded(Rate(s.tokens, wall_s), 4),
-                  ", \"forward_req_per_s\": ", JsonRounded(Rate(s.forward_ok, wall_s), 4),
-                  "},\n");
-  absl::StrAppend(&j, "  \"latency\": {\n    \"ttft\": ", JsonPercentiles(ComputePercentiles(s.ttft)),
-                  ",\n    \"inter_token\": ", JsonPercentiles(ComputePercentiles(s.inter_token)),
-                  ",\n    \"generate_e2e\": ",
-                  JsonPercentiles(ComputePercentiles(s.generate_e2e)),
-                  ",\n    \"forward_e2e\": ", JsonPercentiles(ComputePercentiles(s.forward_e2e)),
-                  "\n  }\n}\n");
+                  ", \"forward_req_per_s\": ", JsonRounded(Rate(s.forward_ok, wall_s), 4), "},\n");
+  absl::StrAppend(
+      &j, "  \"latency\": {\n    \"ttft\": ", JsonPercentiles(ComputePercentiles(s.ttft)),
+      ",\n    \"inter_token\": ", JsonPercentiles(ComputePercentiles(s.inter_token)),
+      ",\n    \"generate_e2e\": ", JsonPercentiles(ComputePercentiles(s.generate_e2e)),
+      ",\n    \"forward_e2e\": ", JsonPercentiles(ComputePercentiles(s.forward_e2e)), "\n  }\n}\n");
   return j;
 }
 

@@ -15,7 +15,7 @@ namespace moe::tools {
 struct LoadSamples {
   int64_t generate_ok = 0;
   int64_t forward_ok = 0;
-  int64_t tokens = 0;                    // generated tokens received
+  int64_t tokens = 0;                       // generated tokens received
   std::map<std::string, int64_t> failures;  // by gRPC status code name
   // Seconds.
   std::vector<double> ttft;         // Generate: call start to the first token
@@ -51,10 +51,9 @@ struct LoadSettings {
 };
 
 // `wall_s`: from the first call's start to the last call's end.
-std::string FormatLoadText(const LoadSettings& settings, const LoadSamples& samples,
-                           double wall_s);
-std::string FormatLoadJson(const LoadSettings& settings, const LoadSamples& samples,
-                           double wall_s, const std::string& cpu, const std::string& date);
+std::string FormatLoadText(const LoadSettings& settings, const LoadSamples& samples, double wall_s);
+std::string FormatLoadJson(const LoadSettings& settings, const LoadSamples& samples, double wall_s,
+                           const std::string& cpu, const std::string& date);
 
 }  // namespace moe::tools
 

@@ -63,8 +63,8 @@ TEST(LoadStatsTest, JsonReadsBack) {
   s.inter_token = {0.002};
   s.generate_e2e = {0.02};
   s.forward_e2e = {0.01};
-  auto json = ParseJson(FormatLoadJson(settings, s, 2.0, "AMD EPYC", "2026-01-01T00:00:00"),
-                        "load.json");
+  auto json =
+      ParseJson(FormatLoadJson(settings, s, 2.0, "AMD EPYC", "2026-01-01T00:00:00"), "load.json");
   ASSERT_TRUE(json.ok()) << json.status();
   EXPECT_EQ(json->Find("machine")->Find("cpu")->string(), "AMD EPYC");
   EXPECT_EQ(json->Find("settings")->Find("clients")->number(), 4);

@@ -153,15 +153,15 @@ class Client {
 };
 
 absl::Status CheckOptions(const Options& o) {
-  if (o.clients < 1) return absl::InvalidArgumentError(absl::StrCat("--clients=", o.clients,
-                                                                    " must be >= 1"));
+  if (o.clients < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--clients=", o.clients, " must be >= 1"));
+  }
   if (!(o.duration_s > 0)) {
-    return absl::InvalidArgumentError(absl::StrCat("--duration_s=", o.duration_s,
-                                                   " must be > 0"));
+    return absl::InvalidArgumentError(absl::StrCat("--duration_s=", o.duration_s, " must be > 0"));
   }
   if (!(o.forward_fraction >= 0 && o.forward_fraction <= 1)) {
-    return absl::InvalidArgumentError(absl::StrCat("--forward_fraction=", o.forward_fraction,
-                                                   " is outside [0, 1]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--forward_fraction=", o.forward_fraction, " is outside [0, 1]"));
   }
   if (o.prompt_tokens < 1 || o.max_new_tokens < 1) {
     return absl::InvalidArgumentError(absl::StrCat("--prompt_tokens=", o.prompt_tokens,
@@ -169,8 +169,8 @@ absl::Status CheckOptions(const Options& o) {
                                                    " must be >= 1"));
   }
   if (o.deadline_ms < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("--deadline_ms=", o.deadline_ms,
-                                                   " must be >= 1"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--deadline_ms=", o.deadline_ms, " must be >= 1"));
   }
   return absl::OkStatus();
 }
@@ -193,19 +193,19 @@ absl::Status Run(const Options& o) {
   v1::ModelInfo info;
   const grpc::Status status = stubs[0]->GetModelInfo(&context, {}, &info);
   if (!status.ok()) {
-    return absl::UnavailableError(absl::StrCat("GetModelInfo on --target=", o.target, " failed: ",
-                                               CodeName(status.error_code()), ": ",
+    return absl::UnavailableError(absl::StrCat("GetModelInfo on --target=", o.target,
+                                               " failed: ", CodeName(status.error_code()), ": ",
                                                status.error_message()));
   }
   if (o.prompt_tokens + o.max_new_tokens > info.max_context()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--prompt_tokens=", o.prompt_tokens, " + --max_new_tokens=", o.max_new_tokens,
-        " exceeds the server's max_context=", info.max_context()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--prompt_tokens=", o.prompt_tokens, " + --max_new_tokens=", o.max_new_tokens,
+                     " exceeds the server's max_context=", info.max_context()));
   }
 
   const Clock::time_point start = Clock::now();
-  const Clock::time_point end =
-      start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.duration_s));
+  const Clock::time_point end = start + std::chrono::duration_cast<Clock::duration>(
+                                            std::chrono::duration<double>(o.duration_s));
   std::vector<LoadSamples> per_client(o.clients);
   std::vector<std::thread> threads;
   for (int64_t c = 0; c < o.clients; ++c) {
@@ -218,9 +218,9 @@ absl::Status Run(const Options& o) {
   LoadSamples all;
   for (const LoadSamples& s : per_client) all.Merge(s);
 
-  LoadSettings settings{o.target,          o.clients,        o.duration_s,
+  LoadSettings settings{o.target,           o.clients,       o.duration_s,
                         o.forward_fraction, o.prompt_tokens, o.max_new_tokens,
-                        info.family(),     info.backend(),   info.dtype()};
+                        info.family(),      info.backend(),  info.dtype()};
   std::fputs(FormatLoadText(settings, all, wall_s).c_str(), stdout);
   if (!o.json.empty()) {
     const std::string path = ResolveUserPath(o.json);

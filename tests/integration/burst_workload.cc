@@ -2,7 +2,6 @@
 
 #include <unistd.h>
 
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -50,8 +49,7 @@ class Collector {
   BurstReport report_;
 };
 
-void CheckGenerate(v1::MoeService::Stub& stub, const BurstRequest& r, int index,
-                   Collector& out) {
+void CheckGenerate(v1::MoeService::Stub& stub, const BurstRequest& r, int index, Collector& out) {
   const StreamResult got = RunGenerate(stub, r.generate);
   const std::string where = "pool[" + std::to_string(index) + "] Generate: ";
   if (!got.status.ok()) return out.Fail(where + got.status.error_message());
@@ -64,8 +62,7 @@ void CheckGenerate(v1::MoeService::Stub& stub, const BurstRequest& r, int index,
   out.Add(false, static_cast<int64_t>(got.tokens.size()));
 }
 
-void CheckForward(v1::MoeService::Stub& stub, const BurstRequest& r, int index,
-                  Collector& out) {
+void CheckForward(v1::MoeService::Stub& stub, const BurstRequest& r, int index, Collector& out) {
   grpc::ClientContext context;
   v1::ForwardResponse response;
   const grpc::Status status = stub.Forward(&context, r.forward, &response);
@@ -79,8 +76,7 @@ void CheckForward(v1::MoeService::Stub& stub, const BurstRequest& r, int index,
     const bool top = r.forward.output() == v1::FORWARD_OUTPUT_TOP_LOGPROBS;
     const auto& values = top ? got.top_logprobs() : got.values();
     if (!SameBits(r.alone_values[s], values.data(), values.size()) ||
-        std::vector<int32_t>(got.top_ids().begin(), got.top_ids().end()) !=
-            r.alone_top_ids[s]) {
+        std::vector<int32_t>(got.top_ids().begin(), got.top_ids().end()) != r.alone_top_ids[s]) {
       return out.Fail(where + "sequence " + std::to_string(s) + " differs from the engine alone");
     }
   }
@@ -98,9 +94,9 @@ std::vector<BurstRequest> MakeBurstPool(int n) {
       r.generate = GreedyRequest(OddPrompt(i), 1 + 2 * (i % 5));  // 1 .. 9 new tokens
       continue;
     }
-    static constexpr v1::ForwardOutput kOutputs[] = {
-        v1::FORWARD_OUTPUT_HIDDEN_STATE, v1::FORWARD_OUTPUT_LOGITS,
-        v1::FORWARD_OUTPUT_TOP_LOGPROBS};
+    static constexpr v1::ForwardOutput kOutputs[] = {v1::FORWARD_OUTPUT_HIDDEN_STATE,
+                                                     v1::FORWARD_OUTPUT_LOGITS,
+                                                     v1::FORWARD_OUTPUT_TOP_LOGPROBS};
     r.forward.set_output(kOutputs[(i / 4) % 3]);
     if (r.forward.output() == v1::FORWARD_OUTPUT_TOP_LOGPROBS) r.forward.set_top_n(5);
     for (int s = 0; s < 1 + i % 3; ++s) {
@@ -142,8 +138,8 @@ bool ComputeAloneResults(Engine& engine, std::vector<BurstRequest>& pool) {
   return true;
 }
 
-BurstReport RunBurst(v1::MoeService::Stub& stub, const std::vector<BurstRequest>& pool,
-                     int clients, std::chrono::milliseconds duration) {
+BurstReport RunBurst(v1::MoeService::Stub& stub, const std::vector<BurstRequest>& pool, int clients,
+                     std::chrono::milliseconds duration) {
   Collector out;
   const auto end = std::chrono::steady_clock::now() + duration;
   std::vector<std::thread> threads;

@@ -21,7 +21,7 @@ struct BurstRequest {
   bool is_forward = false;
   v1::GenerateRequest generate;
   v1::ForwardRequest forward;
-  std::vector<int32_t> alone_tokens;          // Generate
+  std::vector<int32_t> alone_tokens;             // Generate
   std::vector<std::vector<float>> alone_values;  // Forward: values or top_logprobs per sequence
   std::vector<std::vector<int32_t>> alone_top_ids;
 };
@@ -37,15 +37,15 @@ bool ComputeAloneResults(Engine& engine, std::vector<BurstRequest>& pool);
 struct BurstReport {
   int64_t generate_calls = 0;
   int64_t forward_calls = 0;
-  int64_t tokens = 0;                // streamed tokens received
-  std::vector<std::string> errors;   // failed calls and mismatches (at most 20 kept)
+  int64_t tokens = 0;               // streamed tokens received
+  std::vector<std::string> errors;  // failed calls and mismatches (at most 20 kept)
   int64_t error_count = 0;
 };
 
 // `clients` threads on `stub` until `duration` has passed (a call started before the end runs
 // to its end); client c starts at pool entry c and walks the pool.
-BurstReport RunBurst(v1::MoeService::Stub& stub, const std::vector<BurstRequest>& pool,
-                     int clients, std::chrono::milliseconds duration);
+BurstReport RunBurst(v1::MoeService::Stub& stub, const std::vector<BurstRequest>& pool, int clients,
+                     std::chrono::milliseconds duration);
 
 // The burst length: the environment variable MOE_BURST_SECONDS (e.g. 20 for the full edge-6
 // run), else `default_seconds`.

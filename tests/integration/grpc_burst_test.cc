@@ -70,8 +70,7 @@ TEST(GrpcBurstTest, SixtyFourClientsMixedCallsAreBitIdenticalToAlone) {
   const BurstReport report = RunBurst(*t->stub, pool, kClients, BurstDuration(3));
   ExpectClean(report);
   std::printf("burst: %lld Generate (%lld tokens), %lld Forward\n",
-              static_cast<long long>(report.generate_calls),
-              static_cast<long long>(report.tokens),
+              static_cast<long long>(report.generate_calls), static_cast<long long>(report.tokens),
               static_cast<long long>(report.forward_calls));
   ExpectDrained(*t);
   const std::string metrics = HttpGet(t->server->metrics_port(), "/metrics");

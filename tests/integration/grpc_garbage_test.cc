@@ -63,10 +63,15 @@ std::string RandomBytes(std::mt19937_64& rng, size_t n) {
 // An HTTP/2 frame: 24-bit length, type, flags, 31-bit stream id, payload.
 std::string Frame(uint8_t type, uint8_t flags, uint32_t stream, const std::string& payload) {
   const uint32_t n = payload.size();
-  std::string f = {static_cast<char>(n >> 16), static_cast<char>(n >> 8), static_cast<char>(n),
-                   static_cast<char>(type),    static_cast<char>(flags),
-                   static_cast<char>(stream >> 24), static_cast<char>(stream >> 16),
-                   static_cast<char>(stream >> 8), static_cast<char>(stream)};
+  std::string f = {static_cast<char>(n >> 16),
+                   static_cast<char>(n >> 8),
+                   static_cast<char>(n),
+                   static_cast<char>(type),
+                   static_cast<char>(flags),
+                   static_cast<char>(stream >> 24),
+                   static_cast<char>(stream >> 16),
+                   static_cast<char>(stream >> 8),
+                   static_cast<char>(stream)};
   return f + payload;
 }
 
@@ -100,8 +105,8 @@ TEST(GrpcGarbageTest, GarbageOnThePortLeavesTheServerServing) {
     SendAndClose(port, bytes);
   }
   for (int i = 0; i < 20; ++i) {  // HEADERS (END_HEADERS) of garbage HPACK on stream 1.
-    SendAndClose(port, kPreface + Frame(4, 0, 0, "") +
-                           Frame(1, 0x4, 1, RandomBytes(rng, 1 + rng() % 128)));
+    SendAndClose(
+        port, kPreface + Frame(4, 0, 0, "") + Frame(1, 0x4, 1, RandomBytes(rng, 1 + rng() % 128)));
   }
   // A frame announcing 16 MiB and then silence.
   SendAndClose(port, kPreface + std::string("\xff\xff\xff\x00\x00\x00\x00\x00\x01", 9));
