@@ -67,7 +67,12 @@ ServerMetrics::ServerMetrics()
                           .Name("moe_kv_blocks_free")
                           .Help("KV cache blocks free")
                           .Register(*registry_)
-                          .Add({})) {}
+                          .Add({})),
+      expert_tokens_(prometheus::BuildCounter()
+                         .Name("moe_expert_tokens_total")
+                         .Help("Rows routed to each expert of each MoE layer (a token counts "
+                               "once per chosen expert); on a GPU only steps over 64 tokens")
+                         .Register(*registry_)) {}
 
 void ServerMetrics::SetEngine(const Engine* engine) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -100,6 +105,22 @@ void ServerMetrics::Refresh() const {
   decode_tokens_.Increment(static_cast<double>(s.generated_tokens - decode_seen_));
   prefill_seen_ = s.prompt_tokens;
   decode_seen_ = s.generated_tokens;
+  RefreshExpertTokens(s.expert_tokens);
+}
+
+void ServerMetrics::RefreshExpertTokens(const std::vector<std::vector<int64_t>>& counts) const {
+  expert_tokens_seen_.resize(counts.size());
+  for (size_t layer = 0; layer < counts.size(); ++layer) {
+    std::vector<int64_t>& seen = expert_tokens_seen_[layer];
+    seen.resize(counts[layer].size(), 0);
+    for (size_t expert = 0; expert < seen.size(); ++expert) {
+      // Every expert of a MoE layer is listed from the first scrape, at 0 until routed to.
+      expert_tokens_
+          .Add({{"layer", std::to_string(layer)}, {"expert", std::to_string(expert)}})
+          .Increment(static_cast<double>(counts[layer][expert] - seen[expert]));
+      seen[expert] = counts[layer][expert];
+    }
+  }
 }
 
 std::string ServerMetrics::Text() const {

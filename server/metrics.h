@@ -9,6 +9,10 @@
 //   moe_time_to_first_token_seconds, moe_inter_token_latency_seconds   histograms, measured
 //                                         where the handler receives the engine's tokens
 //   moe_kv_blocks_used, moe_kv_blocks_free
+//   moe_expert_tokens_total{layer, expert} rows routed to each expert of each MoE layer (a token
+//                                         counts once per chosen expert): EngineStats::
+//                                         expert_tokens, when the engine counts them (every CPU
+//                                         step; on a GPU only steps of more than 64 tokens)
 //
 // Thread-safe.
 #ifndef MOE_SERVER_METRICS_H_
@@ -18,6 +22,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 #include "engine/api/engine.h"
@@ -48,6 +53,8 @@ class ServerMetrics {
  private:
   // Copies Engine::Stats into the engine gauges and counters.
   void Refresh() const;
+  // Adds what `counts` (EngineStats::expert_tokens) grew by since the last scrape.
+  void RefreshExpertTokens(const std::vector<std::vector<int64_t>>& counts) const;
 
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& requests_;
@@ -60,11 +67,13 @@ class ServerMetrics {
   prometheus::Counter& decode_tokens_;
   prometheus::Gauge& kv_blocks_used_;
   prometheus::Gauge& kv_blocks_free_;
+  prometheus::Family<prometheus::Counter>& expert_tokens_;
 
   mutable std::mutex mu_;  // the engine pointer and the token counts last copied
   const Engine* engine_ = nullptr;
   mutable int64_t prefill_seen_ = 0;
   mutable int64_t decode_seen_ = 0;
+  mutable std::vector<std::vector<int64_t>> expert_tokens_seen_;
 };
 
 }  // namespace moe::server

@@ -128,6 +128,8 @@ EngineOptions ToEngineOptions(const ServerFlags& f) {
   o.block_size = f.block_size;
   o.max_tokens_per_seq = f.max_context;
   o.threads = static_cast<int>(f.threads);
+  // Only the metrics endpoint shows them (moe_expert_tokens_total).
+  o.count_expert_tokens = f.metrics_port != -1;
   if (f.test_step_delay_ms > 0) {
     const auto delay = std::chrono::milliseconds(f.test_step_delay_ms);
     o.step_hook = [delay] {

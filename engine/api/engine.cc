@@ -119,6 +119,7 @@ struct Engine::Impl {
   RequestId next_id = 1;
   bool stopping = false;
   EngineStats stats;
+  bool count_expert_tokens = false;  // EngineOptions'
   std::thread worker;
 
   SequenceRequest ToSequence(const GenerationRequest& r) const {
@@ -293,6 +294,8 @@ void Engine::Impl::Run() {
       stats.running = generator->num_running();
       stats.waiting = generator->num_waiting() + static_cast<int64_t>(pending.size());
       stats.kv_blocks_used = generator->blocks().blocks_used();
+      // After the Forward jobs too: their model runs count as well.
+      if (count_expert_tokens) stats.expert_tokens = model->expert_tokens();
     }
     // Callbacks run without the lock (they may Submit or Cancel), before the requests they
     // finish are marked done, so Await returns only after a request's last callback.
@@ -447,6 +450,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   info.kv_cache_blocks = g.num_blocks;
   info.block_size = options.block_size;
   impl->stats.kv_blocks_total = g.num_blocks;
+  impl->count_expert_tokens = options.count_expert_tokens;
+  if (options.count_expert_tokens) impl->stats.expert_tokens = impl->model->expert_tokens();
 
   Impl* raw = impl.get();
   impl->worker = std::thread([raw] { raw->Run(); });

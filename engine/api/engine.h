@@ -152,6 +152,9 @@ struct EngineOptions {
   // (their last event and Await carry it; the engine goes on with later requests). It may also
   // sleep, to make steps slow.
   std::function<absl::Status()> step_hook;
+  // Copy the per-layer expert token counts into Stats().expert_tokens after every step (a
+  // [layers][experts] copy per step; moe_server turns it on with its metrics endpoint).
+  bool count_expert_tokens = false;
 };
 
 // What an embedder needs to know about the loaded model.
@@ -183,6 +186,12 @@ struct EngineStats {
   int64_t waiting = 0;           // submitted, not admitted (KV cache full)
   int64_t kv_blocks_used = 0;
   int64_t kv_blocks_total = 0;
+  // With EngineOptions::count_expert_tokens: rows routed to each expert of each layer so far
+  // (a token counts once for each of its top-k experts), [num_layers][num_experts], empty for
+  // dense layers; else empty. Counted where the counts reach the host anyway: every CPU step;
+  // on a GPU only steps of more than 64 tokens (decode-sized steps keep the counts on the device
+  // so that they never wait for the routing, and are not counted).
+  std::vector<std::vector<int64_t>> expert_tokens;
 };
 
 class Engine {

@@ -280,6 +280,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
       MOE_ASSIGN_OR_RETURN(layer->mlp,
                            LoadDenseMlp(config, i, tensors, dtype, backend, allocator));
     }
+    m->expert_tokens_.emplace_back(config.layer_is_moe[i] ? config.moe.num_experts : 0, 0);
     m->layers_.push_back(std::move(layer));
     progress(i + 2);
   }
@@ -591,6 +592,9 @@ absl::Status Model::EnqueueStep(const StepShape& shape, KvCache& cache) {
     if (layer.moe != nullptr) {
       MOE_ASSIGN_OR_RETURN(Tensor out, layer.moe->Forward(act(h), act(y)));
       MOE_RETURN_IF_ERROR(add_to_x(out.data()));
+      // Empty when the counts stayed on the device (and while a step graph is recorded).
+      const std::vector<int64_t>& counts = layer.moe->last_trace().counts;
+      for (size_t e = 0; e < counts.size(); ++e) expert_tokens_[i][e] += counts[e];
     } else {
       MOE_RETURN_IF_ERROR(layer.mlp->Forward(act(h), act(y)));
       MOE_RETURN_IF_ERROR(add_to_x(y));

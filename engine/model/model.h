@@ -151,6 +151,13 @@ class Model {
   };
   const StepGraphStats& step_graph_stats() const { return graph_stats_; }
 
+  // Rows routed to each expert of each layer since Load (a token counts once for each of its
+  // top-k experts), [num_layers][num_experts], empty for dense layers. Counted where the counts
+  // reach the host anyway: every CPU step; on a GPU only steps of more than kGraphMaxTokens
+  // tokens (smaller ones keep the counts on the device and are not counted, so that a decode
+  // step never waits for the routing).
+  const std::vector<std::vector<int64_t>>& expert_tokens() const { return expert_tokens_; }
+
  private:
   struct Layer;
   // What a step's ops depend on besides the contents of device memory.
@@ -201,6 +208,7 @@ class Model {
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool, int64_t>, RecordedStep> graphs_;
   bool backend_records_graphs_ = false;  // Backend::RecordsOpGraphs
   StepGraphStats graph_stats_;
+  std::vector<std::vector<int64_t>> expert_tokens_;  // see expert_tokens()
 };
 
 }  // namespace moe

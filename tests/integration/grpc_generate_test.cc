@@ -165,6 +165,44 @@ TEST(GrpcGenerateTest, MetricsEndpointServesCountersAndEngineGauges) {
   EXPECT_EQ(MetricValue(text, "moe_inter_token_latency_seconds_count"), 4);
   EXPECT_EQ(MetricValue(text, "moe_running_requests"), 0);
   EXPECT_EQ(MetricValue(text, "moe_queue_depth"), 0);
+  // Not asked for (EngineOptions::count_expert_tokens): no series.
+  EXPECT_EQ(text.find("moe_expert_tokens_total{"), std::string::npos);
+}
+
+// Every row the MoE blocks routed, per layer and expert: a Generate of 3 + 5 tokens runs 3
+// prefill rows and 4 decode rows, a Forward of 4 tokens 4 rows; each row goes to top_k=4
+// experts. Layer 0 of the tiny model is dense (mlp_only_layers): no counts, no series.
+TEST(GrpcGenerateTest, ExpertTokenMetricCountsEveryRoutedRow) {
+  EngineOptions e = SmallEngine();
+  e.count_expert_tokens = true;
+  auto t = StartServer(SmallOptions(), e);
+  ASSERT_NE(t, nullptr);
+  ASSERT_TRUE(RunGenerate(*t->stub, GreedyRequest({4, 5, 6}, 5)).status.ok());
+  v1::ForwardRequest forward;
+  forward.set_output(v1::FORWARD_OUTPUT_LOGITS);
+  v1::TokenSequence* sequence = forward.add_sequences();
+  for (const int32_t token : {9, 8, 7, 6}) sequence->add_tokens(token);
+  grpc::ClientContext context;
+  v1::ForwardResponse response;
+  ASSERT_TRUE(t->stub->Forward(&context, forward, &response).ok());
+
+  const std::string text = HttpGet(t->server->metrics_port(), "/metrics");
+  const EngineStats stats = t->engine->Stats();
+  ASSERT_EQ(stats.expert_tokens.size(), 3u);
+  EXPECT_TRUE(stats.expert_tokens[0].empty());
+  EXPECT_EQ(text.find("layer=\"0\""), std::string::npos);
+  for (int layer = 1; layer < 3; ++layer) {
+    ASSERT_EQ(stats.expert_tokens[layer].size(), 8u);
+    double sum = 0;
+    for (int expert = 0; expert < 8; ++expert) {
+      const double value = MetricValue(
+          text, "moe_expert_tokens_total{expert=\"" + std::to_string(expert) + "\",layer=\"" +
+                    std::to_string(layer) + "\"}");
+      EXPECT_EQ(value, stats.expert_tokens[layer][expert]) << layer << "/" << expert;
+      sum += value;
+    }
+    EXPECT_EQ(sum, (3 + 4 + 4) * 4) << "layer " << layer << "\n" << text;
+  }
 }
 
 TEST(GrpcGenerateTest, ForwardGivesTheEngineAloneResultsPerSequence) {
