@@ -23,6 +23,7 @@
 #include "kernels/backend.h"
 #include "kernels/status_macros.h"
 #include "tests/testing/golden.h"
+#include "tests/testing/step_batch.h"
 #include "tests/testing/test_backend.h"
 #include "tests/testing/test_util.h"
 
@@ -79,28 +80,10 @@ class GreedyRunner {
   // the logits of every new token (all_rows) or of each sequence's last one.
   absl::StatusOr<std::vector<float>> Step(const std::vector<std::vector<int32_t>>& chunks,
                                           bool all_rows) {
-    ModelBatch b;
-    const int64_t max_blocks = blocks_->max_blocks_per_seq();
-    b.num_seqs = static_cast<int64_t>(chunks.size());
-    b.max_blocks_per_seq = max_blocks;
-    b.block_tables.assign(b.num_seqs * max_blocks, -1);
-    for (size_t s = 0; s < chunks.size(); ++s) {
-      if (!blocks_->Contains(s)) MOE_RETURN_IF_ERROR(blocks_->AddSequence(s));
-      MOE_ASSIGN_OR_RETURN(int64_t start, blocks_->ReservedTokens(s));
-      const int64_t n = static_cast<int64_t>(chunks[s].size());
-      MOE_RETURN_IF_ERROR(blocks_->Reserve(s, start + n));
-      std::vector<int32_t> slots(n);
-      MOE_RETURN_IF_ERROR(blocks_->FillSlotMapping(s, start, n, slots.data()));
-      MOE_RETURN_IF_ERROR(
-          blocks_->FillBlockTableRow(s, b.block_tables.data() + s * max_blocks, max_blocks));
-      for (int64_t i = 0; i < n; ++i) {
-        if (all_rows || i == n - 1) b.logit_rows.push_back(static_cast<int32_t>(b.token_ids.size()));
-        b.token_ids.push_back(chunks[s][i]);
-        b.positions.push_back(static_cast<int32_t>(start + i));
-        b.seq_ids.push_back(static_cast<int32_t>(s));
-        b.slot_mapping.push_back(slots[i]);
-      }
-    }
+    std::vector<int64_t> seqs(chunks.size());
+    for (size_t s = 0; s < seqs.size(); ++s) seqs[s] = static_cast<int64_t>(s);
+    MOE_ASSIGN_OR_RETURN(ModelBatch b, BuildStepBatch(*blocks_, seqs, chunks, all_rows,
+                                                      blocks_->max_blocks_per_seq()));
     std::vector<float> logits;
     MOE_RETURN_IF_ERROR(model_->Forward(b, *cache_, &logits));
     return logits;

@@ -17,6 +17,7 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/status_macros.h"
+#include "tests/testing/step_batch.h"
 #include "tests/testing/test_backend.h"
 
 namespace moe::testing {
@@ -49,35 +50,8 @@ class StepRunner {
   // each sequence's last token.
   absl::StatusOr<std::vector<float>> Step(const std::vector<int64_t>& ids,
                                           const std::vector<std::vector<int32_t>>& chunks) {
-    // As the generator does: tables as wide as the longest sequence of the step needs.
-    int64_t width = 1;
-    std::vector<int64_t> starts;
-    for (size_t s = 0; s < ids.size(); ++s) {
-      if (!blocks_->Contains(ids[s])) MOE_RETURN_IF_ERROR(blocks_->AddSequence(ids[s]));
-      MOE_ASSIGN_OR_RETURN(int64_t start, blocks_->ReservedTokens(ids[s]));
-      const int64_t end = start + static_cast<int64_t>(chunks[s].size());
-      MOE_RETURN_IF_ERROR(blocks_->Reserve(ids[s], end));
-      starts.push_back(start);
-      width = std::max(width, blocks_->BlocksForTokens(end));
-    }
-    ModelBatch b;
-    b.num_seqs = static_cast<int64_t>(ids.size());
-    b.max_blocks_per_seq = width;
-    b.block_tables.assign(b.num_seqs * width, -1);
-    for (size_t s = 0; s < ids.size(); ++s) {
-      const int64_t n = static_cast<int64_t>(chunks[s].size());
-      std::vector<int32_t> slots(n);
-      MOE_RETURN_IF_ERROR(blocks_->FillSlotMapping(ids[s], starts[s], n, slots.data()));
-      MOE_RETURN_IF_ERROR(
-          blocks_->FillBlockTableRow(ids[s], b.block_tables.data() + s * width, width));
-      for (int64_t i = 0; i < n; ++i) {
-        if (i == n - 1) b.logit_rows.push_back(static_cast<int32_t>(b.token_ids.size()));
-        b.token_ids.push_back(chunks[s][i]);
-        b.positions.push_back(static_cast<int32_t>(starts[s] + i));
-        b.seq_ids.push_back(static_cast<int32_t>(s));
-        b.slot_mapping.push_back(slots[i]);
-      }
-    }
+    // Tables as wide as the step's longest sequence needs, as the generator builds them.
+    MOE_ASSIGN_OR_RETURN(ModelBatch b, BuildStepBatch(*blocks_, ids, chunks, /*all_rows=*/false));
     std::vector<float> logits;
     MOE_RETURN_IF_ERROR(model_->Forward(b, *cache_, &logits));
     return logits;

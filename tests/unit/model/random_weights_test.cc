@@ -25,6 +25,7 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/status_macros.h"
+#include "tests/testing/step_batch.h"
 #include "tests/testing/test_backend.h"
 
 namespace moe::testing {
@@ -56,30 +57,12 @@ absl::StatusOr<std::vector<float>> LoadAndRun(const std::string& dir, const Mode
   const int64_t vocab = model->config().vocab_size;
   const std::vector<std::vector<int32_t>> prompts = {{1, 5, 9, static_cast<int32_t>(200 % vocab), 3}, {7, 2}};
   std::vector<float> all;
+  const std::vector<int64_t> seqs = {0, 1};
   for (int step = 0; step < 2; ++step) {
-    ModelBatch b;
-    b.num_seqs = static_cast<int64_t>(prompts.size());
-    b.max_blocks_per_seq = blocks.max_blocks_per_seq();
-    b.block_tables.assign(b.num_seqs * b.max_blocks_per_seq, -1);
-    for (size_t s = 0; s < prompts.size(); ++s) {
-      if (step == 0) MOE_RETURN_IF_ERROR(blocks.AddSequence(s));
-      const int64_t start = step == 0 ? 0 : static_cast<int64_t>(prompts[s].size());
-      const std::vector<int32_t> tokens =
-          step == 0 ? prompts[s] : std::vector<int32_t>{static_cast<int32_t>(11 + s)};
-      const int64_t n = static_cast<int64_t>(tokens.size());
-      MOE_RETURN_IF_ERROR(blocks.Reserve(s, start + n));
-      std::vector<int32_t> slots(n);
-      MOE_RETURN_IF_ERROR(blocks.FillSlotMapping(s, start, n, slots.data()));
-      MOE_RETURN_IF_ERROR(blocks.FillBlockTableRow(
-          s, b.block_tables.data() + s * b.max_blocks_per_seq, b.max_blocks_per_seq));
-      for (int64_t i = 0; i < n; ++i) {
-        b.logit_rows.push_back(static_cast<int32_t>(b.token_ids.size()));
-        b.token_ids.push_back(tokens[i]);
-        b.positions.push_back(static_cast<int32_t>(start + i));
-        b.seq_ids.push_back(static_cast<int32_t>(s));
-        b.slot_mapping.push_back(slots[i]);
-      }
-    }
+    const std::vector<std::vector<int32_t>> chunks =
+        step == 0 ? prompts : std::vector<std::vector<int32_t>>{{11}, {12}};
+    MOE_ASSIGN_OR_RETURN(ModelBatch b, BuildStepBatch(blocks, seqs, chunks, /*all_rows=*/true,
+                                                      blocks.max_blocks_per_seq()));
     std::vector<float> logits;
     MOE_RETURN_IF_ERROR(model->Forward(b, *cache, &logits));
     all.insert(all.end(), logits.begin(), logits.end());
