@@ -69,9 +69,18 @@ absl::StatusOr<std::unique_ptr<ExpertWeights>> ExpertWeights::Create(const MoeCo
   const int64_t d = config.hidden, i = config.inter;
   // The router's weights hold run-dtype values whatever the GEMM's precision, as a model
   // converted to the run dtype holds them; the bias stays an fp32 array for the router op.
-  MOE_ASSIGN_OR_RETURN(
-      w->gate_,
-      Upload(backend, allocator, RoundedTo(ToFloats(weights.gate), config.dtype), w->gate_dtype()));
+  // Packed, like every other GEMM operand of the block: the packed GEMM gives a row the same
+  // bits whatever the number of rows (the plain one does not for f32), so a token's routing
+  // does not depend on its batch (MOE_SEMANTICS 7.15) or on how tokens are split over ranks.
+  {
+    MOE_ASSIGN_OR_RETURN(
+        std::unique_ptr<Buffer> gate,
+        Upload(backend, allocator, RoundedTo(ToFloats(weights.gate), config.dtype),
+               w->gate_dtype()));
+    MOE_ASSIGN_OR_RETURN(w->gate_packed_, PackDeviceLinear(backend, gate->data(),
+                                                           config.num_experts, d,
+                                                           w->gate_dtype()));
+  }
   if (config.use_expert_bias) {
     MOE_ASSIGN_OR_RETURN(
         w->bias_, Upload(backend, allocator, RoundedTo(ToFloats(weights.expert_bias), config.dtype),
@@ -98,15 +107,17 @@ absl::StatusOr<std::unique_ptr<ExpertWeights>> ExpertWeights::Create(const MoeCo
                          PackLinear(backend, allocator, {&weights.shared_w2}, d, s, config.dtype));
   }
   if (config.shared_gate) {
-    MOE_ASSIGN_OR_RETURN(w->shared_gate_,
-                         UploadHostAs(backend, allocator, {&weights.shared_gate}, config.dtype));
+    MOE_ASSIGN_OR_RETURN(
+        w->shared_gate_packed_,
+        PackLinear(backend, allocator, {&weights.shared_gate}, 1, d, config.dtype));
   }
   return w;
 }
 
 size_t ExpertWeights::packed_bytes() const {
   size_t bytes = 0;
-  for (const auto* p : {&w13_packed_, &w2t_packed_, &shared_w13_packed_, &shared_w2t_packed_}) {
+  for (const auto* p : {&gate_packed_, &w13_packed_, &w2t_packed_, &shared_w13_packed_,
+                        &shared_w2t_packed_, &shared_gate_packed_}) {
     if (*p != nullptr) bytes += (*p)->bytes();
   }
   return bytes;

@@ -7,8 +7,9 @@
 //   w13       dtype [E, D, 2I]   per expert the GEMM B operand [K=D, N=2I]: gate cols, then up
 //   w2t       dtype [E, I, D]    per expert W2^T, the B operand [K=I, N=D]
 //   shared_w13 [D, 2S], shared_w2t [S, D], shared_gate dtype [1, D] (each optional)
-// w13, w2t and the shared pair exist only as PackedWeights (Backend::PackWeights, memory held
-// by the backend), the layout the expert GEMMs read, so the experts are stored once. They are
+// w13, w2t, the shared pair and both gates exist only as PackedWeights (Backend::PackWeights,
+// memory held by the backend), the layout the GEMMs read, so the experts are stored once; the
+// gates are packed too because the packed GEMM gives a row the same bits for any row count. They are
 // packed from the checkpoint's own [out, in] matrices as trans_b sources (w13's source is
 // [w1; w3], [2I, D]; w2t's is w2 itself, [D, I]), so nothing is transposed on the host: an
 // expert's matrices go to a one-expert device scratch buffer with one copy each (converted
@@ -51,14 +52,15 @@ class ExpertWeights {
   absl::Status UpdateExpert(int64_t expert, const Tensor* w1, const Tensor* w3, const Tensor* w2);
 
   ExpertRange experts() const { return experts_; }
-  const void* gate() const { return gate_->data(); }
+  // [E, D] and [1, D] as trans_b sources: B = W^T [D, E] and [D, 1].
+  const PackedWeights* gate_packed() const { return gate_packed_.get(); }
   DType gate_dtype() const {
     return config_.router_gemm == RouterGemm::kRunDType ? config_.dtype : DType::kF32;
   }
   const float* expert_bias() const {
     return bias_ ? static_cast<const float*>(bias_->data()) : nullptr;
   }
-  const void* shared_gate() const { return shared_gate_ ? shared_gate_->data() : nullptr; }
+  const PackedWeights* shared_gate_packed() const { return shared_gate_packed_.get(); }
   // experts().count matrices [D, 2I] and [I, D] (null when it is 0); the shared ones hold one matrix, or are null without
   // shared experts.
   const PackedWeights* w13_packed() const { return w13_packed_.get(); }
@@ -66,7 +68,7 @@ class ExpertWeights {
   const PackedWeights* shared_w13_packed() const { return shared_w13_packed_.get(); }
   const PackedWeights* shared_w2t_packed() const { return shared_w2t_packed_.get(); }
 
-  // Bytes of the four packed handles (backend memory, outside the allocator).
+  // Bytes of the packed handles (backend memory, outside the allocator).
   size_t packed_bytes() const;
 
   // Per expert: fused matrices built so far (E each at Create), matrices packed so far
@@ -99,8 +101,9 @@ class ExpertWeights {
   ExpertRange experts_;
   Backend* backend_;
   Allocator* allocator_;
-  std::unique_ptr<Buffer> gate_, bias_, shared_gate_;
-  std::unique_ptr<PackedWeights> w13_packed_, w2t_packed_, shared_w13_packed_, shared_w2t_packed_;
+  std::unique_ptr<Buffer> bias_;
+  std::unique_ptr<PackedWeights> gate_packed_, w13_packed_, w2t_packed_, shared_w13_packed_,
+      shared_w2t_packed_, shared_gate_packed_;
   int64_t w13_rebuilds_ = 0;
   int64_t w2t_rebuilds_ = 0;
   int64_t w13_packs_ = 0;

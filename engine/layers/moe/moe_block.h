@@ -160,9 +160,9 @@ class MoeBlock {
   ExpertRange experts() const;
   const MoeTrace& last_trace() const { return trace_; }
   const MoeCounters& counters() const { return counters_; }
-  // Device bytes of the packed expert weights (routed and shared), which the backend holds
-  // outside the allocator; the allocator holds only the router weights, the shared gate and
-  // the Forward workspace.
+  // Device bytes of the packed weights (routed and shared experts, router gate, shared gate),
+  // which the backend holds outside the allocator; the allocator holds only the expert bias
+  // and the Forward workspace.
   size_t packed_weight_bytes() const;
 
  private:

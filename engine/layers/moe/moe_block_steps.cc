@@ -44,9 +44,7 @@ absl::Status MoeBlock::Route(const Tensor& x, const ForwardScratch& s) {
   gemm.n = e;
   gemm.k = d;
   gemm.lda = d;
-  gemm.b = weights_->gate();
-  gemm.ldb = d;
-  gemm.trans_b = true;
+  gemm.packed_b = weights_->gate_packed();
   gemm.ldc = e;
   if (config_.router_gemm == RouterGemm::kRunDType) {
     // nn.Linear in the run dtype: the logits are rounded to it, then routed in fp32.
@@ -303,9 +301,7 @@ absl::Status MoeBlock::RunShared(const Tensor& x, const ForwardScratch& s, const
   logit.a_dtype = logit.b_dtype = config_.dtype;
   logit.c_dtype = run_dtype ? config_.dtype : DType::kF32;
   logit.lda = d;
-  logit.b = weights_->shared_gate();
-  logit.ldb = d;
-  logit.trans_b = true;
+  logit.packed_b = weights_->shared_gate_packed();
   logit.c = run_dtype ? s.shared_gate_rd.data() : s.shared_gate_logit.data();
   logit.ldc = 1;
   MOE_RETURN_IF_ERROR(backend_->Gemm(logit));
