@@ -46,7 +46,7 @@ absl::Status Communicator::AllReduce(const void* send, void* recv, int64_t count
   const int64_t bytes = count * DTypeSize(dtype);
   // Gathered first, so the fold order is the same on every rank: ascending rank.
   std::vector<uint8_t> gathered(bytes * size());
-  MOE_RETURN_IF_ERROR(AllGather(send, gathered.data(), bytes));
+  MOE_RETURN_IF_ERROR(AllGatherHost(send, gathered.data(), bytes));
   if (count == 0) return absl::OkStatus();
   switch (dtype) {
     case DType::kI32:

@@ -81,6 +81,11 @@ class Communicator {
   virtual absl::Status Barrier() = 0;
 
  protected:
+  // AllReduce's all-gather of host memory: AllGather itself for host-memory communicators; a
+  // device communicator stages through its own device buffer.
+  virtual absl::Status AllGatherHost(const void* send, void* recv, int64_t bytes) {
+    return AllGather(send, recv, bytes);
+  }
   // "<impl>: <op> on rank r of P: <what>" as InvalidArgument.
   absl::Status InvalidArgs(absl::string_view impl, absl::string_view op,
                            absl::string_view what) const;
