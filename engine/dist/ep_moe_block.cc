@@ -13,7 +13,6 @@ EpMoeBlock::EpMoeBlock(const MoeConfig& config, ExpertPlacement placement, Commu
       placement_(std::move(placement)),
       comm_(comm),
       backend_(backend),
-      allocator_(allocator),
       options_(options),
       workspace_(allocator),
       row_bytes_(config.hidden * DTypeSize(config.dtype)),

@@ -83,7 +83,8 @@ class EpMoeBlock {
   // block-owned tensor when out overlaps x). A communicator failure is returned as is (it
   // names the op, the rank and the timeout). A rank whose own arguments fail the checks
   // returns before the collectives, and its peers then fail with DeadlineExceeded. The
-  // exchange buffers grow to the largest step seen and are kept.
+  // exchange buffers grow to the largest step seen and are kept (the host-side per-peer
+  // bookkeeping still allocates small vectors each call).
   absl::StatusOr<Tensor> Forward(const Tensor& x, const Tensor& out);
 
   void set_equal_split(EqualSplitMode mode) { options_.equal_split = mode; }
@@ -109,7 +110,6 @@ class EpMoeBlock {
   ExpertPlacement placement_;
   Communicator* comm_;
   Backend* backend_;
-  Allocator* allocator_;
   EpMoeOptions options_;
   std::unique_ptr<MoeBlock> block_;
   Workspace workspace_;

@@ -59,7 +59,7 @@ class LocalBoard {
     return absl::OkStatus();
   }
 
-  void BreakLocked(const absl::Status& status) {
+  void BreakGroup(const absl::Status& status) {
     std::lock_guard<std::mutex> lock(mu_);
     Break(status.message());
   }
@@ -216,7 +216,7 @@ class LocalCommunicator : public Communicator {
     if (status.ok()) copy();
     const absl::Status met = board_->Meet(&post, rank_, TimedOut(kImpl, post.op));
     if (!status.ok()) {
-      board_->BreakLocked(status);
+      board_->BreakGroup(status);
       return status;
     }
     return met;
