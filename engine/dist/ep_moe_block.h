@@ -22,7 +22,10 @@
 //      id, fp32, one rounding (MOE_SEMANTICS 4.2), as on one device.
 // Every row's expert output is computed by the same GEMM on the same values as on one device
 // (the CPU backend's GEMM bits depend only on a row's own values and the matrix), so the output
-// is bit-identical to MoeBlock::Forward over the concatenated tokens.
+// is bit-identical to MoeBlock::Forward over the concatenated tokens. One exception by
+// definition: MoeConfig::force_balanced routes by a token's index in its rank's batch (as
+// torchtitan's force_load_balance does per rank), which matches the single-device ids only when
+// every rank's first global token index times top_k is a multiple of num_experts.
 //
 // Thread-compatible; the backend, allocator and communicator must outlive the block, and the
 // communicator's buffers must be the backend's memory (Create checks the devices).

@@ -66,10 +66,10 @@ TEST_P(EpMoeLocalTest, BitIdenticalToOneDevice) {
       EXPECT_EQ(run.bytes, RankRows(c, reference->bytes, r));
       const ExchangePath want = mode == EqualSplitMode::kNever    ? ExchangePath::kVariable
                                 : mode == EqualSplitMode::kAlways ? ExchangePath::kEqualSplit
-                                : c.balanced                      ? ExchangePath::kEqualSplit
-                                                                  : run.trace.exchange_path;
+                                : c.auto_path != ExchangePath::kNone ? c.auto_path
+                                                                     : run.trace.exchange_path;
       EXPECT_EQ(run.trace.exchange_path, want);
-      if (c.balanced) {
+      if (c.auto_path == ExchangePath::kEqualSplit) {
         EXPECT_EQ(run.trace.padding_rows, 0);
       }
       EXPECT_EQ(run.trace.sent_rows,
@@ -98,10 +98,10 @@ std::string CaseName(const ::testing::TestParamInfo<std::tuple<int, int>>& info)
 
 INSTANTIATE_TEST_SUITE_P(Ranks, EpMoeLocalTest,
                          ::testing::Combine(::testing::Values(1, 2, 3, 4),
-                                            ::testing::Range(0, 9)),
+                                            ::testing::Range(0, 11)),
                          CaseName);
 
-TEST(EpMoeLocalCasesTest, NineCases) { EXPECT_EQ(MakeEpCases(2, kSeed).size(), 9u); }
+TEST(EpMoeLocalCasesTest, ElevenCases) { EXPECT_EQ(MakeEpCases(2, kSeed).size(), 11u); }
 
 // Equal split with padding: a skewed step pads every block to the largest count; the NaN
 // padding rows never reach an output (the outputs above are bit-identical and finite).

@@ -6,6 +6,7 @@
 // Every rank runs every test; rank 0 writes the test XML and reports, per test, which other
 // ranks failed (their messages are in the log, prefixed by their rank).
 #include <cmath>
+#include <cstdlib>
 #include <memory>
 #include <vector>
 
@@ -19,7 +20,7 @@ namespace moe::testing {
 namespace {
 
 constexpr uint64_t kSeed = 0x5eed6;
-constexpr int kCases = 9;
+constexpr int kCases = 11;
 
 MpiCommunicator* g_world = nullptr;
 
@@ -101,8 +102,10 @@ TEST_P(EpMoeMpiTest, BitIdenticalToOneDevice) {
     EXPECT_EQ(run->bytes, want) << "mode " << static_cast<int>(mode);
     if (mode == EqualSplitMode::kNever) {
       EXPECT_EQ(run->trace.exchange_path, ExchangePath::kVariable);
-    } else if (mode == EqualSplitMode::kAlways || c.balanced) {
+    } else if (mode == EqualSplitMode::kAlways) {
       EXPECT_EQ(run->trace.exchange_path, ExchangePath::kEqualSplit);
+    } else if (c.auto_path != ExchangePath::kNone) {
+      EXPECT_EQ(run->trace.exchange_path, c.auto_path);
     }
   }
 }
@@ -152,8 +155,10 @@ int main(int argc, char** argv) {
   }
   ::testing::InitGoogleTest(&argc, argv);
   if ((*runtime)->world_rank() != 0) {
-    // One XML for the job: rank 0's (Bazel's XML_OUTPUT_FILE reaches every rank).
+    // One XML and one premature-exit marker for the job, rank 0's (Bazel's XML_OUTPUT_FILE
+    // and TEST_PREMATURE_EXIT_FILE reach every rank).
     GTEST_FLAG_SET(output, "");
+    unsetenv("TEST_PREMATURE_EXIT_FILE");
   }
   auto world = moe::MpiCommunicator::CreateWorld({absl::Seconds(120)});
   if (!world.ok()) {

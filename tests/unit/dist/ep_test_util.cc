@@ -79,7 +79,31 @@ std::vector<EpCase> MakeEpCases(int ranks, uint64_t seed) {
     balanced.force_balanced = true;
     // 4 tokens x 2 slots cover experts 0..7 once on every rank: 8 / P rows to each peer.
     EpCase c = RandomCase("force_balanced", balanced, per_rank([](int) { return 4; }), rng);
-    c.balanced = 8 % ranks == 0;
+    if (8 % ranks == 0) c.auto_path = ExchangePath::kEqualSplit;
+    cases.push_back(std::move(c));
+    // MOE_SEMANTICS 7.11: the round-robin pattern over 6 tokens a rank (local token i to
+    // experts 2i and 2i + 1 mod 8) hits experts 0..7 and 0..3, so the lower ranks get more rows
+    // (P = 2: 8 and 4): unequal splits, whatever the per-expert pattern suggests. Routed through
+    // the gate (RouteExplicitly), not force_balanced, whose ids follow the index in the batch
+    // and so differ between a rank's batch and the single-device one.
+    EpCase u;
+    u.name = "round_robin_uneven_splits";
+    u.config = bf16;
+    u.weights = RandomWeights(bf16, rng);
+    u.rank_tokens = per_rank([](int) { return 6; });
+    std::vector<std::set<int>> experts;
+    for (int r = 0; r < ranks; ++r) {
+      for (int i = 0; i < 6; ++i) experts.push_back({(2 * i) % 8, (2 * i + 1) % 8});
+    }
+    RouteExplicitly(bf16, experts, rng, &u.weights, &u.x);
+    u.auto_path = ranks == 1 ? ExchangePath::kEqualSplit : ExchangePath::kVariable;
+    cases.push_back(std::move(u));
+    // E=4, K=2: 2 tokens cover experts 0..3 once on every rank (force_balanced agrees with
+    // the single device here: each rank's first token index is a multiple of E / K).
+    MoeConfig e4 = SmallConfig(4, 2, 32, 16, DType::kBF16);
+    e4.force_balanced = true;
+    c = RandomCase("force_balanced_e4", e4, per_rank([](int) { return 2; }), rng);
+    if (4 % ranks == 0) c.auto_path = ExchangePath::kEqualSplit;
     cases.push_back(std::move(c));
   }
   {

@@ -24,12 +24,15 @@ struct EpCase {
   // Per rank, the global indices of its tokens, in its local order (contiguous slices in rank
   // order, sequence shards, or every token when the ranks are replicated).
   std::vector<std::vector<int64_t>> rank_tokens;
-  bool balanced = false;  // every rank sends every peer the same rows (kAuto takes equal split)
+  // The exchange EqualSplitMode::kAuto must take: kEqualSplit when every rank sends every peer
+  // the same rows, kVariable when they differ; kNone where the test does not say.
+  ExchangePath auto_path = ExchangePath::kNone;
 };
 
 // The cases for `ranks` ranks, the same on every rank for the same seed: random routing (bf16
 // with a shared expert; f32 over E=6 experts, uneven placement for ranks = 4), skewed (every
-// token to rank 0's experts), rank 1 with no tokens, forced-balanced routing, the Qwen2-MoE
+// token to rank 0's experts), rank 1 with no tokens, forced-balanced routing (E=8 and E=4,
+// equal splits; a round-robin pattern with unequal splits: MOE_SEMANTICS 7.11), the Qwen2-MoE
 // run-dtype router and shared gate, Llama4's score before experts, sequence-sharded tokens
 // (B=2, uneven slices; MOE_SEMANTICS 7.7) and replicated tokens (7.8).
 std::vector<EpCase> MakeEpCases(int ranks, uint64_t seed);
