@@ -72,6 +72,9 @@ TEST_P(EpMoeLocalTest, BitIdenticalToOneDevice) {
       if (c.auto_path == ExchangePath::kEqualSplit) {
         EXPECT_EQ(run.trace.padding_rows, 0);
       }
+      if (c.expert_path != ExpertPath::kNone) {
+        EXPECT_EQ(run.trace.expert_path, c.expert_path);
+      }
       EXPECT_EQ(run.trace.sent_rows,
                 static_cast<int64_t>(c.rank_tokens[r].size()) * c.config.top_k);
       sent += run.trace.sent_rows;

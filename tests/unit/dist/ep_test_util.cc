@@ -80,6 +80,7 @@ std::vector<EpCase> MakeEpCases(int ranks, uint64_t seed) {
     // 4 tokens x 2 slots cover experts 0..7 once on every rank: 8 / P rows to each peer.
     EpCase c = RandomCase("force_balanced", balanced, per_rank([](int) { return 4; }), rng);
     if (8 % ranks == 0) c.auto_path = ExchangePath::kEqualSplit;
+    c.expert_path = ExpertPath::kBatched;  // every expert gets one row from each rank
     cases.push_back(std::move(c));
     // MOE_SEMANTICS 7.11: the round-robin pattern over 6 tokens a rank (local token i to
     // experts 2i and 2i + 1 mod 8) hits experts 0..7 and 0..3, so the lower ranks get more rows
@@ -104,6 +105,7 @@ std::vector<EpCase> MakeEpCases(int ranks, uint64_t seed) {
     e4.force_balanced = true;
     c = RandomCase("force_balanced_e4", e4, per_rank([](int) { return 2; }), rng);
     if (4 % ranks == 0) c.auto_path = ExchangePath::kEqualSplit;
+    c.expert_path = ExpertPath::kBatched;
     cases.push_back(std::move(c));
   }
   {

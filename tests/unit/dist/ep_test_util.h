@@ -27,6 +27,8 @@ struct EpCase {
   // The exchange EqualSplitMode::kAuto must take: kEqualSplit when every rank sends every peer
   // the same rows, kVariable when they differ; kNone where the test does not say.
   ExchangePath auto_path = ExchangePath::kNone;
+  // The path of every rank's expert GEMMs where the test says (kNone: either).
+  ExpertPath expert_path = ExpertPath::kNone;
 };
 
 // The cases for `ranks` ranks, the same on every rank for the same seed: random routing (bf16
