@@ -24,6 +24,8 @@ PACKAGES=(
   libbenchmark-dev        # Google Benchmark
   libdnnl-dev             # oneDNN 2.6: the CPU backend's matmuls
   libze-dev               # Level Zero loader and headers (xpu backend)
+  openmpi-bin             # mpirun: the expert-parallel tests (engine/dist)
+  libopenmpi-dev          # Open MPI 4.1 headers and libmpi (engine/dist/mpi_communicator)
 )
 
 missing=()

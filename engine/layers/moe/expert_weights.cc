@@ -62,15 +62,25 @@ absl::StatusOr<std::unique_ptr<Buffer>> Upload(Backend* backend, Allocator* allo
 
 absl::StatusOr<std::unique_ptr<ExpertWeights>> ExpertWeights::Create(const MoeConfig& config,
                                                                      const MoeWeights& weights,
+                                                                     ExpertRange experts,
                                                                      Backend* backend,
                                                                      Allocator* allocator) {
-  std::unique_ptr<ExpertWeights> w(new ExpertWeights(config, backend, allocator));
-  const int64_t e = config.num_experts, d = config.hidden, i = config.inter;
+  std::unique_ptr<ExpertWeights> w(new ExpertWeights(config, experts, backend, allocator));
+  const int64_t d = config.hidden, i = config.inter;
   // The router's weights hold run-dtype values whatever the GEMM's precision, as a model
   // converted to the run dtype holds them; the bias stays an fp32 array for the router op.
-  MOE_ASSIGN_OR_RETURN(
-      w->gate_,
-      Upload(backend, allocator, RoundedTo(ToFloats(weights.gate), config.dtype), w->gate_dtype()));
+  // Packed, like every other GEMM operand of the block: the packed GEMM gives a row the same
+  // bits whatever the number of rows (the plain one does not for f32), so a token's routing
+  // does not depend on its batch (MOE_SEMANTICS 7.15) or on how tokens are split over ranks.
+  {
+    MOE_ASSIGN_OR_RETURN(
+        std::unique_ptr<Buffer> gate,
+        Upload(backend, allocator, RoundedTo(ToFloats(weights.gate), config.dtype),
+               w->gate_dtype()));
+    MOE_ASSIGN_OR_RETURN(w->gate_packed_, PackDeviceLinear(backend, gate->data(),
+                                                           config.num_experts, d,
+                                                           w->gate_dtype()));
+  }
   if (config.use_expert_bias) {
     MOE_ASSIGN_OR_RETURN(
         w->bias_, Upload(backend, allocator, RoundedTo(ToFloats(weights.expert_bias), config.dtype),
@@ -79,7 +89,7 @@ absl::StatusOr<std::unique_ptr<ExpertWeights>> ExpertWeights::Create(const MoeCo
   {
     // Freed before Create returns: only the packed copies stay.
     MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> scratch, allocator->Allocate(w->ScratchBytes()));
-    for (int64_t x = 0; x < e; ++x) {
+    for (int64_t x = 0; x < experts.count; ++x) {
       MOE_RETURN_IF_ERROR(w->BuildW13(x, &weights.w1[x], &weights.w3[x], scratch->data()));
       MOE_RETURN_IF_ERROR(w->PackExpert(x, d, 2 * i, scratch->data(), &w->w13_packed_));
       ++w->w13_packs_;
@@ -97,15 +107,17 @@ absl::StatusOr<std::unique_ptr<ExpertWeights>> ExpertWeights::Create(const MoeCo
                          PackLinear(backend, allocator, {&weights.shared_w2}, d, s, config.dtype));
   }
   if (config.shared_gate) {
-    MOE_ASSIGN_OR_RETURN(w->shared_gate_,
-                         UploadHostAs(backend, allocator, {&weights.shared_gate}, config.dtype));
+    MOE_ASSIGN_OR_RETURN(
+        w->shared_gate_packed_,
+        PackLinear(backend, allocator, {&weights.shared_gate}, 1, d, config.dtype));
   }
   return w;
 }
 
 size_t ExpertWeights::packed_bytes() const {
   size_t bytes = 0;
-  for (const auto* p : {&w13_packed_, &w2t_packed_, &shared_w13_packed_, &shared_w2t_packed_}) {
+  for (const auto* p : {&gate_packed_, &w13_packed_, &w2t_packed_, &shared_w13_packed_,
+                        &shared_w2t_packed_, &shared_gate_packed_}) {
     if (*p != nullptr) bytes += (*p)->bytes();
   }
   return bytes;
@@ -145,7 +157,7 @@ absl::Status ExpertWeights::PackExpert(int64_t e, int64_t k, int64_t n, const vo
   if (*packed == nullptr) {
     // First expert: make the storage without a source, then fill expert by expert.
     PackWeightsArgs args;
-    args.batch = config_.num_experts;
+    args.batch = experts_.count;
     args.k = k;
     args.n = n;
     args.dtype = config_.dtype;
@@ -158,11 +170,16 @@ absl::Status ExpertWeights::PackExpert(int64_t e, int64_t k, int64_t n, const vo
 
 absl::Status ExpertWeights::UpdateExpert(int64_t expert, const Tensor* w1, const Tensor* w3,
                                          const Tensor* w2) {
-  const int64_t e = config_.num_experts, d = config_.hidden, i = config_.inter;
-  if (expert < 0 || expert >= e) {
+  const int64_t d = config_.hidden, i = config_.inter;
+  if (expert < experts_.first || expert >= experts_.end()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("moe: expert=", expert, " is outside [0, num_experts=", e, ")"));
+        experts_.count == config_.num_experts
+            ? absl::StrCat("moe: expert=", expert, " is outside [0, num_experts=",
+                           config_.num_experts, ")")
+            : absl::StrCat("moe: expert=", expert, " is outside this block's experts [",
+                           experts_.first, ", ", experts_.end(), ")"));
   }
+  const int64_t local = expert - experts_.first;
   if (w1 != nullptr) {
     MOE_RETURN_IF_ERROR(CheckHostWeight(absl::StrCat("w1[", expert, "]"), *w1, Shape({i, d})));
   }
@@ -179,13 +196,13 @@ absl::Status ExpertWeights::UpdateExpert(int64_t expert, const Tensor* w1, const
   // MOE_SEMANTICS 7.12: the packed copies the GEMMs read are refreshed, so nothing is served
   // stale.
   if (w1 != nullptr || w3 != nullptr) {
-    MOE_RETURN_IF_ERROR(BuildW13(expert, w1, w3, scratch->data()));
-    MOE_RETURN_IF_ERROR(backend_->RepackWeights(w13_packed_.get(), expert, scratch->data(), d));
+    MOE_RETURN_IF_ERROR(BuildW13(local, w1, w3, scratch->data()));
+    MOE_RETURN_IF_ERROR(backend_->RepackWeights(w13_packed_.get(), local, scratch->data(), d));
     ++w13_packs_;
   }
   if (w2 != nullptr) {
-    MOE_RETURN_IF_ERROR(BuildW2t(expert, *w2, scratch->data()));
-    MOE_RETURN_IF_ERROR(backend_->RepackWeights(w2t_packed_.get(), expert, scratch->data(), i));
+    MOE_RETURN_IF_ERROR(BuildW2t(local, *w2, scratch->data()));
+    MOE_RETURN_IF_ERROR(backend_->RepackWeights(w2t_packed_.get(), local, scratch->data(), i));
     ++w2t_packs_;
   }
   return absl::OkStatus();

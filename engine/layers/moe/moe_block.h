@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "engine/core/buffer.h"
 #include "engine/core/tensor.h"
 #include "engine/core/workspace.h"
@@ -69,15 +70,55 @@ class MoeBlock {
   static absl::StatusOr<std::unique_ptr<MoeBlock>> Create(const MoeConfig& config,
                                                           const MoeWeights& weights,
                                                           Backend* backend, Allocator* allocator);
+  // The same for a block that holds only the routed experts `experts` (weights.w1 / w3 / w2
+  // list just those: CheckMoeWeights with a range) besides the full router and the shared
+  // experts: an expert-parallel rank's block (engine/dist/ep_moe_block.h), which runs through
+  // the staged calls below; Forward needs every expert.
+  static absl::StatusOr<std::unique_ptr<MoeBlock>> Create(const MoeConfig& config,
+                                                          const MoeWeights& weights,
+                                                          ExpertRange experts, Backend* backend,
+                                                          Allocator* allocator);
   ~MoeBlock();
 
   // out[T, D] = MoE(x[T, D]); x and out are tensors of config.dtype on the backend's device
-  // (InvalidArgument naming x or out otherwise; T = 0 is fine).
+  // (InvalidArgument naming x or out otherwise; T = 0 is fine). FailedPrecondition on a block
+  // that holds only some experts.
   // Returns the tensor holding the result: `out` itself (in-place combine), or, when out
   // overlaps x anywhere, a block-owned tensor valid until the next Forward or ReserveTokens
   // (x is never written). Allocates nothing once the workspace has grown to this T (see
   // ReserveTokens).
   absl::StatusOr<Tensor> Forward(const Tensor& x, const Tensor& out);
+
+  // Forward in stages, for expert parallelism: the routed rows leave the block between
+  // BeginForward and FinishForward and come back as expert outputs.
+  //   BeginForward(x, out): Forward's checks, the router, the exact counts, the dispatch order
+  //     and the gathered rows; returns the rows [N = T * K, D] in dispatch order (expert-major,
+  //     tokens ascending within an expert; a view of the workspace) and the rows per expert
+  //     [E] on the host. Counts always go to the host here; capacity mode is refused
+  //     (FailedPrecondition), the staged path being dropless.
+  //   The caller replaces every row by its expert's output (same row, same order), e.g. with
+  //     RunExpertGemms on the blocks that hold the experts.
+  //   FinishForward(): the shared experts and the combine, exactly as in Forward; returns what
+  //     Forward would. FailedPrecondition without a BeginForward before it.
+  // Forward is BeginForward, RunExpertGemms over all experts, FinishForward, so the stages give
+  // Forward's bits whenever each row's expert output is the same.
+  struct Dispatch {
+    Tensor rows;
+    absl::Span<const int64_t> counts;  // [E], valid until the next call on this block
+  };
+  absl::StatusOr<Dispatch> BeginForward(const Tensor& x, const Tensor& out);
+  absl::StatusOr<Tensor> FinishForward();
+
+  // The routed experts' GEMMs (gate|up, SwiGLU, down) of this block's experts over rows [M, D]
+  // grouped by expert: rows [offsets[j], offsets[j + 1]) belong to expert experts().first + j,
+  // counts[j] = offsets[j + 1] - offsets[j] (experts().count + 1 and experts().count entries,
+  // host). The rows are replaced by the outputs. gate_up [M, 2I] and act [M, I] are scratch.
+  // All of config.dtype on the backend's device. Takes the batched GEMM when every count is the
+  // same C > 0 (and the batched path is enabled), else the grouped one; last_trace().expert_path
+  // says which. InvalidArgument naming the argument and both sizes.
+  absl::Status RunExpertGemms(const Tensor& rows, absl::Span<const int64_t> counts,
+                              absl::Span<const int64_t> offsets, const Tensor& gate_up,
+                              const Tensor& act);
 
   // Grows the workspace for up to `tokens` tokens now, so later Forwards do not allocate.
   // Invalidates a block-owned result of an earlier Forward.
@@ -116,22 +157,32 @@ class MoeBlock {
   absl::Status CopyLastRouting(std::vector<int32_t>* ids, std::vector<float>* weights) const;
 
   const MoeConfig& config() const { return config_; }
+  ExpertRange experts() const;
   const MoeTrace& last_trace() const { return trace_; }
   const MoeCounters& counters() const { return counters_; }
-  // Device bytes of the packed expert weights (routed and shared), which the backend holds
-  // outside the allocator; the allocator holds only the router weights, the shared gate and
-  // the Forward workspace.
+  // Device bytes of the packed weights (routed and shared experts, router gate, shared gate),
+  // which the backend holds outside the allocator; the allocator holds only the expert bias
+  // and the Forward workspace.
   size_t packed_weight_bytes() const;
 
  private:
   MoeBlock(const MoeConfig& config, Backend* backend, Allocator* allocator);
 
+  // Forward up to the expert GEMMs (checks, scratch, routing, capacity, gathered rows); with
+  // `staged`, counts stay on the host. Sets the pending_ state FinishStages reads.
+  absl::Status BeginStages(const Tensor& x, const Tensor& out, bool staged);
+  absl::StatusOr<Tensor> FinishStages();
   absl::Status CheckActivation(absl::string_view name, const Tensor& t, int64_t tokens) const;
   void CopyWeightCounters();
   // Steps of Forward, in order (moe_block_steps.cc).
   absl::Status Route(const Tensor& x, const ForwardScratch& s);
   absl::Status ApplyCapacity(const ForwardScratch& s, int64_t tokens);
-  absl::Status RunExperts(const Tensor& x, const ForwardScratch& s);
+  absl::Status GatherRows(const Tensor& x, const ForwardScratch& s);
+  // The GEMMs over `rows` (see RunExpertGemms); segments from host counts and offsets, or,
+  // with device_counts, from those (counts on the device).
+  absl::Status ExpertGemms(const Tensor& rows, const Tensor& gate_up, const Tensor& act,
+                           absl::Span<const int64_t> counts, absl::Span<const int64_t> offsets,
+                           const int64_t* device_counts);
   absl::Status RunShared(const Tensor& x, const ForwardScratch& s, const Tensor& target);
   absl::Status RunCombine(const ForwardScratch& s, const Tensor& target);
   // RouteWeights::kRunDType: expert output rows *= their slot's weight, rounded.
@@ -151,6 +202,12 @@ class MoeBlock {
   bool batched_path_enabled_ = true;
   int64_t counts_on_device_max_tokens_ = 0;
   bool counts_on_device_ = false;  // this Forward keeps the counts on the device
+  // Between BeginStages and FinishStages: the call's x, where the result goes, and the scratch.
+  bool pending_ = false;
+  Tensor pending_x_;
+  Tensor pending_out_;
+  bool pending_in_place_ = false;
+  std::unique_ptr<ForwardScratch> scratch_;
   int64_t routed_rows_ = 0;  // rows the experts compute this Forward (after capacity drops)
   int64_t reserved_tokens_ = -1;
   // Host-side copies, sized by ReserveTokens so that Forward does not allocate.

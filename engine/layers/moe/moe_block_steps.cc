@@ -44,9 +44,7 @@ absl::Status MoeBlock::Route(const Tensor& x, const ForwardScratch& s) {
   gemm.n = e;
   gemm.k = d;
   gemm.lda = d;
-  gemm.b = weights_->gate();
-  gemm.ldb = d;
-  gemm.trans_b = true;
+  gemm.packed_b = weights_->gate_packed();
   gemm.ldc = e;
   if (config_.router_gemm == RouterGemm::kRunDType) {
     // nn.Linear in the run dtype: the logits are rounded to it, then routed in fp32.
@@ -156,61 +154,67 @@ absl::Status MoeBlock::ApplyCapacity(const ForwardScratch& s, int64_t tokens) {
   return absl::OkStatus();
 }
 
-absl::Status MoeBlock::RunExperts(const Tensor& x, const ForwardScratch& s) {
-  const int64_t e = config_.num_experts, d = config_.hidden, i = config_.inter;
+absl::Status MoeBlock::GatherRows(const Tensor& x, const ForwardScratch& s) {
   const int64_t rows = routed_rows_;
   if (rows == 0) return absl::OkStatus();
-
   GatherRowsArgs gather;
   gather.rows = rows;
-  gather.cols = d;
+  gather.cols = config_.hidden;
   gather.dtype = config_.dtype;
   gather.src = x.data();
-  gather.src_ld = d;
+  gather.src_ld = config_.hidden;
   gather.src_rows = x.dim(0);
   gather.index = Ptr<const int32_t>(s.sorted_slots);
   gather.index_divisor = config_.top_k;
   // MOE_SEMANTICS 2.1 / 7.18: Llama4 scales the expert input, round(fp32(x) * w).
   gather.slot_scale = config_.score_before_experts ? Ptr<const float>(s.weights) : nullptr;
   gather.dst = s.rows.data();
-  gather.dst_ld = d;
-  MOE_RETURN_IF_ERROR(backend_->GatherRows(gather));
+  gather.dst_ld = config_.hidden;
+  return backend_->GatherRows(gather);
+}
+
+absl::Status MoeBlock::ExpertGemms(const Tensor& rows_in, const Tensor& gate_up,
+                                   const Tensor& act, absl::Span<const int64_t> counts,
+                                   absl::Span<const int64_t> offsets,
+                                   const int64_t* device_counts) {
+  const int64_t e = experts().count, d = config_.hidden, i = config_.inter;
+  const int64_t rows = device_counts != nullptr ? routed_rows_ : offsets[e];
+  if (rows == 0) return absl::OkStatus();
 
   // Expert j's B operands are matrix j of the packed w13 and w2t (batched matrix j, group j).
   GemmArgs up;  // [rows, D] x w13 [D, 2I] -> gate_up [rows, 2I]
   up.n = 2 * i;
   up.k = d;
-  up.a = s.rows.data();
+  up.a = rows_in.data();
   up.a_dtype = up.b_dtype = up.c_dtype = config_.dtype;
   up.lda = d;
   up.packed_b = weights_->w13_packed();
-  up.c = s.gate_up.data();
+  up.c = gate_up.data();
   up.ldc = 2 * i;
   GemmArgs down;  // act [rows, I] x w2t [I, D] -> rows [rows, D] (the inputs are dead by then)
   down.n = d;
   down.k = i;
-  down.a = s.act.data();
+  down.a = act.data();
   down.a_dtype = down.b_dtype = down.c_dtype = config_.dtype;
   down.lda = i;
   down.packed_b = weights_->w2t_packed();
-  down.c = s.rows.data();
+  down.c = rows_in.data();
   down.ldc = d;
 
   SwiGluArgs swiglu;
   swiglu.rows = rows;
   swiglu.inter = i;
   swiglu.dtype = config_.dtype;
-  swiglu.gate_up = s.gate_up.data();
+  swiglu.gate_up = gate_up.data();
   swiglu.gate_up_ld = 2 * i;
-  swiglu.out = s.act.data();
+  swiglu.out = act.data();
   swiglu.out_ld = i;
 
   // MOE_SEMANTICS 3.4 / 7.11: the batched path needs every count equal to one C > 0, checked
   // exactly; anything else takes the grouped path, which skips empty experts.
-  const int64_t c = kept_host_[0];
-  const bool equal =
-      !counts_on_device_ && c > 0 &&
-      std::all_of(kept_host_.begin(), kept_host_.end(), [c](int64_t k) { return k == c; });
+  const int64_t c = device_counts == nullptr ? counts[0] : 0;
+  const bool equal = c > 0 && std::all_of(counts.begin(), counts.end(),
+                                          [c](int64_t k) { return k == c; });
   if (equal && batched_path_enabled_) {
     trace_.expert_path = ExpertPath::kBatched;
     BatchedGemmArgs b1;
@@ -234,10 +238,10 @@ absl::Status MoeBlock::RunExperts(const Tensor& x, const ForwardScratch& s) {
   g1.gemm = up;
   g1.gemm.m = rows;
   g1.num_groups = e;
-  if (counts_on_device_) {
-    g1.counts = Ptr<const int64_t>(s.counts);
+  if (device_counts != nullptr) {
+    g1.counts = device_counts;
   } else {
-    g1.offsets = offsets_host_.data();
+    g1.offsets = offsets.data();
   }
   MOE_RETURN_IF_ERROR(backend_->GroupedGemm(g1));
   MOE_RETURN_IF_ERROR(backend_->SwiGlu(swiglu));
@@ -297,9 +301,7 @@ absl::Status MoeBlock::RunShared(const Tensor& x, const ForwardScratch& s, const
   logit.a_dtype = logit.b_dtype = config_.dtype;
   logit.c_dtype = run_dtype ? config_.dtype : DType::kF32;
   logit.lda = d;
-  logit.b = weights_->shared_gate();
-  logit.ldb = d;
-  logit.trans_b = true;
+  logit.packed_b = weights_->shared_gate_packed();
   logit.c = run_dtype ? s.shared_gate_rd.data() : s.shared_gate_logit.data();
   logit.ldc = 1;
   MOE_RETURN_IF_ERROR(backend_->Gemm(logit));

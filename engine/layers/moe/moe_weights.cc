@@ -1,5 +1,7 @@
 #include "engine/layers/moe/moe_weights.h"
 
+#include <string>
+
 #include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
 
@@ -16,13 +18,18 @@ absl::Status CheckAbsent(absl::string_view name, const Tensor& t, absl::string_v
 }
 
 absl::Status CheckExpertList(absl::string_view name, const std::vector<Tensor>& list,
-                             int64_t num_experts, const Shape& want) {
-  if (static_cast<int64_t>(list.size()) != num_experts) {
-    return Invalid(
-        absl::StrCat(name, " has ", list.size(), " tensors, expected num_experts=", num_experts));
+                             int64_t num_experts, ExpertRange experts, const Shape& want) {
+  if (static_cast<int64_t>(list.size()) != experts.count) {
+    const std::string expected =
+        experts.count == num_experts
+            ? absl::StrCat("num_experts=", num_experts)
+            : absl::StrCat(experts.count, " (experts [", experts.first, ", ", experts.end(),
+                           ") of num_experts=", num_experts, ")");
+    return Invalid(absl::StrCat(name, " has ", list.size(), " tensors, expected ", expected));
   }
-  for (size_t e = 0; e < list.size(); ++e) {
-    MOE_RETURN_IF_ERROR(CheckHostWeight(absl::StrCat(name, "[", e, "]"), list[e], want));
+  for (size_t j = 0; j < list.size(); ++j) {
+    MOE_RETURN_IF_ERROR(
+        CheckHostWeight(absl::StrCat(name, "[", experts.first + j, "]"), list[j], want));
   }
   return absl::OkStatus();
 }
@@ -50,16 +57,24 @@ absl::Status CheckHostWeight(absl::string_view name, const Tensor& t, const Shap
 }
 
 absl::Status CheckMoeWeights(const MoeConfig& c, const MoeWeights& w) {
+  return CheckMoeWeights(c, w, ExpertRange{0, c.num_experts});
+}
+
+absl::Status CheckMoeWeights(const MoeConfig& c, const MoeWeights& w, ExpertRange experts) {
   const int64_t e = c.num_experts, d = c.hidden, i = c.inter;
+  if (experts.first < 0 || experts.count < 0 || experts.end() > e) {
+    return Invalid(absl::StrCat("experts [", experts.first, ", ", experts.end(),
+                                ") are outside [0, num_experts=", e, ")"));
+  }
   MOE_RETURN_IF_ERROR(CheckHostWeight("gate", w.gate, Shape({e, d})));
   if (c.use_expert_bias) {
     MOE_RETURN_IF_ERROR(CheckHostWeight("expert_bias", w.expert_bias, Shape({e})));
   } else {
     MOE_RETURN_IF_ERROR(CheckAbsent("expert_bias", w.expert_bias, "use_expert_bias is false"));
   }
-  MOE_RETURN_IF_ERROR(CheckExpertList("w1", w.w1, e, Shape({i, d})));
-  MOE_RETURN_IF_ERROR(CheckExpertList("w3", w.w3, e, Shape({i, d})));
-  MOE_RETURN_IF_ERROR(CheckExpertList("w2", w.w2, e, Shape({d, i})));
+  MOE_RETURN_IF_ERROR(CheckExpertList("w1", w.w1, e, experts, Shape({i, d})));
+  MOE_RETURN_IF_ERROR(CheckExpertList("w3", w.w3, e, experts, Shape({i, d})));
+  MOE_RETURN_IF_ERROR(CheckExpertList("w2", w.w2, e, experts, Shape({d, i})));
   const int64_t s = c.num_shared_experts * c.shared_inter;
   if (s > 0) {
     MOE_RETURN_IF_ERROR(CheckHostWeight("shared_w1", w.shared_w1, Shape({s, d})));

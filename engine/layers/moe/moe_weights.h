@@ -2,6 +2,7 @@
 #ifndef MOE_ENGINE_LAYERS_MOE_MOE_WEIGHTS_H_
 #define MOE_ENGINE_LAYERS_MOE_MOE_WEIGHTS_H_
 
+#include <cstdint>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -28,6 +29,15 @@ struct MoeWeights {
   Tensor shared_gate;  // [1, D], exactly when config.shared_gate
 };
 
+// The routed experts a block holds: [first, first + count) of config.num_experts. A
+// single-device block holds all of them; an expert-parallel rank only its own range
+// (engine/dist/expert_placement.h).
+struct ExpertRange {
+  int64_t first = 0;
+  int64_t count = 0;
+  int64_t end() const { return first + count; }
+};
+
 // True if `t` is anything but a default-constructed Tensor.
 bool IsGiven(const Tensor& t);
 
@@ -38,6 +48,12 @@ absl::Status CheckHostWeight(absl::string_view name, const Tensor& t, const Shap
 // Every tensor of `weights` against `config` (which must be valid): presence, shape, dtype,
 // device. InvalidArgument naming the first bad tensor.
 absl::Status CheckMoeWeights(const MoeConfig& config, const MoeWeights& weights);
+
+// The same for a block holding only `experts`: w1, w3 and w2 have experts.count entries, entry
+// j being expert experts.first + j (named so in messages). InvalidArgument also for a range
+// outside [0, num_experts].
+absl::Status CheckMoeWeights(const MoeConfig& config, const MoeWeights& weights,
+                             ExpertRange experts);
 
 }  // namespace moe
 

@@ -1,0 +1,245 @@
+#include "engine/dist/nccl_communicator.h"
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/status_macros.h"
+
+namespace moe {
+namespace {
+
+constexpr absl::string_view kImpl = "nccl";
+constexpr int64_t kScratchBytes = 1 << 16;  // AllReduce's staging, Barrier's word
+
+}  // namespace
+
+struct NcclCommunicator::State {
+  ncclComm_t comm = nullptr;
+  cudaStream_t stream = nullptr;
+  void* scratch = nullptr;  // device, kScratchBytes
+  bool aborted = false;
+};
+
+NcclCommunicator::NcclCommunicator() : state_(std::make_unique<State>()) {}
+
+NcclCommunicator::~NcclCommunicator() {
+  cudaSetDevice(device_);
+  if (state_->comm != nullptr && !state_->aborted) ncclCommDestroy(state_->comm);
+  if (state_->scratch != nullptr) cudaFree(state_->scratch);
+  if (state_->stream != nullptr) cudaStreamDestroy(state_->stream);
+}
+
+absl::Status NcclCommunicator::Finish() {
+  MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  MOE_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&state_->stream, cudaStreamNonBlocking));
+  MOE_CUDA_RETURN_IF_ERROR(cudaMalloc(&state_->scratch, kScratchBytes));
+  int rank = 0, size = 0;
+  if (ncclCommUserRank(state_->comm, &rank) != ncclSuccess ||
+      ncclCommCount(state_->comm, &size) != ncclSuccess) {
+    return absl::InternalError("nccl: ncclCommUserRank / ncclCommCount failed");
+  }
+  rank_ = rank;
+  size_ = size;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(
+    Communicator* bootstrap, int device, const CommunicatorOptions& options) {
+  if (bootstrap == nullptr) return absl::InvalidArgumentError("nccl: bootstrap is null");
+  if (options.timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "nccl: timeout=", absl::FormatDuration(options.timeout), " must be positive"));
+  }
+  ncclUniqueId id;
+  std::memset(&id, 0, sizeof(id));
+  if (bootstrap->rank() == 0) {
+    const ncclResult_t r = ncclGetUniqueId(&id);
+    if (r != ncclSuccess) {
+      return absl::InternalError(
+          absl::StrCat("nccl: ncclGetUniqueId failed: ", ncclGetErrorString(r)));
+    }
+  }
+  MOE_RETURN_IF_ERROR(bootstrap->Broadcast(&id, sizeof(id), 0));
+  std::unique_ptr<NcclCommunicator> comm(new NcclCommunicator());
+  comm->device_ = device;
+  comm->timeout_ = options.timeout;
+  MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
+  const ncclResult_t r =
+      ncclCommInitRank(&comm->state_->comm, bootstrap->size(), id, bootstrap->rank());
+  if (r != ncclSuccess) {
+    return absl::InternalError(absl::StrCat("nccl: ncclCommInitRank on rank ", bootstrap->rank(),
+                                            " of ", bootstrap->size(), " (device ", device,
+                                            ") failed: ", ncclGetErrorString(r)));
+  }
+  MOE_RETURN_IF_ERROR(comm->Finish());
+  return comm;
+}
+
+absl::StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> NcclCommunicator::CreateAll(
+    const std::vector<int>& devices, const CommunicatorOptions& options) {
+  if (devices.empty()) return absl::InvalidArgumentError("nccl: no devices");
+  if (options.timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "nccl: timeout=", absl::FormatDuration(options.timeout), " must be positive"));
+  }
+  std::vector<ncclComm_t> comms(devices.size());
+  const ncclResult_t r =
+      ncclCommInitAll(comms.data(), static_cast<int>(devices.size()), devices.data());
+  if (r != ncclSuccess) {
+    return absl::InternalError(absl::StrCat("nccl: ncclCommInitAll over ", devices.size(),
+                                            " devices failed: ", ncclGetErrorString(r)));
+  }
+  std::vector<std::unique_ptr<NcclCommunicator>> out;
+  for (size_t i = 0; i < devices.size(); ++i) {
+    out.emplace_back(new NcclCommunicator());
+    out.back()->state_->comm = comms[i];
+    out.back()->device_ = devices[i];
+    out.back()->timeout_ = options.timeout;
+  }
+  for (auto& comm : out) MOE_RETURN_IF_ERROR(comm->Finish());
+  return out;
+}
+
+absl::Status NcclCommunicator::Fail(absl::Status status) {
+  if (broken_.empty()) broken_ = std::string(status.message());
+  return status;
+}
+
+absl::Status NcclCommunicator::Start(absl::string_view op) {
+  if (!broken_.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(kImpl, ": ", op, " on rank ", rank_,
+                                                      " of ", size_,
+                                                      ": the communicator is broken by an "
+                                                      "earlier failure: ",
+                                                      broken_));
+  }
+  MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  // The buffers come from other streams (the backend's): finish what is queued first.
+  MOE_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+  return absl::OkStatus();
+}
+
+absl::Status NcclCommunicator::Complete(absl::string_view op, int enqueued) {
+  if (enqueued != ncclSuccess) {
+    return Fail(absl::InternalError(
+        absl::StrCat(kImpl, ": ", op, " on rank ", rank_, " of ", size_, " failed: ",
+                     ncclGetErrorString(static_cast<ncclResult_t>(enqueued)), " (",
+                     ncclGetLastError(state_->comm), ")")));
+  }
+  const absl::Time deadline = absl::Now() + timeout_;
+  for (int64_t polls = 0;; ++polls) {
+    const cudaError_t q = cudaStreamQuery(state_->stream);
+    if (q == cudaSuccess) return absl::OkStatus();
+    if (q != cudaErrorNotReady) {
+      return Fail(absl::InternalError(absl::StrCat(kImpl, ": ", op, " on rank ", rank_, " of ",
+                                                   size_, " failed: ", cudaGetErrorName(q),
+                                                   " (", cudaGetErrorString(q), ")")));
+    }
+    ncclResult_t async = ncclSuccess;
+    ncclCommGetAsyncError(state_->comm, &async);
+    if (async != ncclSuccess && async != ncclInProgress) {
+      ncclCommAbort(state_->comm);
+      state_->aborted = true;
+      return Fail(absl::InternalError(absl::StrCat(kImpl, ": ", op, " on rank ", rank_, " of ",
+                                                   size_, " failed: ",
+                                                   ncclGetErrorString(async))));
+    }
+    if (absl::Now() >= deadline) {
+      ncclCommAbort(state_->comm);
+      state_->aborted = true;
+      return Fail(TimedOut(kImpl, op));
+    }
+    if (polls >= 1000) absl::SleepFor(absl::Microseconds(20));
+  }
+}
+
+absl::Status NcclCommunicator::AllToAllV(const void* send, absl::Span<const int64_t> send_counts,
+                                         absl::Span<const int64_t> send_displs, void* recv,
+                                         absl::Span<const int64_t> recv_counts,
+                                         absl::Span<const int64_t> recv_displs) {
+  MOE_RETURN_IF_ERROR(
+      CheckAllToAllVArgs(kImpl, send_counts, send_displs, recv_counts, recv_displs));
+  return SendRecv("all_to_all_v", send, send_counts, send_displs, recv, recv_counts,
+                  recv_displs);
+}
+
+absl::Status NcclCommunicator::SendRecv(absl::string_view op, const void* send,
+                                        absl::Span<const int64_t> send_counts,
+                                        absl::Span<const int64_t> send_displs, void* recv,
+                                        absl::Span<const int64_t> recv_counts,
+                                        absl::Span<const int64_t> recv_displs) {
+  MOE_RETURN_IF_ERROR(Start(op));
+  ncclResult_t r = ncclGroupStart();
+  for (int p = 0; p < size_ && r == ncclSuccess; ++p) {
+    if (send_counts[p] > 0) {
+      r = ncclSend(static_cast<const char*>(send) + send_displs[p], send_counts[p], ncclInt8, p,
+                   state_->comm, state_->stream);
+    }
+    if (r == ncclSuccess && recv_counts[p] > 0) {
+      r = ncclRecv(static_cast<char*>(recv) + recv_displs[p], recv_counts[p], ncclInt8, p,
+                   state_->comm, state_->stream);
+    }
+  }
+  const ncclResult_t end = ncclGroupEnd();
+  return Complete(op, r != ncclSuccess ? r : end);
+}
+
+absl::Status NcclCommunicator::AllToAll(const void* send, void* recv, int64_t bytes_per_peer) {
+  if (bytes_per_peer < 0) {
+    return InvalidArgs(kImpl, "all_to_all",
+                       absl::StrCat("bytes_per_peer=", bytes_per_peer, " is negative"));
+  }
+  std::vector<int64_t> counts(size_, bytes_per_peer), displs(size_);
+  for (int p = 0; p < size_; ++p) displs[p] = p * bytes_per_peer;
+  return SendRecv("all_to_all", send, counts, displs, recv, counts, displs);
+}
+
+absl::Status NcclCommunicator::AllGather(const void* send, void* recv, int64_t bytes) {
+  constexpr absl::string_view kOp = "all_gather";
+  if (bytes < 0) return InvalidArgs(kImpl, kOp, absl::StrCat("bytes=", bytes, " is negative"));
+  MOE_RETURN_IF_ERROR(Start(kOp));
+  return Complete(kOp,
+                  ncclAllGather(send, recv, bytes, ncclInt8, state_->comm, state_->stream));
+}
+
+absl::Status NcclCommunicator::AllGatherHost(const void* send, void* recv, int64_t bytes) {
+  if (bytes * (size_ + 1) > kScratchBytes) {
+    return InvalidArgs(kImpl, "all_reduce",
+                       absl::StrCat(bytes, " bytes per rank exceed the staging buffer of ",
+                                    kScratchBytes, " bytes over ", size_, " ranks"));
+  }
+  char* mine = static_cast<char*>(state_->scratch);
+  char* all = mine + bytes;
+  MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  MOE_CUDA_RETURN_IF_ERROR(cudaMemcpy(mine, send, bytes, cudaMemcpyHostToDevice));
+  MOE_RETURN_IF_ERROR(AllGather(mine, all, bytes));
+  MOE_CUDA_RETURN_IF_ERROR(cudaMemcpy(recv, all, bytes * size_, cudaMemcpyDeviceToHost));
+  return absl::OkStatus();
+}
+
+absl::Status NcclCommunicator::Broadcast(void* buffer, int64_t bytes, int root) {
+  constexpr absl::string_view kOp = "broadcast";
+  if (bytes < 0) return InvalidArgs(kImpl, kOp, absl::StrCat("bytes=", bytes, " is negative"));
+  if (root < 0 || root >= size_) {
+    return InvalidArgs(kImpl, kOp,
+                       absl::StrCat("root=", root, " is outside [0, size=", size_, ")"));
+  }
+  MOE_RETURN_IF_ERROR(Start(kOp));
+  return Complete(kOp, ncclBroadcast(buffer, buffer, bytes, ncclInt8, root, state_->comm,
+                                     state_->stream));
+}
+
+absl::Status NcclCommunicator::Barrier() {
+  constexpr absl::string_view kOp = "barrier";
+  MOE_RETURN_IF_ERROR(Start(kOp));
+  // A one-word sum completes only when every rank has joined.
+  return Complete(kOp, ncclAllReduce(state_->scratch, state_->scratch, 1, ncclInt32, ncclSum,
+                                     state_->comm, state_->stream));
+}
+
+}  // namespace moe
