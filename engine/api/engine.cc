@@ -281,6 +281,8 @@ void Engine::Impl::Run() {
       std::deque<ForwardJob*> waiting = RunForwardJobs(std::move(jobs));
       std::lock_guard<std::mutex> lock(mu);
       forward_jobs.insert(forward_jobs.begin(), waiting.begin(), waiting.end());
+      // Before the jobs' callers wake: Stats after a Forward returns includes its rows.
+      if (count_expert_tokens) stats.expert_tokens = model->expert_tokens();
       done_cv.notify_all();
     }
     // The step runs without the lock: Submit, Cancel and Stats stay responsive.

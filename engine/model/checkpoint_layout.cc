@@ -205,13 +205,27 @@ bool IsIgnorableTensor(const ModelConfig& config, absl::string_view name) {
   return absl::SimpleAtoi(name.substr(0, dot), &layer) && layer >= config.num_hidden_layers;
 }
 
+std::vector<ExpectedTensor> ExpectedTensorsWithExperts(const std::vector<ExpectedTensor>& all,
+                                                       int64_t first, int64_t count) {
+  std::vector<ExpectedTensor> out;
+  for (const ExpectedTensor& t : all) {
+    if (t.expert < 0 || (t.expert >= first && t.expert < first + count)) out.push_back(t);
+  }
+  return out;
+}
+
 absl::Status CheckCheckpoint(const ModelConfig& config, const SafetensorsCheckpoint& checkpoint) {
+  return CheckCheckpoint(config, checkpoint, ExpectedTensors(config));
+}
+
+absl::Status CheckCheckpoint(const ModelConfig& config, const SafetensorsCheckpoint& checkpoint,
+                             const std::vector<ExpectedTensor>& needed) {
   std::vector<std::string> problems;
   const std::vector<ExpectedTensor> expected = ExpectedTensors(config);
   absl::flat_hash_set<absl::string_view> known;
   known.reserve(expected.size());
-  for (const ExpectedTensor& t : expected) {
-    known.insert(t.name);
+  for (const ExpectedTensor& t : expected) known.insert(t.name);
+  for (const ExpectedTensor& t : needed) {
     const SafetensorsFile* file = checkpoint.FileOf(t.name);
     const SafetensorsEntry* entry = file == nullptr ? nullptr : file->Find(t.name);
     if (entry == nullptr) {

@@ -82,6 +82,17 @@ bool IsIgnorableTensor(const ModelConfig& config, absl::string_view name);
 //   <file>: unknown tensor "model.foo.weight"
 absl::Status CheckCheckpoint(const ModelConfig& config, const SafetensorsCheckpoint& checkpoint);
 
+// The same, requiring only the tensors of `needed` (a subset of ExpectedTensors(config), e.g.
+// an expert-parallel rank's from ExpectedTensorsWithExperts): a tensor of ExpectedTensors that
+// is not needed may be missing, and is not looked at when present (only its name is known).
+absl::Status CheckCheckpoint(const ModelConfig& config, const SafetensorsCheckpoint& checkpoint,
+                             const std::vector<ExpectedTensor>& needed);
+
+// The tensors of `all` that are not routed experts' (expert = -1) or belong to a routed expert
+// in [first, first + count), in the order of `all`: what an expert-parallel rank reads.
+std::vector<ExpectedTensor> ExpectedTensorsWithExperts(const std::vector<ExpectedTensor>& all,
+                                                       int64_t first, int64_t count);
+
 inline constexpr int kCheckpointProblemsShown = 8;
 
 }  // namespace moe

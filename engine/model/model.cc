@@ -12,6 +12,7 @@
 #include "engine/layers/attention/mla_attention.h"
 #include "engine/layers/host_weights.h"
 #include "engine/layers/mlp/dense_mlp.h"
+#include "engine/dist/expert_placement.h"
 #include "engine/layers/moe/moe_block.h"
 #include "engine/model/checkpoint_layout.h"
 #include "engine/model/moe_layer_loader.h"
@@ -28,6 +29,7 @@ struct Model::Layer {
   std::unique_ptr<GqaAttention> gqa;
   std::unique_ptr<MlaAttention> mla;
   std::unique_ptr<MoeBlock> moe;
+  std::unique_ptr<EpMoeBlock> ep_moe;  // instead of moe, expert parallel
   std::unique_ptr<DenseMlp> mlp;
   int64_t cache_heads = 0;
   int64_t cache_head_dim = 0;
@@ -208,6 +210,15 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
                                                    " is not supported (f32 or bf16)"));
   }
   MOE_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
+  Communicator* const comm = options.expert_parallel.comm;
+  // The tensors this process reads: all, or an expert-parallel rank's.
+  std::vector<ExpectedTensor> all = ExpectedTensors(config);
+  if (comm != nullptr) {
+    MOE_ASSIGN_OR_RETURN(const ExpertPlacement placement,
+                         ExpertPlacement::Create(config.moe.num_experts, comm->size()));
+    const ExpertRange mine = placement.RangeOf(comm->rank());
+    all = ExpectedTensorsWithExperts(all, mine.first, mine.count);
+  }
   // Random weights: no checkpoint to open or check; the rest is the checkpoint's code path.
   std::unique_ptr<SafetensorsCheckpoint> checkpoint;
   std::unique_ptr<TensorSource> source;
@@ -215,14 +226,13 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
     source = std::make_unique<RandomTensorSource>(options.random_seed, RandomWeightDType(config));
   } else {
     MOE_ASSIGN_OR_RETURN(checkpoint, SafetensorsCheckpoint::OpenDir(model_dir));
-    MOE_RETURN_IF_ERROR(CheckCheckpoint(config, *checkpoint));
+    MOE_RETURN_IF_ERROR(CheckCheckpoint(config, *checkpoint, all));
     source = std::make_unique<CheckpointTensorSource>(*checkpoint);
   }
 
   std::unique_ptr<Model> m(new Model(config, options, backend, allocator));
   m->backend_records_graphs_ = backend->RecordsOpGraphs();
   const DType dtype = options.dtype;
-  const std::vector<ExpectedTensor> all = ExpectedTensors(config);
   m->weight_bytes_ = WeightBytes(config, all, dtype);
   {
     LayerTensors tensors(*source, all);
@@ -268,7 +278,12 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
       layer->cache_heads = layer->gqa->cache_heads();
       layer->cache_head_dim = layer->gqa->cache_head_dim();
     }
-    if (config.layer_is_moe[i]) {
+    if (config.layer_is_moe[i] && comm != nullptr) {
+      MOE_ASSIGN_OR_RETURN(layer->ep_moe,
+                           LoadEpMoeLayer(config, *source, i, dtype, comm,
+                                          {options.expert_parallel.equal_split}, backend,
+                                          allocator));
+    } else if (config.layer_is_moe[i]) {
       MOE_ASSIGN_OR_RETURN(layer->moe,
                            LoadMoeLayer(config, *source, i, dtype, backend, allocator));
       // On a GPU, decode-sized batches keep the expert counts on the device, so a step does not
@@ -285,6 +300,20 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
     progress(i + 2);
   }
   return m;
+}
+
+void Model::set_equal_split(EqualSplitMode mode) {
+  for (auto& layer : layers_) {
+    if (layer->ep_moe != nullptr) layer->ep_moe->set_equal_split(mode);
+  }
+}
+
+std::vector<ExchangePath> Model::last_exchange_paths() const {
+  std::vector<ExchangePath> paths;
+  for (const auto& layer : layers_) {
+    if (layer->ep_moe != nullptr) paths.push_back(layer->ep_moe->last_trace().exchange_path);
+  }
+  return paths;
 }
 
 int64_t Model::KvBytesPerBlock(int64_t block_size) const {
@@ -408,6 +437,9 @@ absl::Status Model::ReserveTokens(int64_t tokens) {
     if (layer->gqa != nullptr) MOE_RETURN_IF_ERROR(layer->gqa->ReserveTokens(tokens));
     if (layer->mla != nullptr) MOE_RETURN_IF_ERROR(layer->mla->ReserveTokens(tokens));
     if (layer->moe != nullptr) MOE_RETURN_IF_ERROR(layer->moe->ReserveTokens(tokens));
+    if (layer->ep_moe != nullptr) {
+      MOE_RETURN_IF_ERROR(layer->ep_moe->block().ReserveTokens(tokens));
+    }
     if (layer->mlp != nullptr) MOE_RETURN_IF_ERROR(layer->mlp->ReserveTokens(tokens));
   }
   ForgetGraphs();
@@ -453,10 +485,13 @@ absl::StatusOr<const float*> Model::ForwardOnDevice(const ModelBatch& batch, KvC
   MOE_RETURN_IF_ERROR(CheckBatch(batch, config_));
   const int64_t t = static_cast<int64_t>(batch.token_ids.size());
   const int64_t rows = static_cast<int64_t>(batch.logit_rows.size());
-  if (t == 0) return nullptr;
   if (cache.k_.size() != layers_.size()) {
     return absl::InvalidArgumentError(absl::StrCat("model: the KV cache has ", cache.k_.size(),
                                                    " layers, the model ", layers_.size()));
+  }
+  if (t == 0) {
+    if (expert_parallel()) MOE_RETURN_IF_ERROR(EnqueueEmptyStep());
+    return nullptr;
   }
   MOE_RETURN_IF_ERROR(ReserveTokens(t));
   MOE_RETURN_IF_ERROR(ReserveLogitRows(rows));
@@ -476,8 +511,9 @@ absl::StatusOr<const float*> Model::ForwardOnDevice(const ModelBatch& batch, KvC
   }
   // A step that may be recorded gets its tables padded to a width of few values (attention
   // reads only the columns a position reaches, so the padding changes no result).
+  // Expert-parallel steps wait for their peers on the host: never recorded.
   const bool record = options_.record_step_graphs && backend_records_graphs_ &&
-                      t <= kGraphMaxTokens;
+                      !expert_parallel() && t <= kGraphMaxTokens;
   StepShape shape;
   shape.tokens = t;
   shape.logit_rows = rows;
@@ -522,6 +558,19 @@ absl::StatusOr<bool> Model::ReplayStep(const StepShape& shape, KvCache& cache) {
   MOE_RETURN_IF_ERROR(step.graph->Replay());
   ++graph_stats_.replayed;
   return true;
+}
+
+absl::Status Model::EnqueueEmptyStep() {
+  MOE_RETURN_IF_ERROR(ReserveTokens(1));
+  const auto none = [&](int slot) {
+    return Tensor::Wrap(scratch_[slot]->data(), backend_->device(), options_.dtype,
+                        {0, config_.hidden_size});
+  };
+  for (auto& layer : layers_) {
+    if (layer->ep_moe == nullptr) continue;
+    MOE_RETURN_IF_ERROR(layer->ep_moe->Forward(none(kH), none(kY)).status());
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Model::EnqueueStep(const StepShape& shape, KvCache& cache) {
@@ -589,11 +638,14 @@ absl::Status Model::EnqueueStep(const StepShape& shape, KvCache& cache) {
     MOE_RETURN_IF_ERROR(add_to_x(y));
     // x += moe_or_mlp(post_attention_layernorm(x))
     MOE_RETURN_IF_ERROR(rms_norm(x, *layer.post_attention_norm, h, t));
-    if (layer.moe != nullptr) {
-      MOE_ASSIGN_OR_RETURN(Tensor out, layer.moe->Forward(act(h), act(y)));
+    if (layer.moe != nullptr || layer.ep_moe != nullptr) {
+      MOE_ASSIGN_OR_RETURN(Tensor out, layer.moe != nullptr
+                                           ? layer.moe->Forward(act(h), act(y))
+                                           : layer.ep_moe->Forward(act(h), act(y)));
+      const MoeBlock& block = layer.moe != nullptr ? *layer.moe : layer.ep_moe->block();
       MOE_RETURN_IF_ERROR(add_to_x(out.data()));
       // Empty when the counts stayed on the device (and while a step graph is recorded).
-      const std::vector<int64_t>& counts = layer.moe->last_trace().counts;
+      const std::vector<int64_t>& counts = block.last_trace().counts;
       for (size_t e = 0; e < counts.size(); ++e) expert_tokens_[i][e] += counts[e];
     } else {
       MOE_RETURN_IF_ERROR(layer.mlp->Forward(act(h), act(y)));

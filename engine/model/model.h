@@ -32,6 +32,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/core/buffer.h"
+#include "engine/dist/communicator.h"
+#include "engine/dist/ep_moe_block.h"
 #include "engine/model/model_config.h"
 #include "kernels/backend.h"
 #include "kernels/dtype.h"
@@ -75,8 +77,20 @@ class KvCache {
   std::vector<std::unique_ptr<Buffer>> v_;  // per layer
 };
 
+// Expert parallelism (engine/dist): the model is one rank of comm's group. Its MoE layers are
+// EpMoeBlocks holding the full router and shared experts and only the rank's routed experts
+// (ExpertPlacement: [r * E / P, (r + 1) * E / P)); the rank reads from the checkpoint the
+// non-expert tensors and its own experts' tensors, nothing of the other experts (they may be
+// missing from its copy). Everything else (embedding, attention, dense MLPs, lm_head) is
+// replicated and runs on the rank's own tokens (attention data-parallel).
+struct ExpertParallelOptions {
+  Communicator* comm = nullptr;  // null: no expert parallelism; must outlive the model
+  EqualSplitMode equal_split = EqualSplitMode::kAuto;
+};
+
 struct ModelOptions {
   DType dtype = DType::kF32;  // run dtype: f32 or bf16
+  ExpertParallelOptions expert_parallel;
   // Random weights instead of the checkpoint's (vLLM's --load-format dummy), for benchmarks of
   // real shapes without their checkpoint: the folder needs only config.json, which is read and
   // validated as always; no safetensors file is opened (none need exist) and CheckCheckpoint is
@@ -121,6 +135,17 @@ class Model {
   // InvalidArgument for sizes < 1; ResourceExhausted from the allocator.
   absl::StatusOr<std::unique_ptr<KvCache>> AllocateKvCache(int64_t num_blocks,
                                                            int64_t block_size);
+
+  // Expert parallel (ModelOptions::expert_parallel): Forward and ForwardOnDevice are collective.
+  // Every rank calls them in lockstep, each with a batch of its own sequences (its own cache
+  // slots and block tables); T = 0 is allowed and still takes part in every MoE layer's
+  // collectives. The logits are the rank's own rows.
+  bool expert_parallel() const { return options_.expert_parallel.comm != nullptr; }
+  const ExpertParallelOptions& expert_parallel_options() const { return options_.expert_parallel; }
+  // Sets every MoE layer's equal-split mode (expert parallel only).
+  void set_equal_split(EqualSplitMode mode);
+  // The exchange path of each MoE layer's last Forward (expert parallel; empty otherwise).
+  std::vector<ExchangePath> last_exchange_paths() const;
 
   // Runs the batch, writes its K / V into `cache` and returns the logits of logit_rows as f32
   // [logit_rows.size(), vocab_size] (hidden_size with batch.hidden_states) into `logits`
@@ -170,6 +195,8 @@ class Model {
   };
   // Enqueues the step's ops after the batch's arrays are on the device.
   absl::Status EnqueueStep(const StepShape& shape, KvCache& cache);
+  // Expert parallel, T = 0 on this rank: every MoE layer's collectives with no rows.
+  absl::Status EnqueueEmptyStep();
   // Replays the step's recorded graph, recording it first if its shape is new; false (nothing
   // enqueued) when the backend or the step cannot be recorded.
   absl::StatusOr<bool> ReplayStep(const StepShape& shape, KvCache& cache);

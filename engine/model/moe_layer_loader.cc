@@ -44,10 +44,8 @@ absl::StatusOr<std::unique_ptr<MoeBlock>> LoadMoeLayer(const ModelConfig& config
                       allocator);
 }
 
-absl::StatusOr<std::unique_ptr<MoeBlock>> LoadMoeLayer(const ModelConfig& config,
-                                                       const TensorSource& source, int layer,
-                                                       DType run_dtype, Backend* backend,
-                                                       Allocator* allocator) {
+absl::StatusOr<MoeWeights> LoadMoeLayerWeights(const ModelConfig& config, TensorStaging& staging,
+                                               int layer, ExpertRange experts) {
   if (layer < 0 || layer >= config.num_hidden_layers) {
     return absl::InvalidArgumentError(absl::StrCat(
         "LoadMoeLayer: layer ", layer, " is out of range [0, ", config.num_hidden_layers, ")"));
@@ -56,15 +54,15 @@ absl::StatusOr<std::unique_ptr<MoeBlock>> LoadMoeLayer(const ModelConfig& config
     return absl::InvalidArgumentError(
         absl::StrCat("LoadMoeLayer: layer ", layer, " is a dense layer, not an MoE layer"));
   }
-  const MoeConfig moe = MoeLayerConfig(config, run_dtype);
   MoeWeights weights;
-  weights.w1.resize(moe.num_experts);
-  weights.w3.resize(moe.num_experts);
-  weights.w2.resize(moe.num_experts);
-  const std::unique_ptr<TensorStaging> staging = source.NewStaging();
-  for (const ExpectedTensor& want : ExpectedTensors(config)) {
+  weights.w1.resize(experts.count);
+  weights.w3.resize(experts.count);
+  weights.w2.resize(experts.count);
+  const std::vector<ExpectedTensor> wanted =
+      ExpectedTensorsWithExperts(ExpectedTensors(config), experts.first, experts.count);
+  for (const ExpectedTensor& want : wanted) {
     if (want.layer != layer || !IsMoeRole(want.role)) continue;
-    MOE_ASSIGN_OR_RETURN(Tensor t, staging->Load(want));
+    MOE_ASSIGN_OR_RETURN(Tensor t, staging.Load(want));
     const absl::string_view name = want.name;
     // Mixtral names the projections w1 / w3 / w2, the other families gate / up / down_proj.
     const bool is_w1 =
@@ -77,10 +75,10 @@ absl::StatusOr<std::unique_ptr<MoeBlock>> LoadMoeLayer(const ModelConfig& config
         break;
       case TensorRole::kRouterBias:
         // transformers holds the bias even when the config routes without it.
-        if (moe.use_expert_bias) weights.expert_bias = t;
+        if (config.moe.use_expert_bias) weights.expert_bias = t;
         break;
       case TensorRole::kExpert:
-        (is_w1 ? weights.w1 : is_w3 ? weights.w3 : weights.w2)[want.expert] = t;
+        (is_w1 ? weights.w1 : is_w3 ? weights.w3 : weights.w2)[want.expert - experts.first] = t;
         break;
       case TensorRole::kSharedExpert:
         (is_w1 ? weights.shared_w1 : is_w3 ? weights.shared_w3 : weights.shared_w2) = t;
@@ -92,7 +90,34 @@ absl::StatusOr<std::unique_ptr<MoeBlock>> LoadMoeLayer(const ModelConfig& config
         break;
     }
   }
-  return MoeBlock::Create(moe, weights, backend, allocator);
+  return weights;
+}
+
+absl::StatusOr<std::unique_ptr<MoeBlock>> LoadMoeLayer(const ModelConfig& config,
+                                                       const TensorSource& source, int layer,
+                                                       DType run_dtype, Backend* backend,
+                                                       Allocator* allocator) {
+  const std::unique_ptr<TensorStaging> staging = source.NewStaging();
+  MOE_ASSIGN_OR_RETURN(
+      const MoeWeights weights,
+      LoadMoeLayerWeights(config, *staging, layer, {0, config.moe.num_experts}));
+  return MoeBlock::Create(MoeLayerConfig(config, run_dtype), weights, backend, allocator);
+}
+
+absl::StatusOr<std::unique_ptr<EpMoeBlock>> LoadEpMoeLayer(const ModelConfig& config,
+                                                           const TensorSource& source, int layer,
+                                                           DType run_dtype, Communicator* comm,
+                                                           const EpMoeOptions& options,
+                                                           Backend* backend, Allocator* allocator) {
+  if (comm == nullptr) return absl::InvalidArgumentError("LoadEpMoeLayer: null communicator");
+  MOE_ASSIGN_OR_RETURN(const ExpertPlacement placement,
+                       ExpertPlacement::Create(config.moe.num_experts, comm->size()));
+  const std::unique_ptr<TensorStaging> staging = source.NewStaging();
+  MOE_ASSIGN_OR_RETURN(
+      const MoeWeights weights,
+      LoadMoeLayerWeights(config, *staging, layer, placement.RangeOf(comm->rank())));
+  return EpMoeBlock::Create(MoeLayerConfig(config, run_dtype), weights, comm, backend, allocator,
+                            options);
 }
 
 }  // namespace moe

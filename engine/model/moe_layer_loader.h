@@ -15,6 +15,8 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "engine/dist/communicator.h"
+#include "engine/dist/ep_moe_block.h"
 #include "engine/layers/moe/moe_block.h"
 #include "engine/model/model_config.h"
 #include "engine/model/safetensors_index.h"
@@ -47,6 +49,22 @@ absl::StatusOr<std::unique_ptr<MoeBlock>> LoadMoeLayer(const ModelConfig& config
                                                        const TensorSource& source, int layer,
                                                        DType run_dtype, Backend* backend,
                                                        Allocator* allocator);
+
+// The weights of layer `layer`'s MoE block loaded from `staging` (valid while it lives): the
+// router (and bias), the shared experts (and gate) and only the routed experts of `experts`
+// (w1 / w3 / w2 entry j is expert experts.first + j); no tensor of another routed expert is
+// loaded. Errors as LoadMoeLayer's, before MoeBlock::Create.
+absl::StatusOr<MoeWeights> LoadMoeLayerWeights(const ModelConfig& config, TensorStaging& staging,
+                                               int layer, ExpertRange experts);
+
+// The expert-parallel block of layer `layer` for rank comm->rank() of comm->size(): the rank's
+// experts (ExpertPlacement) are the only routed experts read from `source`. Errors as
+// LoadMoeLayer's and EpMoeBlock::Create's.
+absl::StatusOr<std::unique_ptr<EpMoeBlock>> LoadEpMoeLayer(const ModelConfig& config,
+                                                           const TensorSource& source, int layer,
+                                                           DType run_dtype, Communicator* comm,
+                                                           const EpMoeOptions& options,
+                                                           Backend* backend, Allocator* allocator);
 
 }  // namespace moe
 

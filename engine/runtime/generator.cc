@@ -32,7 +32,8 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(Model* model, Backe
   so.max_blocks_per_seq = (max_tokens + options.block_size - 1) / options.block_size;
   MOE_ASSIGN_OR_RETURN(Scheduler scheduler, Scheduler::Create(so));
   std::unique_ptr<Generator> g(new Generator(model, backend, std::move(scheduler), max_tokens,
-                                                options.max_batch_tokens, options.step_hook));
+                                                options.max_batch_tokens, options.step_hook,
+                                                options.expert_parallel));
   MOE_ASSIGN_OR_RETURN(g->cache_, model->AllocateKvCache(options.num_blocks, options.block_size));
   // At most one sampled row per running sequence per step.
   g->sample_workspace_bytes_ =
@@ -48,13 +49,19 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(Model* model, Backe
 
 Generator::Generator(Model* model, Backend* backend, Scheduler scheduler,
                      int64_t max_tokens_per_seq, int64_t max_batch_tokens,
-                     std::function<absl::Status()> step_hook)
+                     std::function<absl::Status()> step_hook, EpStepRunner* expert_parallel)
     : model_(model),
       backend_(backend),
       scheduler_(std::move(scheduler)),
       max_tokens_per_seq_(max_tokens_per_seq),
       max_batch_tokens_(max_batch_tokens),
-      step_hook_(std::move(step_hook)) {}
+      step_hook_(std::move(step_hook)),
+      expert_parallel_(expert_parallel) {}
+
+absl::StatusOr<const float*> Generator::RunModel(absl::Span<const int64_t> row_keys) {
+  if (expert_parallel_ != nullptr) return expert_parallel_->Forward(batch_, row_keys, *cache_);
+  return model_->ForwardOnDevice(batch_, *cache_);
+}
 
 absl::Status Generator::Validate(const SequenceRequest& r) const {
   const int64_t vocab = model_->config().vocab_size;
@@ -125,6 +132,7 @@ absl::Status Generator::BuildBatch(const StepPlan& plan) {
   b.seq_ids.clear();
   b.slot_mapping.clear();
   b.logit_rows.clear();
+  b.hidden_states = false;  // ForwardSequence may have set it
   const KvBlockManager& blocks = scheduler_.blocks();
   int64_t max_blocks = 1;
   for (const ScheduledChunk& c : plan.chunks) {
@@ -234,7 +242,9 @@ StepOutcome Generator::Step() {
   absl::Status status = BuildBatch(plan);
   if (status.ok() && step_hook_) status = step_hook_();
   if (status.ok()) {
-    absl::StatusOr<const float*> logits = model_->ForwardOnDevice(batch_, *cache_);
+    std::vector<int64_t> row_keys;
+    for (const ScheduledChunk& c : plan.chunks) row_keys.push_back(c.seq_id);
+    absl::StatusOr<const float*> logits = RunModel(row_keys);
     status = logits.status();
     if (status.ok()) logits_ = *logits;
   }
@@ -268,7 +278,7 @@ absl::StatusOr<std::vector<float>> Generator::ForwardSequence(const std::vector<
   MOE_RETURN_IF_ERROR(blocks.AddSequence(kForwardSeq));
   absl::StatusOr<std::vector<float>> out = [&]() -> absl::StatusOr<std::vector<float>> {
     MOE_RETURN_IF_ERROR(blocks.Reserve(kForwardSeq, n));
-    ModelBatch b;
+    ModelBatch& b = batch_;
     b.num_seqs = 1;
     b.max_blocks_per_seq = blocks.BlocksForTokens(n);
     b.block_tables.assign(static_cast<size_t>(b.max_blocks_per_seq), -1);
@@ -287,7 +297,12 @@ absl::StatusOr<std::vector<float>> Generator::ForwardSequence(const std::vector<
       MOE_RETURN_IF_ERROR(blocks.FillSlotMapping(kForwardSeq, start, count, b.slot_mapping.data()));
       b.logit_rows.clear();
       if (start + count == n) b.logit_rows.push_back(static_cast<int32_t>(count - 1));
-      MOE_RETURN_IF_ERROR(model_->Forward(b, *cache_, &result));
+      MOE_ASSIGN_OR_RETURN(const float* rows, RunModel({kForwardSeq}));
+      if (rows != nullptr) {
+        result.resize(hidden ? model_->config().hidden_size : model_->config().vocab_size);
+        MOE_RETURN_IF_ERROR(
+            backend_->CopyToHost(result.data(), rows, result.size() * sizeof(float)));
+      }
     }
     return result;
   }();

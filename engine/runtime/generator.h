@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "engine/core/buffer.h"
 #include "engine/model/model.h"
+#include "engine/runtime/ep_step_runner.h"
 #include "engine/runtime/scheduler.h"
 #include "kernels/backend.h"
 
@@ -38,6 +39,10 @@ struct GeneratorOptions {
   // Test hook (EngineOptions::step_hook): runs before the model in every step with work; a
   // non-OK Status fails the step like a model error.
   std::function<absl::Status()> step_hook;
+  // Expert parallel (rank 0's generator): every model step goes through this runner, which
+  // runs it on all ranks in lockstep and gathers the logits here (ep_step_runner.h); the
+  // sequence id is the owner key. Null: the model runs here alone. Must outlive the generator.
+  EpStepRunner* expert_parallel = nullptr;
 };
 
 struct SequenceRequest {
@@ -116,7 +121,12 @@ class Generator {
   };
 
   Generator(Model* model, Backend* backend, Scheduler scheduler, int64_t max_tokens_per_seq,
-            int64_t max_batch_tokens, std::function<absl::Status()> step_hook);
+            int64_t max_batch_tokens, std::function<absl::Status()> step_hook,
+            EpStepRunner* expert_parallel);
+
+  // The model step over batch_ (through the runner when expert parallel); row_keys[s] is the
+  // sequence id of block-table row s.
+  absl::StatusOr<const float*> RunModel(absl::Span<const int64_t> row_keys);
 
   // Fills batch_ from the plan.
   absl::Status BuildBatch(const StepPlan& plan);
@@ -129,6 +139,7 @@ class Generator {
   int64_t max_tokens_per_seq_;
   int64_t max_batch_tokens_;
   std::function<absl::Status()> step_hook_;
+  EpStepRunner* expert_parallel_;
 
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<Buffer> sample_workspace_;
