@@ -38,8 +38,19 @@ token or eos, included in "tokens") or "cancelled"; "logprobs" has one log-prob 
 A request the engine rejects, or a bad line under --on-bad-line=skip, gives
   {"line": N, "id": ..., "error": "line N: message"}
 
-Exit status: 0 done; 1 bad lines with --on-bad-line=fail, engine creation or I/O error;
-2 bad flags.
+Expert parallel (--expert-parallel): one process per rank, started by mpirun, every process
+with the same flags; rank r loads and runs only experts [r*E/P, (r+1)*E/P) of the E routed
+experts (and the replicated rest). Rank 0 reads --input and writes --output, the progress bar
+and the summary; the others print only errors. The output is the same, byte for byte, as one
+process gives:
+  $ mpirun -np 2 moe_generate --expert-parallel --model models/qwen3-moe-tiny \
+      --input requests.jsonl
+(as root add --allow-run-as-root; more ranks than cores: --oversubscribe). A rank that dies or
+hangs ends the job with an error naming the rank and the collective within
+--expert-parallel-timeout-s; an error on any rank ends every rank (MPI_Abort).
+
+Exit status: 0 done; 1 bad lines with --on-bad-line=fail, engine creation, I/O or
+expert-parallel error; 2 bad flags (and --expert-parallel outside mpirun).
 )";
 
 absl::Status FlagError(absl::string_view flag, absl::string_view want, absl::string_view got) {
@@ -101,6 +112,14 @@ void AddGenerateFlags(FlagParser* flags, GenerateOptions* o) {
   flags->AddBool("logprobs", &o->logprobs, "Default \"logprobs\": write each token's log-prob.");
   flags->AddBool("progress", &o->progress,
                  "Progress bar on stderr; the default is on when stderr is a terminal.");
+  flags->AddBool("expert-parallel", &o->expert_parallel,
+                 "Split the experts over the processes of this mpirun job (see above); needs\n"
+                 "mpirun.");
+  flags->AddString("equal-split", &o->equal_split,
+                   "Expert parallel token exchange: auto (equal-split all-to-all when every\n"
+                   "rank sends every peer the same rows), always (padded), never. Same output.");
+  flags->AddInt("expert-parallel-timeout-s", &o->expert_parallel_timeout_s,
+                "Expert parallel: the longest any collective waits for the other ranks.");
 }
 
 absl::Status CheckGenerateOptions(const GenerateOptions& o) {
@@ -111,11 +130,16 @@ absl::Status CheckGenerateOptions(const GenerateOptions& o) {
   if (o.dtype != "auto" && o.dtype != "f32" && o.dtype != "bf16") {
     return FlagError("dtype", "auto, f32 or bf16", o.dtype);
   }
+  if (o.equal_split != "auto" && o.equal_split != "always" && o.equal_split != "never") {
+    return FlagError("equal-split", "auto, always or never", o.equal_split);
+  }
   const std::pair<const char*, int64_t> at_least_one[] = {{"max-batch-tokens", o.max_batch_tokens},
                                                           {"max-seqs", o.max_seqs},
                                                           {"kv-cache-mb", o.kv_cache_mb},
                                                           {"block-size", o.block_size},
-                                                          {"max-new-tokens", o.max_new_tokens}};
+                                                          {"max-new-tokens", o.max_new_tokens},
+                                                          {"expert-parallel-timeout-s",
+                                                           o.expert_parallel_timeout_s}};
   for (const auto& [name, value] : at_least_one) {
     if (value < 1) return FlagError(name, ">= 1", absl::StrCat(value));
   }
@@ -170,6 +194,9 @@ EngineOptions ToEngineOptions(const GenerateOptions& o) {
   e.kv_cache_bytes = o.kv_cache_mb << 20;
   e.block_size = o.block_size;
   e.threads = static_cast<int>(o.threads);
+  e.expert_parallel.equal_split = o.equal_split == "always"  ? EngineExpertParallel::EqualSplit::kAlways
+                                  : o.equal_split == "never" ? EngineExpertParallel::EqualSplit::kNever
+                                                             : EngineExpertParallel::EqualSplit::kAuto;
   return e;
 }
 

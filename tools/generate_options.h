@@ -36,6 +36,10 @@ struct GenerateOptions {
   bool ignore_eos = false;
   bool logprobs = false;
   bool progress = false;
+  // Experts split over the processes of an mpirun job, rank 0 doing the I/O.
+  bool expert_parallel = false;
+  std::string equal_split = "auto";
+  int64_t expert_parallel_timeout_s = 60;
 };
 
 // EngineOptions{} and GenerationRequest{} defaults; progress on when stderr is a terminal.
@@ -47,14 +51,15 @@ const char* GenerateUsage();
 // Registers every flag, writing into `*options` (whose values are the defaults shown).
 void AddGenerateFlags(FlagParser* flags, GenerateOptions* options);
 
-// InvalidArgument naming the flag: --model missing, an unknown --on-bad-line or --dtype, a
-// size below 1, or a sampling default outside the range engine.h documents. The engine checks
+// InvalidArgument naming the flag: --model missing, an unknown --on-bad-line, --dtype or
+// --equal-split, a size or timeout below 1, or a sampling default outside the range engine.h documents. The engine checks
 // the rest (the backend, limits that depend on the model).
 absl::Status CheckGenerateOptions(const GenerateOptions& options);
 
 // The per-line defaults from the sampling flags.
 LineRequest LineDefaults(const GenerateOptions& options);
 
+// Everything but expert_parallel.comm, which the caller's MPI bootstrap provides.
 EngineOptions ToEngineOptions(const GenerateOptions& options);
 GenerationRequest ToRequest(const LineRequest& request);
 

@@ -1,15 +1,17 @@
 // moe_generate: offline batch generation. Reads JSONL requests (tools/generate_jsonl.h has the
 // line format), submits them all to one moe::Engine up front so continuous batching always has
 // work, and writes one JSONL result per request line in input order. Progress and a throughput
-// summary go to stderr.
+// summary go to stderr. With --expert-parallel, one process per rank under mpirun: rank 0 does
+// all of that over an expert-parallel engine, the other ranks serve its steps.
 //
 // Exit status: 0 done (lines the engine rejected, or bad lines under --on-bad-line=skip, are
 // error lines in the output); 1 bad lines under --on-bad-line=fail, an engine that cannot be
-// created, or an I/O error; 2 bad flags.
+// created, an I/O error, or a failed expert-parallel group; 2 bad flags.
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -27,6 +29,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "engine/api/engine.h"
+#include "engine/dist/mpi_communicator.h"
 #include "tools/flags.h"
 #include "tools/generate_jsonl.h"
 #include "tools/generate_options.h"
@@ -215,7 +218,9 @@ absl::Status WriteResults(Engine* engine, const std::vector<InputLine>& lines,
   return absl::OkStatus();
 }
 
-absl::Status Run(const GenerateOptions& opt) {
+// Rank 0 (or the only process): reads the requests, runs them, writes the results. `comm`: the
+// expert-parallel group, null on one device.
+absl::Status Run(const GenerateOptions& opt, Communicator* comm) {
   absl::StatusOr<std::vector<InputLine>> lines = ReadInput(opt.input, LineDefaults(opt));
   if (!lines.ok()) return lines.status();
   int64_t bad = 0;
@@ -235,6 +240,7 @@ absl::Status Run(const GenerateOptions& opt) {
   LiveCounts live;
   const double t_load = NowSeconds();
   EngineOptions engine_options = ToEngineOptions(opt);
+  engine_options.expert_parallel.comm = comm;
   if (opt.progress) {
     engine_options.on_load_progress = [t_load](int64_t done, int64_t total) {
       std::fprintf(stderr, "\r%s%s", RenderLoadLine(done, total, NowSeconds() - t_load).c_str(),
@@ -245,9 +251,11 @@ absl::Status Run(const GenerateOptions& opt) {
       Engine::Create(ResolveUserPath(opt.model), engine_options);
   if (!engine.ok()) return engine.status();
   const ModelInfo& info = (*engine)->model_info();
-  Report(absl::StrFormat("loaded %s from %s (%s, %d KV blocks of %d tokens) in %.2f s", info.family,
-                         info.model_dir, info.dtype, info.kv_cache_blocks, info.block_size,
-                         NowSeconds() - t_load));
+  const std::string ranks =
+      comm == nullptr ? "" : absl::StrCat(", experts over ", info.expert_parallel_size, " ranks");
+  Report(absl::StrFormat("loaded %s from %s (%s, %d KV blocks of %d tokens%s) in %.2f s",
+                         info.family, info.model_dir, info.dtype, info.kv_cache_blocks,
+                         info.block_size, ranks, NowSeconds() - t_load));
 
   const double t_start = NowSeconds();
   const std::vector<absl::StatusOr<RequestId>> ids = SubmitAll(engine->get(), *lines, &live);
@@ -262,8 +270,59 @@ absl::Status Run(const GenerateOptions& opt) {
   if (progress != nullptr) progress->Finish();
   if (io.ok()) io = (*out)->Flush();
   if (!io.ok()) return io;
+  // Expert parallel: ends the other ranks' serving; a failed group fails the run.
+  (*engine)->Shutdown();
+  absl::Status group = (*engine)->ExpertParallelStatus();
+  if (!group.ok()) return group;
   std::fputs(RenderSummary(totals).c_str(), stderr);
   return absl::OkStatus();
+}
+
+// Ranks other than 0: the same engine, serving rank 0's steps until rank 0 is done.
+absl::Status Serve(const GenerateOptions& opt, Communicator* comm) {
+  EngineOptions engine_options = ToEngineOptions(opt);
+  engine_options.expert_parallel.comm = comm;
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      Engine::Create(ResolveUserPath(opt.model), engine_options);
+  if (!engine.ok()) return engine.status();
+  return (*engine)->ServeExpertParallel();
+}
+
+// --expert-parallel: MPI up, the world communicator, then Run on rank 0 and Serve elsewhere.
+// Returns the exit status; an error on any rank ends every rank (MPI_Abort), since a peer may
+// be waiting for it in a collective.
+int RunExpertParallel(int* argc, char*** argv, const GenerateOptions& opt) {
+  // Open MPI's mpirun sets it in every process it starts; without it MPI_Init would make a
+  // one-process job.
+  if (std::getenv("OMPI_COMM_WORLD_SIZE") == nullptr) {
+    Report("--expert-parallel needs mpirun (one process per rank): mpirun -np N moe_generate "
+           "--expert-parallel ...; OMPI_COMM_WORLD_SIZE is not set");
+    return 2;
+  }
+  absl::StatusOr<std::unique_ptr<MpiRuntime>> mpi = MpiRuntime::Init(argc, argv);
+  if (!mpi.ok()) {
+    Report(mpi.status().ToString());
+    return 1;
+  }
+  const int rank = (*mpi)->world_rank();
+  absl::Status status;
+  {
+    CommunicatorOptions comm_options;
+    comm_options.timeout = absl::Seconds(opt.expert_parallel_timeout_s);
+    absl::StatusOr<std::unique_ptr<MpiCommunicator>> world =
+        MpiCommunicator::CreateWorld(comm_options);
+    if (!world.ok()) {
+      status = world.status();
+    } else {
+      status = rank == 0 ? Run(opt, world->get()) : Serve(opt, world->get());
+    }
+  }
+  if (!status.ok()) {
+    // Messages from the library name the rank; a rank-0-only error (input, output) may not.
+    Report(absl::StrCat("rank ", rank, ": ", status.ToString()));
+    (*mpi)->Abort(1);
+  }
+  return 0;
 }
 
 }  // namespace
@@ -283,7 +342,8 @@ int main(int argc, char** argv) {
     moe::tools::Report(status.message());
     return 2;
   }
-  status = moe::tools::Run(opt);
+  if (opt.expert_parallel) return moe::tools::RunExpertParallel(&argc, &argv, opt);
+  status = moe::tools::Run(opt, nullptr);
   if (!status.ok()) {
     moe::tools::Report(status.ToString());
     return 1;

@@ -11,9 +11,13 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "engine/api/expert_parallel_setup.h"
 #include "engine/core/buffer.h"
+#include "engine/dist/communicator.h"
 #include "engine/model/generation_config.h"
 #include "engine/model/model.h"
+#include "engine/runtime/ep_step_runner.h"
 #include "engine/runtime/generator.h"
 #include "kernels/registry.h"
 #include "kernels/status_macros.h"
@@ -77,8 +81,8 @@ absl::Status CheckOptions(const EngineOptions& o) {
 
 }  // namespace
 
-// The engine's state. Everything under `mu` except the generator, model and backend, which
-// only the worker thread touches (and Validate, which is const).
+// The engine's state. Everything under `mu` except the generator, model, backend and runner,
+// which only the worker thread touches (and Validate, which is const).
 struct Engine::Impl {
   // A token event for a request's callback. The pointer stays valid until the request is
   // marked done, which happens only after its callbacks have run (std::map nodes are stable).
@@ -106,7 +110,13 @@ struct Engine::Impl {
   std::unique_ptr<Backend> backend;
   std::unique_ptr<Allocator> allocator;
   std::unique_ptr<Model> model;
+  // Expert parallel: the step runner; rank 0 has the generator (which steps through it), the
+  // other ranks have no generator and serve_cache instead (ServeExpertParallel). One device:
+  // the generator only.
+  std::unique_ptr<EpStepRunner> runner;
   std::unique_ptr<Generator> generator;
+  std::unique_ptr<KvCache> serve_cache;
+  absl::Duration idle_interval;  // rank 0: an idle message after this long without work
 
   mutable std::mutex mu;
   std::condition_variable work_cv;  // the worker waits here for requests
@@ -120,7 +130,26 @@ struct Engine::Impl {
   bool stopping = false;
   EngineStats stats;
   bool count_expert_tokens = false;  // EngineOptions'
+  absl::Status ep_status;  // rank 0: runner->status(), copied by the worker
+  bool served = false;     // ServeExpertParallel was called
   std::thread worker;
+
+  // Loads the model and builds the generator (or a serving rank's cache); no worker yet.
+  static absl::StatusOr<std::unique_ptr<Impl>> Load(const std::string& model_dir,
+                                                    const EngineOptions& options);
+  // FailedPrecondition on a rank other than 0 of an expert-parallel engine.
+  absl::Status CheckPlanningRank(absl::string_view op) const {
+    if (generator != nullptr) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "engine: ", op, " on rank ", info.expert_parallel_rank, " of ", info.expert_parallel_size,
+        ", which serves rank 0's steps (ServeExpertParallel); call it on rank 0"));
+  }
+  // Copies the runner's status for ExpertParallelStatus (worker thread, `mu` not held).
+  void SyncEpStatus() {
+    if (runner == nullptr) return;
+    std::lock_guard<std::mutex> lock(mu);
+    ep_status = runner->status();
+  }
 
   SequenceRequest ToSequence(const GenerationRequest& r) const {
     SequenceRequest s;
@@ -234,13 +263,21 @@ void Engine::Impl::Run() {
   while (true) {
     callbacks.clear();
     bool stopped = false;
+    bool idle = false;
     {
       std::unique_lock<std::mutex> lock(mu);
-      work_cv.wait(lock, [&] {
+      const auto has_work = [&] {
         return stopping || !pending.empty() || !cancelled.empty() || !forward_jobs.empty() ||
                generator->HasWork();
-      });
-      if (stopping) {
+      };
+      if (runner == nullptr) {
+        work_cv.wait(lock, has_work);
+      } else {
+        idle = !work_cv.wait_for(lock, absl::ToChronoMilliseconds(idle_interval), has_work);
+      }
+      if (idle) {
+        // Below: the other ranks hear that rank 0 is alive.
+      } else if (stopping) {
         // Cancel everything still here; the results keep their tokens so far.
         for (auto& [id, r] : requests) {
           if (r.done) continue;
@@ -262,12 +299,23 @@ void Engine::Impl::Run() {
         DrainQueues(&callbacks);
       }
     }
+    if (idle) {
+      runner->Idle().IgnoreError();  // kept in runner->status()
+      SyncEpStatus();
+      continue;
+    }
     if (stopped) {
       for (auto& [callback, event] : callbacks) (*callback)(event);
-      std::lock_guard<std::mutex> lock(mu);
-      for (const RequestId id : ending) requests.at(id).done = true;
-      ending.clear();
-      done_cv.notify_all();
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        for (const RequestId id : ending) requests.at(id).done = true;
+        ending.clear();
+        done_cv.notify_all();
+      }
+      if (runner != nullptr) {
+        runner->Stop().IgnoreError();  // kept in runner->status()
+        SyncEpStatus();
+      }
       return;
     }
     // Forward calls run between steps, without the lock; those that wait for KV blocks go
@@ -287,6 +335,7 @@ void Engine::Impl::Run() {
     }
     // The step runs without the lock: Submit, Cancel and Stats stay responsive.
     StepOutcome outcome = generator->Step();
+    SyncEpStatus();
     {
       std::lock_guard<std::mutex> lock(mu);
       if (outcome.tokens > 0) ++stats.steps;
@@ -399,8 +448,8 @@ Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Engine::~Engine() { Shutdown(); }
 
-absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_dir,
-                                                       const EngineOptions& options) {
+absl::StatusOr<std::unique_ptr<Engine::Impl>> Engine::Impl::Load(const std::string& model_dir,
+                                                                 const EngineOptions& options) {
   MOE_RETURN_IF_ERROR(CheckOptions(options));
   MOE_ASSIGN_OR_RETURN(Device device, ParseBackend(options.backend));
   auto impl = std::make_unique<Impl>();
@@ -413,6 +462,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   ModelOptions model_options;
   model_options.dtype = dtype;
   model_options.on_load_progress = options.on_load_progress;
+  Communicator* const comm = options.expert_parallel.comm;
+  model_options.expert_parallel = {comm, ToEqualSplitMode(options.expert_parallel.equal_split)};
   MOE_ASSIGN_OR_RETURN(impl->model, Model::Load(model_dir, model_options, impl->backend.get(),
                                                 impl->allocator.get()));
   const ModelConfig& c = impl->model->config();
@@ -430,10 +481,29 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
         "option kv_cache_bytes=", options.kv_cache_bytes, " holds no KV cache block (one block of ",
         options.block_size, " tokens takes ", block_bytes, " bytes)"));
   }
-  MOE_ASSIGN_OR_RETURN(impl->generator, Generator::Create(impl->model.get(), impl->backend.get(),
-                                                          impl->allocator.get(), g));
-
   ModelInfo& info = impl->info;
+  if (comm != nullptr) {
+    MOE_ASSIGN_OR_RETURN(impl->runner, EpStepRunner::Create(impl->model.get(),
+                                                            impl->backend.get(),
+                                                            impl->allocator.get()));
+    info.expert_parallel_rank = comm->rank();
+    info.expert_parallel_size = comm->size();
+    impl->idle_interval = IdleInterval(*comm);
+    g.expert_parallel = impl->runner.get();
+  }
+  if (info.expert_parallel_rank == 0) {
+    MOE_ASSIGN_OR_RETURN(impl->generator, Generator::Create(impl->model.get(),
+                                                            impl->backend.get(),
+                                                            impl->allocator.get(), g));
+    info.max_tokens_per_seq = impl->generator->max_tokens_per_seq();
+  } else {
+    // A serving rank's cache has rank 0's geometry (EpStepRunner::Serve checks it every step).
+    MOE_ASSIGN_OR_RETURN(impl->serve_cache,
+                         impl->model->AllocateKvCache(g.num_blocks, options.block_size));
+    info.max_tokens_per_seq =
+        options.max_tokens_per_seq == 0 ? c.max_position_embeddings : options.max_tokens_per_seq;
+  }
+
   info.model_dir = model_dir;
   info.family = std::string(ModelFamilyName(c.family));
   info.backend = options.backend;
@@ -443,7 +513,6 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   info.num_experts = c.moe.num_experts;
   info.experts_per_token = c.moe.top_k;
   info.max_position_embeddings = c.max_position_embeddings;
-  info.max_tokens_per_seq = impl->generator->max_tokens_per_seq();
   info.max_batch_tokens = options.max_batch_tokens;
   info.max_seqs = options.max_seqs;
   MOE_ASSIGN_OR_RETURN(info.eos_token_ids, LoadEosTokenIds(model_dir, c.vocab_size));
@@ -454,14 +523,26 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   impl->stats.kv_blocks_total = g.num_blocks;
   impl->count_expert_tokens = options.count_expert_tokens;
   if (options.count_expert_tokens) impl->stats.expert_tokens = impl->model->expert_tokens();
+  return impl;
+}
 
-  Impl* raw = impl.get();
-  impl->worker = std::thread([raw] { raw->Run(); });
-  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_dir,
+                                                       const EngineOptions& options) {
+  absl::StatusOr<std::unique_ptr<Impl>> impl = Impl::Load(model_dir, options);
+  if (options.expert_parallel.comm != nullptr) {
+    // Every rank fails together: a rank left serving a rank 0 that never came up would wait
+    // out its timeout.
+    MOE_RETURN_IF_ERROR(AgreeCreated(options.expert_parallel.comm, impl.status()));
+  }
+  if (!impl.ok()) return impl.status();
+  Impl* raw = impl->get();
+  if (raw->generator != nullptr) raw->worker = std::thread([raw] { raw->Run(); });
+  return std::unique_ptr<Engine>(new Engine(*std::move(impl)));
 }
 
 absl::StatusOr<RequestId> Engine::Impl::SubmitLocked(GenerationRequest request,
                                                      TokenCallback on_token) {
+  MOE_RETURN_IF_ERROR(CheckPlanningRank("Submit"));
   // Validate is const and reads only immutable state.
   MOE_RETURN_IF_ERROR(generator->Validate(ToSequence(request)));
   if (stopping) return absl::FailedPreconditionError("the engine is shut down");
@@ -534,6 +615,7 @@ std::vector<absl::StatusOr<GenerationResult>> Engine::Generate(
 
 absl::StatusOr<std::vector<ForwardResult>> Engine::Forward(const ForwardRequest& request) {
   Impl& m = *impl_;
+  MOE_RETURN_IF_ERROR(m.CheckPlanningRank("Forward"));
   MOE_RETURN_IF_ERROR(m.ValidateForward(request));
   Impl::ForwardJob job;
   job.request = &request;
@@ -555,6 +637,38 @@ void Engine::Shutdown() {
     m.work_cv.notify_one();
   }
   if (m.worker.joinable()) m.worker.join();
+}
+
+absl::Status Engine::ServeExpertParallel() {
+  Impl& m = *impl_;
+  if (m.runner == nullptr) {
+    return absl::FailedPreconditionError(
+        "engine: ServeExpertParallel without expert parallelism (EngineOptions::expert_parallel"
+        ".comm is null)");
+  }
+  const int r = m.info.expert_parallel_rank, p = m.info.expert_parallel_size;
+  if (m.serve_cache == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("engine: ServeExpertParallel on rank 0 of ", p,
+                     ", which runs the scheduler; call Generate / Submit there"));
+  }
+  {
+    std::lock_guard<std::mutex> lock(m.mu);
+    if (m.served) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("engine: ServeExpertParallel called twice on rank ", r, " of ", p));
+    }
+    m.served = true;
+  }
+  const absl::Status s = m.runner->Serve(*m.serve_cache);
+  if (s.ok()) return s;
+  return absl::Status(s.code(),
+                      absl::StrCat("engine rank ", r, " of ", p, ": serving: ", s.message()));
+}
+
+absl::Status Engine::ExpertParallelStatus() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->ep_status;
 }
 
 const ModelInfo& Engine::model_info() const { return impl_->info; }

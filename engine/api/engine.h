@@ -53,6 +53,8 @@
 
 namespace moe {
 
+class Communicator;  // engine/dist/communicator.h
+
 // Token sampling, Hugging Face's logits processors in HF's order (repetition penalty, then
 // temperature, top-k, top-p, min-p). The default is greedy.
 struct SamplingOptions {
@@ -131,6 +133,28 @@ struct ForwardResult {
   std::vector<float> top_logprobs;  // log-softmax (computed in fp64) at top_ids
 };
 
+// Expert parallelism (docs/DESIGN.md, "Expert parallelism"): the model's routed experts are
+// split over the ranks of `comm` (rank r loads and runs experts [r*E/P, (r+1)*E/P) and the
+// replicated rest), launched as one process per rank (mpirun, with MpiCommunicator) or as one
+// thread per rank (LocalCommunicatorGroup). Every rank calls Engine::Create with the same
+// model folder and options (collective: a rank whose Create fails makes every rank's fail).
+// Rank 0 is the engine the caller uses (Generate, Submit, Await, Forward, as on one device,
+// with results bit-identical to one device); every other rank calls ServeExpertParallel, which
+// runs rank 0's steps until rank 0's Shutdown.
+struct EngineExpertParallel {
+  // Null: one device (the default). Must outlive the engine; its thread rule (one thread at a
+  // time) is kept by the engine: rank 0's worker thread makes every call after Create (with
+  // MPI: MpiRuntime's MPI_THREAD_SERIALIZED), other ranks call on the ServeExpertParallel
+  // thread. Its timeout bounds every wait, so a rank that dies or hangs ends the others' steps
+  // with its DeadlineExceeded (naming the rank and the op) instead of a hang.
+  Communicator* comm = nullptr;
+  // The MoE layers' token exchange: kAuto takes the equal-split all-to-all exactly when every
+  // rank sends every peer the same rows, kAlways pads to it, kNever always takes the variable
+  // one. The same tokens and bits either way.
+  enum class EqualSplit { kAuto, kAlways, kNever };
+  EqualSplit equal_split = EqualSplit::kAuto;
+};
+
 struct EngineOptions {
   std::string backend = "cpu";  // "cpu"; "cuda" and "xpu" once built in
   // Run dtype: "f32", "bf16", or "auto" = the checkpoint's dtype (bf16 for bf16 / f16
@@ -155,6 +179,8 @@ struct EngineOptions {
   // Copy the per-layer expert token counts into Stats().expert_tokens after every step (a
   // [layers][experts] copy per step; moe_server turns it on with its metrics endpoint).
   bool count_expert_tokens = false;
+  // Null comm: one device.
+  EngineExpertParallel expert_parallel;
 };
 
 // What an embedder needs to know about the loaded model.
@@ -176,6 +202,8 @@ struct ModelInfo {
   int64_t weight_bytes = 0;
   int64_t kv_cache_blocks = 0;
   int64_t block_size = 0;
+  int expert_parallel_rank = 0;  // this engine's rank; 0 on one device
+  int expert_parallel_size = 1;  // ranks the experts are split over; 1 on one device
 };
 
 struct EngineStats {
@@ -190,7 +218,8 @@ struct EngineStats {
   // (a token counts once for each of its top-k experts), [num_layers][num_experts], empty for
   // dense layers; else empty. Counted where the counts reach the host anyway: every CPU step;
   // on a GPU only steps of more than 64 tokens (decode-sized steps keep the counts on the device
-  // so that they never wait for the routing, and are not counted).
+  // so that they never wait for the routing, and are not counted). Expert parallel: the tokens
+  // of rank 0's own sequences only.
   std::vector<std::vector<int64_t>> expert_tokens;
 };
 
@@ -236,7 +265,24 @@ class Engine {
   absl::StatusOr<std::vector<ForwardResult>> Forward(const ForwardRequest& request);
 
   // Cancels everything not finished, stops the worker thread and waits for it. Idempotent.
+  // Expert parallel, rank 0: then ends the other ranks' ServeExpertParallel (unless the group
+  // already failed; ExpertParallelStatus says so).
   void Shutdown();
+
+  // Expert parallel, ranks other than 0: runs rank 0's steps on the calling thread until rank
+  // 0's Shutdown, then returns OK; else the first error, naming this rank and the op (rank 0
+  // dead or hung: the communicator's DeadlineExceeded). Call once, on one thread; the other
+  // methods of such an engine are FailedPrecondition (Submit, Forward; Generate's entries),
+  // NotFound (Cancel, Await) or no-ops (Shutdown). FailedPrecondition on rank 0, on one
+  // device, and on a second call.
+  absl::Status ServeExpertParallel();
+
+  // Expert parallel, rank 0: OK, or the first error of a step, an idle message or the stop that
+  // reached the other ranks (the communicator's DeadlineExceeded naming the rank and op, a
+  // model error mid-step). Such an error leaves the ranks out of lockstep: that step's requests
+  // and every later one fail with it (FailedPrecondition), and Shutdown does not reach the
+  // others. Always OK on one device and on other ranks.
+  absl::Status ExpertParallelStatus() const;
 
   const ModelInfo& model_info() const;
   EngineStats Stats() const;

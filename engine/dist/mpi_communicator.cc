@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
@@ -37,9 +38,15 @@ absl::StatusOr<std::unique_ptr<MpiRuntime>> MpiRuntime::Init(int* argc, char*** 
     return absl::FailedPreconditionError("mpi: MPI is already initialised in this process");
   }
   int provided = 0;
-  const int rc = MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+  const int rc = MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided);
   if (rc != MPI_SUCCESS) {
     return absl::InternalError(absl::StrCat("mpi: MPI_Init_thread failed: ", MpiMessage(rc)));
+  }
+  if (provided < MPI_THREAD_SERIALIZED) {
+    MPI_Finalize();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "mpi: MPI_Init_thread provides thread level ", provided,
+        ", below MPI_THREAD_SERIALIZED (", MPI_THREAD_SERIALIZED, ")"));
   }
   std::unique_ptr<MpiRuntime> runtime(new MpiRuntime());
   MPI_Comm_rank(MPI_COMM_WORLD, &runtime->world_rank_);
@@ -48,6 +55,11 @@ absl::StatusOr<std::unique_ptr<MpiRuntime>> MpiRuntime::Init(int* argc, char*** 
 }
 
 MpiRuntime::~MpiRuntime() { MPI_Finalize(); }
+
+void MpiRuntime::Abort(int code) {
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);  // MPI_Abort does not return; this keeps [[noreturn]] true if it did
+}
 
 MpiCommunicator::MpiCommunicator() : state_(std::make_unique<State>()) {}
 

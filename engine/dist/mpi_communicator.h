@@ -21,12 +21,19 @@
 
 namespace moe {
 
-// MPI for this process: MPI_Init_thread (MPI_THREAD_FUNNELED) on Init, MPI_Finalize on
-// destruction. At most one per process.
+// MPI for this process: MPI_Init_thread (MPI_THREAD_SERIALIZED: any thread may make MPI calls,
+// one at a time, e.g. moe::Engine's worker after the main thread's Create) on Init,
+// MPI_Finalize on destruction. At most one per process. FailedPrecondition when MPI is already
+// initialised or provides less than MPI_THREAD_SERIALIZED.
 class MpiRuntime {
  public:
   static absl::StatusOr<std::unique_ptr<MpiRuntime>> Init(int* argc, char*** argv);
   ~MpiRuntime();
+
+  // MPI_Abort over MPI_COMM_WORLD: ends every process of the job with exit status `code`
+  // (mpirun's too). For a rank that fails while its peers may wait in a collective, where
+  // MPI_Finalize would wait for them. Does not return.
+  [[noreturn]] void Abort(int code);
 
   int world_rank() const { return world_rank_; }
   int world_size() const { return world_size_; }

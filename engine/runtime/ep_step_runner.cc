@@ -10,8 +10,9 @@
 namespace moe {
 namespace {
 
-// Header word 0 (tokens) of the message that ends Serve.
+// Header word 0 (tokens) of the messages that end Serve and that only keep it waiting.
 constexpr int64_t kStopTokens = -1;
+constexpr int64_t kIdleTokens = -2;
 
 }  // namespace
 
@@ -55,11 +56,36 @@ absl::StatusOr<const float*> EpStepRunner::Forward(const ModelBatch& batch,
   for (size_t s = 0; s < row_keys.size(); ++s) owners[s] = OwnerOf(row_keys[s], comm_->size());
   MOE_ASSIGN_OR_RETURN(EncodedStepPlan plan,
                        EncodeStepPlan(batch, owners, cache.num_blocks(), cache.block_size()));
-  MOE_RETURN_IF_ERROR(comm_->Broadcast(plan.header.data(),
-                                       kStepPlanHeaderWords * sizeof(int64_t), 0));
-  MOE_RETURN_IF_ERROR(
-      comm_->Broadcast(plan.words.data(), plan.words.size() * sizeof(int32_t), 0));
-  return RunPlan(plan.header, plan.words, cache);
+  MOE_RETURN_IF_ERROR(CheckHealthy("Forward"));
+  absl::Status s = comm_->Broadcast(plan.header.data(), kStepPlanHeaderWords * sizeof(int64_t), 0);
+  if (s.ok()) s = comm_->Broadcast(plan.words.data(), plan.words.size() * sizeof(int32_t), 0);
+  if (!s.ok()) return Record(std::move(s));
+  absl::StatusOr<const float*> rows = RunPlan(plan.header, plan.words, cache);
+  if (!rows.ok()) return Record(rows.status());
+  return rows;
+}
+
+absl::Status EpStepRunner::CheckHealthy(absl::string_view op) const {
+  if (status_.ok()) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat("ep step runner: ", op,
+                                                    " after the group failed on rank 0: ",
+                                                    status_.message()));
+}
+
+absl::Status EpStepRunner::Record(absl::Status s) {
+  if (!s.ok() && status_.ok()) status_ = s;
+  return s;
+}
+
+absl::Status EpStepRunner::Idle() {
+  if (comm_->rank() != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ep step runner: Idle on rank ", comm_->rank(), "; only rank 0 plans steps"));
+  }
+  MOE_RETURN_IF_ERROR(CheckHealthy("Idle"));
+  std::vector<int64_t> header(kStepPlanHeaderWords, 0);
+  header[0] = kIdleTokens;
+  return Record(comm_->Broadcast(header.data(), kStepPlanHeaderWords * sizeof(int64_t), 0));
 }
 
 absl::Status EpStepRunner::Stop() {
@@ -67,9 +93,10 @@ absl::Status EpStepRunner::Stop() {
     return absl::FailedPreconditionError(
         absl::StrCat("ep step runner: Stop on rank ", comm_->rank(), "; only rank 0 stops"));
   }
+  MOE_RETURN_IF_ERROR(CheckHealthy("Stop"));
   std::vector<int64_t> header(kStepPlanHeaderWords, 0);
   header[0] = kStopTokens;
-  return comm_->Broadcast(header.data(), kStepPlanHeaderWords * sizeof(int64_t), 0);
+  return Record(comm_->Broadcast(header.data(), kStepPlanHeaderWords * sizeof(int64_t), 0));
 }
 
 absl::Status EpStepRunner::Serve(KvCache& cache) {
@@ -82,6 +109,7 @@ absl::Status EpStepRunner::Serve(KvCache& cache) {
     MOE_RETURN_IF_ERROR(
         comm_->Broadcast(header.data(), kStepPlanHeaderWords * sizeof(int64_t), 0));
     if (header[0] == kStopTokens) return absl::OkStatus();
+    if (header[0] == kIdleTokens) continue;
     if (header[5] != cache.num_blocks() || header[6] != cache.block_size()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "ep step runner: rank ", comm_->rank(), "'s KV cache has num_blocks=",

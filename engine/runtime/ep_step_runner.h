@@ -47,12 +47,23 @@ class EpStepRunner {
   absl::StatusOr<const float*> Forward(const ModelBatch& batch, absl::Span<const int64_t> row_keys,
                                        KvCache& cache);
 
+  // Rank 0, between steps: tells the other ranks that rank 0 is alive and idle, so their Serve
+  // keeps waiting (each wait for a step is bounded by the communicator's timeout; an idle rank 0
+  // calls this more often than that).
+  absl::Status Idle();
+
   // Rank 0: ends the other ranks' Serve (collective with them).
   absl::Status Stop();
 
+  // Rank 0: OK, or the first error of a Forward, Idle or Stop that reached the collectives. The
+  // ranks are then out of lockstep (a peer may wait in a collective until its timeout), so every
+  // later Forward, Idle and Stop returns FailedPrecondition naming that error and sends nothing.
+  const absl::Status& status() const { return status_; }
+
   // Ranks other than 0: runs rank 0's steps on `cache` (the geometry rank 0's cache has;
-  // FailedPrecondition naming num_blocks / block_size otherwise) until rank 0's Stop. Returns OK
-  // after Stop, else the first error (its peers then time out).
+  // FailedPrecondition naming num_blocks / block_size otherwise) until rank 0's Stop, waiting
+  // through rank 0's Idle calls. Returns OK after Stop, else the first error (its peers then time
+  // out); a rank 0 that died or hangs shows as the communicator's DeadlineExceeded.
   absl::Status Serve(KvCache& cache);
 
  private:
@@ -63,6 +74,10 @@ class EpStepRunner {
   // Every rank: runs its part of the plan and gathers the logit rows to rank 0.
   absl::StatusOr<const float*> RunPlan(absl::Span<const int64_t> header,
                                        absl::Span<const int32_t> words, KvCache& cache);
+  // Rank 0: FailedPrecondition naming `op` and status_ once the group failed, else OK.
+  absl::Status CheckHealthy(absl::string_view op) const;
+  // Keeps the first error in status_ and returns `s`.
+  absl::Status Record(absl::Status s);
   // Grows `buffer` to at least `bytes`.
   absl::Status Reserve(std::unique_ptr<Buffer>* buffer, size_t bytes);
 
@@ -71,6 +86,7 @@ class EpStepRunner {
   Allocator* allocator_;
   Communicator* comm_;
   std::unique_ptr<Buffer> gathered_, ordered_, index_;  // rank 0's gather, reorder, its index
+  absl::Status status_;  // rank 0: the first collective failure
 };
 
 }  // namespace moe
