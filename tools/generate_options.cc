@@ -194,9 +194,10 @@ EngineOptions ToEngineOptions(const GenerateOptions& o) {
   e.kv_cache_bytes = o.kv_cache_mb << 20;
   e.block_size = o.block_size;
   e.threads = static_cast<int>(o.threads);
-  e.expert_parallel.equal_split = o.equal_split == "always"  ? EngineExpertParallel::EqualSplit::kAlways
-                                  : o.equal_split == "never" ? EngineExpertParallel::EqualSplit::kNever
-                                                             : EngineExpertParallel::EqualSplit::kAuto;
+  using EqualSplit = EngineExpertParallel::EqualSplit;
+  e.expert_parallel.equal_split = o.equal_split == "always"  ? EqualSplit::kAlways
+                                  : o.equal_split == "never" ? EqualSplit::kNever
+                                                             : EqualSplit::kAuto;
   return e;
 }
 

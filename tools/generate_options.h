@@ -52,8 +52,8 @@ const char* GenerateUsage();
 void AddGenerateFlags(FlagParser* flags, GenerateOptions* options);
 
 // InvalidArgument naming the flag: --model missing, an unknown --on-bad-line, --dtype or
-// --equal-split, a size or timeout below 1, or a sampling default outside the range engine.h documents. The engine checks
-// the rest (the backend, limits that depend on the model).
+// --equal-split, a size or timeout below 1, or a sampling default outside the range engine.h
+// documents. The engine checks the rest (the backend, limits that depend on the model).
 absl::Status CheckGenerateOptions(const GenerateOptions& options);
 
 // The per-line defaults from the sampling flags.

@@ -71,17 +71,16 @@ std::string Bits(const std::vector<float>& v) {
 Outputs RunRequests(Engine& engine) {
   Outputs out;
   for (const auto& r : engine.Generate(Requests())) {
-    out.lines.push_back(r.ok() ? absl::StrCat(absl::StrJoin(r->tokens, ","), " | ",
-                                              Bits(r->logprobs), " | ",
-                                              FinishReasonName(r->finish_reason))
-                               : std::string(r.status().message()));
+    out.lines.push_back(r.ok()
+                            ? absl::StrCat(absl::StrJoin(r->tokens, ","), " | ", Bits(r->logprobs),
+                                           " | ", FinishReasonName(r->finish_reason))
+                            : std::string(r.status().message()));
   }
   // Streaming, as moe_server uses it.
   std::vector<int32_t> streamed;
-  absl::StatusOr<RequestId> id = engine.Submit(
-      Requests()[2], [&streamed](const TokenEvent& e) {
-        if (e.token >= 0) streamed.push_back(e.token);
-      });
+  absl::StatusOr<RequestId> id = engine.Submit(Requests()[2], [&streamed](const TokenEvent& e) {
+    if (e.token >= 0) streamed.push_back(e.token);
+  });
   if (!id.ok()) {
     out.lines.push_back(std::string(id.status().message()));
   } else {
@@ -95,7 +94,8 @@ Outputs RunRequests(Engine& engine) {
   if (!fr.ok()) {
     out.lines.push_back(std::string(fr.status().message()));
   } else {
-    for (const ForwardResult& x : *fr) out.lines.push_back(absl::StrCat("forward ", Bits(x.values)));
+    for (const ForwardResult& x : *fr)
+      out.lines.push_back(absl::StrCat("forward ", Bits(x.values)));
   }
   return out;
 }
@@ -205,8 +205,8 @@ TEST(EpEngineFailureTest, CreateFailingOnOneRankFailsEveryRank) {
     created[r] = Engine::Create(r == 1 ? "models/no-such-model" : kModel, o).status();
   });
   EXPECT_EQ(created[0].code(), absl::StatusCode::kFailedPrecondition) << created[0];
-  EXPECT_TRUE(absl::StrContains(created[0].message(),
-                                "engine rank 0 of 2: Create failed on rank(s) 1"))
+  EXPECT_TRUE(
+      absl::StrContains(created[0].message(), "engine rank 0 of 2: Create failed on rank(s) 1"))
       << created[0];
   EXPECT_EQ(created[1].code(), absl::StatusCode::kNotFound) << created[1];
   EXPECT_TRUE(absl::StrContains(created[1].message(), "engine rank 1 of 2: models/no-such-model"))
