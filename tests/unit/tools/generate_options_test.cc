@@ -4,7 +4,6 @@
 
 #include <utility>
 
-#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 
 namespace moe::tools {
