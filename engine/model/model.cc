@@ -42,8 +42,9 @@ namespace {
 // and with nothing waiting for the host such a step can be recorded as a graph.
 constexpr int64_t kDeviceCountsMaxTokens = Model::kGraphMaxTokens;
 
-// Recorded step graphs kept at most (then all are dropped and recorded again as needed).
-constexpr size_t kMaxGraphs = 64;
+// Step shapes tracked at most (seen, recorded or not recordable); beyond that the least
+// recently seen one is forgotten.
+constexpr size_t kMaxGraphs = 128;
 
 // Block table widths of recorded steps: powers of two from 8, so a sequence growing by a block
 // changes the shape only log2 times.
@@ -537,8 +538,16 @@ absl::StatusOr<const float*> Model::ForwardOnDevice(const ModelBatch& batch, KvC
 absl::StatusOr<bool> Model::ReplayStep(const StepShape& shape, KvCache& cache) {
   const auto key = std::make_tuple(shape.tokens, shape.logit_rows, shape.num_seqs,
                                    shape.table_width, shape.hidden_states, cache.id_);
-  if (graphs_.size() >= kMaxGraphs && graphs_.find(key) == graphs_.end()) graphs_.clear();
+  if (graphs_.size() >= kMaxGraphs && graphs_.find(key) == graphs_.end()) {
+    // The least recently used shape makes room (a server's batch shapes come and go).
+    auto oldest = graphs_.begin();
+    for (auto it = graphs_.begin(); it != graphs_.end(); ++it) {
+      if (it->second.last_used < oldest->second.last_used) oldest = it;
+    }
+    graphs_.erase(oldest);
+  }
   RecordedStep& step = graphs_[key];
+  step.last_used = ++graph_clock_;
   if (step.failed) return false;
   if (step.graph == nullptr) {
     if (++step.seen < 2) return false;

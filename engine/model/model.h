@@ -228,6 +228,7 @@ class Model {
 
   struct RecordedStep {
     int64_t seen = 0;
+    int64_t last_used = 0;  // graph_clock_ at the step's last sighting
     bool failed = false;  // could not be recorded: runs op by op
     std::unique_ptr<OpGraph> graph;
   };
@@ -235,6 +236,7 @@ class Model {
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool, int64_t>, RecordedStep> graphs_;
   bool backend_records_graphs_ = false;  // Backend::RecordsOpGraphs
   StepGraphStats graph_stats_;
+  int64_t graph_clock_ = 0;  // counts step sightings, for evicting the least recently used
   std::vector<std::vector<int64_t>> expert_tokens_;  // see expert_tokens()
 };
 
