@@ -1,13 +1,14 @@
 #!/bin/bash
 # moe_generate --expert-parallel when a rank dies mid-generation (SIGKILL from outside, after rank
-# 0 has loaded and is generating): the job ends, non-zero, within the timeout plus a margin, and
-# no rank is left running.
+# 0 has loaded and is generating): the job ends within the timeout plus a margin, rank 0 never
+# reports success, and no rank is left running.
 # - Open MPI's default: mpirun notices the dead process and kills the others at once (long
-#   before --expert-parallel-timeout-s), naming the rank and the signal.
+#   before --expert-parallel-timeout-s), exits non-zero and names the rank and the signal.
 # - mpirun --enable-recovery (Open MPI leaves the other ranks running): the engine's own timeout
 #   ends them; a survivor reports the collective, its rank and the limit, e.g. "rank 0:
-#   DEADLINE_EXCEEDED: mpi: all-to-all-v on rank 0 of 3 did not complete within 2000 ms ...",
-#   then MPI_Abort ends the job. Killing rank 0 leaves rank 1 waiting in Serve's broadcast.
+#   DEADLINE_EXCEEDED: mpi: all_gather on rank 0 of 3 did not complete within 2000 ms ...",
+#   then MPI_Abort ends the job (mpirun still exits 0 in this mode). Killing rank 0 leaves rank
+#   1 waiting in Serve's broadcast, which times out the same way.
 set -euo pipefail
 
 gen=tools/moe_generate
