@@ -175,6 +175,19 @@ double FloorSeconds(const Row& row, const Ceilings& c) {
   return floor_s;
 }
 
+// The size^3 bf16 GEMM ceiling into c; where it cannot run, why (the rows then have no FLOP
+// floor).
+void MeasureGemmCeiling(Backend* backend, int64_t size, int reps, Ceilings* c) {
+  absl::StatusOr<GemmCeiling> gemm = MeasureGemm(backend, size, size, size, reps);
+  if (gemm.ok()) {
+    c->gemm = *gemm;
+    c->have_gemm = true;
+  } else {
+    c->gemm_error = gemm.status().ToString();
+    std::fprintf(stderr, "gemm ceiling unavailable: %s\n", c->gemm_error.c_str());
+  }
+}
+
 absl::StatusOr<Ceilings> MeasureCeilings(const Options& opt, Backend* backend) {
   Ceilings c;
   if (opt.skip_ceilings) return c;
@@ -188,15 +201,7 @@ absl::StatusOr<Ceilings> MeasureCeilings(const Options& opt, Backend* backend) {
                  backend->device().ToString().c_str(), opt.copy_mib, opt.gemm_size);
     MOE_ASSIGN_OR_RETURN(c.copy, MeasureDeviceCopy(backend, opt.copy_mib << 20, 10));
     c.have_copy = true;
-    absl::StatusOr<GemmCeiling> gemm =
-        MeasureGemm(backend, opt.gemm_size, opt.gemm_size, opt.gemm_size, 10);
-    if (gemm.ok()) {
-      c.gemm = *gemm;
-      c.have_gemm = true;
-    } else {
-      c.gemm_error = gemm.status().ToString();
-      std::fprintf(stderr, "gemm ceiling unavailable: %s\n", c.gemm_error.c_str());
-    }
+    MeasureGemmCeiling(backend, opt.gemm_size, 10, &c);
     return c;
   }
   std::fprintf(stderr,
@@ -206,15 +211,7 @@ absl::StatusOr<Ceilings> MeasureCeilings(const Options& opt, Backend* backend) {
   c.have_copy = true;
   MOE_ASSIGN_OR_RETURN(c.read, MeasureRead(opt.copy_mib << 20, 5));
   c.have_read = true;
-  absl::StatusOr<GemmCeiling> gemm =
-      MeasureGemm(backend, opt.gemm_size, opt.gemm_size, opt.gemm_size, 3);
-  if (gemm.ok()) {
-    c.gemm = *gemm;
-    c.have_gemm = true;
-  } else {
-    c.gemm_error = gemm.status().ToString();
-    std::fprintf(stderr, "gemm ceiling unavailable: %s\n", c.gemm_error.c_str());
-  }
+  MeasureGemmCeiling(backend, opt.gemm_size, 3, &c);
   return c;
 }
 
