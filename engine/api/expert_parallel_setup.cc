@@ -24,7 +24,7 @@ absl::Status AgreeCreated(Communicator* comm, const absl::Status& local) {
   const int r = comm->rank(), p = comm->size();
   const int32_t failed = local.ok() ? 0 : 1;
   std::vector<int32_t> all(p, 0);
-  const absl::Status gathered = comm->AllGather(&failed, all.data(), sizeof(int32_t));
+  const absl::Status gathered = comm->AllGatherHost(&failed, all.data(), sizeof(int32_t));
   if (!local.ok()) {
     return absl::Status(local.code(),
                         absl::StrCat("engine rank ", r, " of ", p, ": ", local.message()));

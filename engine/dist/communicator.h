@@ -33,6 +33,12 @@ namespace moe {
 
 enum class ReduceOp { kSum, kMin, kMax };
 
+// A byte range of a buffer (AllToAllSegments).
+struct CommSegment {
+  int64_t offset = 0;
+  int64_t bytes = 0;
+};
+
 struct CommunicatorOptions {
   // The longest any one collective may wait for its peers before it fails with
   // DeadlineExceeded. Must be positive.
@@ -67,11 +73,12 @@ class Communicator {
   virtual absl::Status AllGather(const void* send, void* recv, int64_t bytes) = 0;
 
   // recv[i] = op over ranks of send[i], i < count, for dtype in {i32, i64, f32}; send may
-  // equal recv. send and recv are host memory whatever device() is. Computed as an all-gather followed by a fold in ascending rank order on every
-  // rank, so every rank gets the same bits and the result is a function of the inputs and
-  // size() only: integer sums are exact (wrapping on overflow is not checked), min and max are
-  // exact, f32 sums are ((x_0 + x_1) + x_2) + ... rounded after each add. Meant for small
-  // arrays (counts, flags): it moves size() * count elements to every rank.
+  // equal recv. send and recv are host memory whatever device() is. Computed as an all-gather
+  // followed by a fold in ascending rank order on every rank, so every rank gets the same bits and
+  // the result is a function of the inputs and size() only: integer sums are exact (wrapping on
+  // overflow is not checked), min and max are exact, f32 sums are ((x_0 + x_1) + x_2) + ... rounded
+  // after each add. Meant for small arrays (counts, flags): it moves size() * count elements to
+  // every rank.
   absl::Status AllReduce(const void* send, void* recv, int64_t count, DType dtype, ReduceOp op);
 
   // Rank root's `bytes` at buffer are copied to buffer on every rank.
@@ -80,12 +87,36 @@ class Communicator {
   // Returns once every rank has called it (or the timeout has passed).
   virtual absl::Status Barrier() = 0;
 
- protected:
-  // AllReduce's all-gather of host memory: AllGather itself for host-memory communicators; a
-  // device communicator stages through its own device buffer.
+  // Segmented all-to-all: the bytes this rank sends to rank p are the segments send[p] of
+  // `send` (byte offset and size each), in list order; those it receives from rank q land in
+  // the segments recv[q] of `recv`, in list order. For every pair of ranks the sender's list
+  // of sizes for the receiver equals the receiver's list of sizes for the sender (same
+  // segments, same order), so every segment can travel as its own message. Both lists have
+  // size() entries; empty lists and zero-size segments are fine. This lets a receiver
+  // interleave what different peers send without a copy afterwards (expert parallelism:
+  // each expert's rows from every source rank, expert-major). The default packs each peer's
+  // segments into one contiguous block, runs AllToAllV and unpacks: a host copy each way,
+  // fine for host-memory communicators; device communicators send the segments directly.
+  virtual absl::Status AllToAllSegments(const void* send,
+                                        absl::Span<const std::vector<CommSegment>> send_segments,
+                                        void* recv,
+                                        absl::Span<const std::vector<CommSegment>> recv_segments);
+
+  // Host-memory forms of AllGather and Broadcast (control data: counts, flags, step plans),
+  // whatever device() is: the calls themselves for host-memory communicators; a device
+  // communicator stages through a device buffer of its own.
   virtual absl::Status AllGatherHost(const void* send, void* recv, int64_t bytes) {
     return AllGather(send, recv, bytes);
   }
+  virtual absl::Status BroadcastHost(void* buffer, int64_t bytes, int root) {
+    return Broadcast(buffer, bytes, root);
+  }
+
+ protected:
+  // Checks AllToAllSegments' lists: size() entries each, no negative offset or size.
+  absl::Status CheckSegments(absl::string_view impl,
+                             absl::Span<const std::vector<CommSegment>> send_segments,
+                             absl::Span<const std::vector<CommSegment>> recv_segments) const;
   // "<impl>: <op> on rank r of P: <what>" as InvalidArgument.
   absl::Status InvalidArgs(absl::string_view impl, absl::string_view op,
                            absl::string_view what) const;

@@ -27,8 +27,7 @@ EpMoeBlock::EpMoeBlock(const MoeConfig& config, ExpertPlacement placement, Commu
 
 absl::StatusOr<std::unique_ptr<EpMoeBlock>> EpMoeBlock::Create(const MoeConfig& config,
                                                                const MoeWeights& weights,
-                                                               Communicator* comm,
-                                                               Backend* backend,
+                                                               Communicator* comm, Backend* backend,
                                                                Allocator* allocator,
                                                                const EpMoeOptions& options) {
   if (comm == nullptr || backend == nullptr || allocator == nullptr) {
@@ -37,14 +36,14 @@ absl::StatusOr<std::unique_ptr<EpMoeBlock>> EpMoeBlock::Create(const MoeConfig& 
   }
   MOE_RETURN_IF_ERROR(config.Validate());
   if (config.capacity_factor > 0.0f) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("ep_moe: expert parallelism is dropless; capacity_factor=",
-                     config.capacity_factor, " is not supported"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "ep_moe: expert parallelism is dropless; capacity_factor=", config.capacity_factor,
+        " is not supported"));
   }
   if (comm->device() != backend->device()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ep_moe: the communicator's buffers are on ", comm->device().ToString(),
-        ", the backend's device is ", backend->device().ToString()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ep_moe: the communicator's buffers are on ", comm->device().ToString(),
+                     ", the backend's device is ", backend->device().ToString()));
   }
   MOE_ASSIGN_OR_RETURN(ExpertPlacement placement,
                        ExpertPlacement::Create(config.num_experts, comm->size()));
@@ -58,16 +57,40 @@ absl::StatusOr<std::unique_ptr<EpMoeBlock>> EpMoeBlock::Create(const MoeConfig& 
 absl::StatusOr<Tensor> EpMoeBlock::Forward(const Tensor& x, const Tensor& out) {
   trace_.exchange_path = ExchangePath::kNone;
   trace_.block_rows = trace_.padding_rows = trace_.sent_rows = trace_.received_rows = 0;
+  trace_.peer_sent_rows.assign(comm_->size(), 0);
   trace_.local_counts.assign(mine_.count, 0);
   trace_.expert_path = ExpertPath::kNone;
+  trace_.times = EpStageTimes();
+  EpStageTimes& t = trace_.times;
+  mark_ = absl::Now();
   MOE_ASSIGN_OR_RETURN(const MoeBlock::Dispatch dispatch, block_->BeginForward(x, out));
+  MOE_RETURN_IF_ERROR(Mark(&t.route_us));
   MOE_RETURN_IF_ERROR(ExchangeCounts(dispatch.counts));
-  MOE_RETURN_IF_ERROR(ChoosePath());
+  ChoosePath();
+  MOE_RETURN_IF_ERROR(CheckRowLimit());
+  BuildSegments();
   MOE_RETURN_IF_ERROR(ReserveBuffers());
+  MOE_RETURN_IF_ERROR(Mark(&t.counts_us));
   MOE_RETURN_IF_ERROR(DispatchRows(dispatch.rows));
+  MOE_RETURN_IF_ERROR(GatherExpertMajor());
+  MOE_RETURN_IF_ERROR(Mark(&t.dispatch_us));
   MOE_RETURN_IF_ERROR(RunLocalExperts());
+  MOE_RETURN_IF_ERROR(Mark(&t.experts_us));
+  MOE_RETURN_IF_ERROR(ScatterExpertMajor());
   MOE_RETURN_IF_ERROR(ReturnRows(dispatch.rows));
-  return block_->FinishForward();
+  MOE_RETURN_IF_ERROR(Mark(&t.combine_us));
+  MOE_ASSIGN_OR_RETURN(Tensor result, block_->FinishForward());
+  MOE_RETURN_IF_ERROR(Mark(&t.finish_us));
+  return result;
+}
+
+absl::Status EpMoeBlock::Mark(double* stage) {
+  if (!options_.time_stages) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(backend_->Synchronize());
+  const absl::Time now = absl::Now();
+  *stage += absl::ToDoubleMicroseconds(now - mark_);
+  mark_ = now;
+  return absl::OkStatus();
 }
 
 }  // namespace moe

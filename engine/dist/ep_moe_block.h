@@ -7,19 +7,21 @@
 // routed experts, [r * E / P, (r + 1) * E / P) (ExpertPlacement). One Forward, on every rank:
 //   1. BeginForward of the rank's MoeBlock: router, exact counts[E], dispatch order, gathered
 //      rows [T_r * K, D] (expert-major, so already grouped by owner rank).
-//   2. all-to-all of counts: each owner learns how many rows of each of its experts come from
-//      each rank; the row splits follow from them.
-//   3. the exchange path, agreed by every rank from one all-reduce (max over ranks of the
-//      largest and of minus the smallest per-peer row count), so no rank takes another
-//      collective: the variable all-to-all of rows, or the equal-split all-to-all of blocks of C
-//      rows (C = the largest per-peer count anywhere); shorter blocks are padded with NaN rows,
-//      which are sent and returned but never read into an output.
-//   4. on the owner: rows reordered from source-major to expert-major (per expert, sources in
-//      rank order, so tokens keep their global order), the expert GEMMs (MoeBlock::
-//      RunExpertGemms), outputs written back to the received positions.
-//   5. the reverse all-to-all returns each row to its token's home rank, into the dispatch
-//      rows of step 1; FinishForward there: shared experts and the combine in ascending expert
-//      id, fp32, one rounding (MOE_SEMANTICS 4.2), as on one device.
+//   2. all-gather of every rank's counts[E] (host memory, one small collective): every rank
+//      then knows how many rows each rank sends each peer, for which expert.
+//   3. the exchange path, decided by every rank from those same numbers, so no rank takes
+//      another collective: the variable exchange, or the equal-split all-to-all of blocks of C
+//      rows (C = the largest per-peer count anywhere; kAuto takes it when all are equal);
+//      shorter blocks are padded with NaN rows, which are sent and returned but never read
+//      into an output.
+//   4. variable: a segmented all-to-all, one segment per (expert, source rank), lands the rows
+//      on the owner already expert-major (per expert, sources in rank order, so tokens keep
+//      their global order), with no copy after it. Equal split: the blocks arrive
+//      source-major and are gathered into expert-major order (and back after the GEMMs).
+//      Then the expert GEMMs (MoeBlock::RunExpertGemms) in place.
+//   5. the reverse exchange returns each row to its token's home rank, into the dispatch rows
+//      of step 1; FinishForward there: shared experts and the combine in ascending expert id,
+//      fp32, one rounding (MOE_SEMANTICS 4.2), as on one device.
 // Every row's expert output is computed by the same GEMM on the same values as on one device
 // (the CPU backend's GEMM bits depend only on a row's own values and the matrix), so the output
 // is bit-identical to MoeBlock::Forward over the concatenated tokens. One exception by
@@ -37,6 +39,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "engine/core/tensor.h"
 #include "engine/core/workspace.h"
 #include "engine/dist/communicator.h"
@@ -55,18 +58,35 @@ enum class ExchangePath { kNone, kVariable, kEqualSplit };
 
 struct EpMoeOptions {
   EqualSplitMode equal_split = EqualSplitMode::kAuto;
+  // Wait for the device at the end of each stage of Forward and record the stages' wall times
+  // in the trace (benchmarks: costs one device synchronization per stage).
+  bool time_stages = false;
+};
+
+// Wall time of each stage of the last Forward, microseconds (EpMoeOptions::time_stages; all 0
+// otherwise). exchange = counts + dispatch + combine is what expert parallelism adds to the
+// single-device block.
+struct EpStageTimes {
+  double route_us = 0;     // BeginForward: router, counts, dispatch order, gathered rows
+  double counts_us = 0;    // the counts all-gather and the host bookkeeping after it
+  double dispatch_us = 0;  // rows to their experts' owners, in expert-major order there
+  double experts_us = 0;   // the local experts' GEMMs
+  double combine_us = 0;   // expert outputs back to the tokens' home ranks
+  double finish_us = 0;    // FinishForward: shared experts, the combine
 };
 
 // What the last Forward did on this rank; tests read it to see which path ran.
 struct EpMoeTrace {
   ExchangePath exchange_path = ExchangePath::kNone;
-  int64_t block_rows = 0;    // equal split: C, the rows of every per-peer block; else 0
-  int64_t padding_rows = 0;  // equal split: padding rows this rank sent; else 0
-  int64_t sent_rows = 0;     // real rows this rank dispatched (T_r * K), itself included
-  int64_t received_rows = 0;  // real rows its experts computed
+  int64_t block_rows = 0;               // equal split: C, the rows of every per-peer block; else 0
+  int64_t padding_rows = 0;             // equal split: padding rows this rank sent; else 0
+  int64_t sent_rows = 0;                // real rows this rank dispatched (T_r * K), itself included
+  std::vector<int64_t> peer_sent_rows;  // of those, the rows to each rank
+  int64_t received_rows = 0;            // real rows its experts computed
   // Rows per local expert, summed over the source ranks.
   std::vector<int64_t> local_counts;
   ExpertPath expert_path = ExpertPath::kNone;  // the local experts' GEMMs
+  EpStageTimes times;
 };
 
 class EpMoeBlock {
@@ -103,9 +123,17 @@ class EpMoeBlock {
 
   // Steps of Forward (ep_moe_exchange.cc).
   absl::Status ExchangeCounts(absl::Span<const int64_t> counts);
-  absl::Status ChoosePath();
+  void ChoosePath();
+  absl::Status CheckRowLimit() const;
+  // The segments of the variable exchange, from the gathered counts.
+  void BuildSegments();
+  // With time_stages: waits for the device and adds the time since the last mark to *stage.
+  absl::Status Mark(double* stage);
   absl::Status ReserveBuffers();
   absl::Status DispatchRows(const Tensor& rows);
+  // Equal split only: the received blocks into expert-major order, and back.
+  absl::Status GatherExpertMajor();
+  absl::Status ScatterExpertMajor();
   absl::Status RunLocalExperts();
   absl::Status ReturnRows(const Tensor& rows);
 
@@ -122,10 +150,15 @@ class EpMoeBlock {
   // Per peer (host): rows sent / received, where they start in the dispatch rows and in the
   // receive buffer (rows).
   std::vector<int64_t> send_rows_, send_start_, recv_rows_, recv_start_;
+  std::vector<int64_t> all_counts_;   // [P * E]: rows of expert e from rank q
   std::vector<int64_t> recv_counts_;  // [P * mine_.count]: rows of local expert j from rank q
+  // The variable exchange, in bytes: per peer, the dispatch rows sent (one segment per expert
+  // of that peer) and the expert-major rows received (one per local expert).
+  std::vector<std::vector<CommSegment>> dispatch_segments_, expert_segments_;
+  absl::Time mark_;
   std::vector<int64_t> local_offsets_;  // [mine_.count + 1]
-  // Receive position of each expert-major row, and the expert-major row of each receive
-  // position per peer (host copies; the backend reads device copies).
+  // Equal split: receive position of each expert-major row, and the expert-major row of each
+  // receive position per peer (host copies; the backend reads device copies).
   std::vector<int32_t> expert_src_host_, recv_src_host_;
   std::vector<uint8_t> padding_host_;  // NaN rows for the equal-split padding
   // This Forward's buffers, views of workspace_.

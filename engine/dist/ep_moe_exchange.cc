@@ -15,29 +15,16 @@ uint8_t* At(const Tensor& t, int64_t byte_offset) {
   return static_cast<uint8_t*>(t.data()) + byte_offset;
 }
 
-std::vector<int64_t> Scaled(const std::vector<int64_t>& v, int64_t factor) {
-  std::vector<int64_t> out(v);
-  for (int64_t& x : out) x *= factor;
-  return out;
-}
-
 }  // namespace
 
 absl::Status EpMoeBlock::ExchangeCounts(absl::Span<const int64_t> counts) {
   const int ranks = comm_->size();
-  const int64_t n = mine_.count;
-  // Each owner gets the counts of its own experts from every rank.
-  std::vector<int64_t> send_counts(ranks), send_displs(ranks), recv_counts(ranks, n),
-      recv_displs(ranks);
-  for (int p = 0; p < ranks; ++p) {
-    const ExpertRange range = placement_.RangeOf(p);
-    send_counts[p] = range.count;
-    send_displs[p] = range.first;
-    recv_displs[p] = p * n;
-  }
-  recv_counts_.assign(ranks * n, 0);
-  MOE_RETURN_IF_ERROR(AllToAllVElements<int64_t>(comm_, counts.data(), send_counts, send_displs,
-                                                 recv_counts_.data(), recv_counts, recv_displs));
+  const int64_t e_total = config_.num_experts, n = mine_.count;
+  // Every rank gets every rank's counts: enough to know all the splits, and so the path, with
+  // no second collective.
+  all_counts_.assign(ranks * e_total, 0);
+  MOE_RETURN_IF_ERROR(
+      comm_->AllGatherHost(counts.data(), all_counts_.data(), e_total * sizeof(int64_t)));
 
   // Dispatch rows are expert-major and experts ascend with ranks: peer p's rows are one run.
   int64_t start = 0;
@@ -46,14 +33,18 @@ absl::Status EpMoeBlock::ExchangeCounts(absl::Span<const int64_t> counts) {
     send_start_[p] = start;
     send_rows_[p] = 0;
     for (int64_t e = range.first; e < range.end(); ++e) send_rows_[p] += counts[e];
+    trace_.peer_sent_rows[p] = send_rows_[p];
     start += send_rows_[p];
   }
   trace_.sent_rows = start;
+  recv_counts_.assign(ranks * n, 0);
   for (int q = 0; q < ranks; ++q) {
     recv_rows_[q] = 0;
     for (int64_t j = 0; j < n; ++j) {
-      recv_rows_[q] += recv_counts_[q * n + j];
-      trace_.local_counts[j] += recv_counts_[q * n + j];
+      const int64_t c = all_counts_[q * e_total + mine_.first + j];
+      recv_counts_[q * n + j] = c;
+      recv_rows_[q] += c;
+      trace_.local_counts[j] += c;
     }
     trace_.received_rows += recv_rows_[q];
   }
@@ -63,16 +54,23 @@ absl::Status EpMoeBlock::ExchangeCounts(absl::Span<const int64_t> counts) {
   return absl::OkStatus();
 }
 
-absl::Status EpMoeBlock::ChoosePath() {
-  // MOE_SEMANTICS 7.16: every rank decides from the same reduced numbers, so all take the
+void EpMoeBlock::ChoosePath() {
+  // MOE_SEMANTICS 7.16: every rank decides from the same gathered counts, so all take the
   // same collective.
-  const auto [lo, hi] = std::minmax_element(send_rows_.begin(), send_rows_.end());
-  int64_t extremes[2] = {*hi, -*lo};
-  MOE_RETURN_IF_ERROR(comm_->AllReduce(extremes, extremes, 2, DType::kI64, ReduceOp::kMax));
-  const int64_t most = extremes[0], least = -extremes[1];
+  const int ranks = comm_->size();
+  const int64_t e_total = config_.num_experts;
+  int64_t most = 0, least = INT64_MAX;
+  for (int q = 0; q < ranks; ++q) {
+    for (int p = 0; p < ranks; ++p) {
+      const ExpertRange range = placement_.RangeOf(p);
+      int64_t rows = 0;
+      for (int64_t e = range.first; e < range.end(); ++e) rows += all_counts_[q * e_total + e];
+      most = std::max(most, rows);
+      least = std::min(least, rows);
+    }
+  }
   const bool equal = options_.equal_split == EqualSplitMode::kAlways ||
                      (options_.equal_split == EqualSplitMode::kAuto && most == least);
-  const int ranks = comm_->size();
   trace_.exchange_path = equal ? ExchangePath::kEqualSplit : ExchangePath::kVariable;
   trace_.block_rows = equal ? most : 0;
   trace_.padding_rows = equal ? ranks * most - trace_.sent_rows : 0;
@@ -81,7 +79,12 @@ absl::Status EpMoeBlock::ChoosePath() {
     recv_start_[q] = equal ? q * most : start;
     start += recv_rows_[q];
   }
-  const int64_t positions = equal ? ranks * most : trace_.received_rows;
+}
+
+absl::Status EpMoeBlock::CheckRowLimit() const {
+  const int64_t positions = trace_.exchange_path == ExchangePath::kEqualSplit
+                                ? comm_->size() * trace_.block_rows
+                                : trace_.received_rows;
   if (positions > INT32_MAX) {
     return absl::InvalidArgumentError(
         absl::StrCat("ep_moe: rank ", comm_->rank(), " would receive ", positions,
@@ -90,35 +93,64 @@ absl::Status EpMoeBlock::ChoosePath() {
   return absl::OkStatus();
 }
 
+void EpMoeBlock::BuildSegments() {
+  const int ranks = comm_->size();
+  const int64_t e_total = config_.num_experts, n = mine_.count;
+  const int64_t* mine = &all_counts_[comm_->rank() * e_total];
+  dispatch_segments_.resize(ranks);
+  expert_segments_.resize(ranks);
+  if (trace_.exchange_path != ExchangePath::kVariable) return;
+  // To peer p: each of p's experts' rows, one segment each, in expert order.
+  int64_t row = 0;
+  for (int p = 0; p < ranks; ++p) {
+    const ExpertRange range = placement_.RangeOf(p);
+    dispatch_segments_[p].clear();
+    for (int64_t e = range.first; e < range.end(); ++e) {
+      dispatch_segments_[p].push_back({row * row_bytes_, mine[e] * row_bytes_});
+      row += mine[e];
+    }
+  }
+  // From source q: its rows of local expert j go after the rows of j from sources < q.
+  for (int q = 0; q < ranks; ++q) expert_segments_[q].clear();
+  for (int64_t j = 0; j < n; ++j) {
+    int64_t at = local_offsets_[j];
+    for (int q = 0; q < ranks; ++q) {
+      const int64_t c = recv_counts_[q * n + j];
+      expert_segments_[q].push_back({at * row_bytes_, c * row_bytes_});
+      at += c;
+    }
+  }
+}
+
 absl::Status EpMoeBlock::ReserveBuffers() {
   const int64_t m = trace_.received_rows, d = config_.hidden, i = config_.inter;
-  const int64_t blocks = trace_.exchange_path == ExchangePath::kEqualSplit
-                             ? comm_->size() * trace_.block_rows
-                             : 0;
-  const int64_t positions = blocks > 0 ? blocks : m;
+  const bool equal = trace_.exchange_path == ExchangePath::kEqualSplit;
+  // Equal split: the padded send and receive blocks and the two index maps; the variable
+  // exchange lands directly in expert_rows_.
+  const int64_t blocks = equal ? comm_->size() * trace_.block_rows : 0;
+  const int64_t indexed = equal ? m : 0;
   const DType dt = config_.dtype;
   const size_t bytes =
-      Workspace::Aligned(blocks * row_bytes_) + Workspace::Aligned(positions * row_bytes_) +
-      Workspace::Aligned(m * row_bytes_) + Workspace::Aligned(m * 2 * i * DTypeSize(dt)) +
-      Workspace::Aligned(m * i * DTypeSize(dt)) + 2 * Workspace::Aligned(m * sizeof(int32_t));
+      2 * Workspace::Aligned(blocks * row_bytes_) + Workspace::Aligned(m * row_bytes_) +
+      Workspace::Aligned(m * 2 * i * DTypeSize(dt)) + Workspace::Aligned(m * i * DTypeSize(dt)) +
+      2 * Workspace::Aligned(indexed * sizeof(int32_t));
   workspace_.Reset();
   MOE_RETURN_IF_ERROR(workspace_.Reserve(bytes));
   MOE_ASSIGN_OR_RETURN(send_blocks_, workspace_.Take(dt, Shape({blocks, d})));
-  MOE_ASSIGN_OR_RETURN(recv_buf_, workspace_.Take(dt, Shape({positions, d})));
+  MOE_ASSIGN_OR_RETURN(recv_buf_, workspace_.Take(dt, Shape({blocks, d})));
   MOE_ASSIGN_OR_RETURN(expert_rows_, workspace_.Take(dt, Shape({m, d})));
   MOE_ASSIGN_OR_RETURN(gate_up_, workspace_.Take(dt, Shape({m, 2 * i})));
   MOE_ASSIGN_OR_RETURN(act_, workspace_.Take(dt, Shape({m, i})));
-  MOE_ASSIGN_OR_RETURN(expert_src_, workspace_.Take(DType::kI32, Shape({m})));
-  MOE_ASSIGN_OR_RETURN(recv_src_, workspace_.Take(DType::kI32, Shape({m})));
+  MOE_ASSIGN_OR_RETURN(expert_src_, workspace_.Take(DType::kI32, Shape({indexed})));
+  MOE_ASSIGN_OR_RETURN(recv_src_, workspace_.Take(DType::kI32, Shape({indexed})));
   return absl::OkStatus();
 }
 
 absl::Status EpMoeBlock::DispatchRows(const Tensor& rows) {
   const int ranks = comm_->size();
   if (trace_.exchange_path == ExchangePath::kVariable) {
-    return comm_->AllToAllV(rows.data(), Scaled(send_rows_, row_bytes_),
-                            Scaled(send_start_, row_bytes_), recv_buf_.data(),
-                            Scaled(recv_rows_, row_bytes_), Scaled(recv_start_, row_bytes_));
+    return comm_->AllToAllSegments(rows.data(), dispatch_segments_, expert_rows_.data(),
+                                   expert_segments_);
   }
   const int64_t c = trace_.block_rows;
   // Padding is NaN, so a padding row that reached an expert's output would show (it cannot:
@@ -154,9 +186,11 @@ absl::Status EpMoeBlock::DispatchRows(const Tensor& rows) {
   return comm_->AllToAll(send_blocks_.data(), recv_buf_.data(), c * row_bytes_);
 }
 
-absl::Status EpMoeBlock::RunLocalExperts() {
+absl::Status EpMoeBlock::GatherExpertMajor() {
+  const int64_t m = trace_.received_rows;
+  if (trace_.exchange_path != ExchangePath::kEqualSplit || m == 0) return absl::OkStatus();
   const int ranks = comm_->size();
-  const int64_t n = mine_.count, m = trace_.received_rows;
+  const int64_t n = mine_.count;
   // Expert-major order: for each local expert, its rows from rank 0, 1, ... (each source's
   // rows in that source's token order), which is the single-device order of the experts'
   // rows when the ranks' tokens are concatenated in rank order.
@@ -173,12 +207,10 @@ absl::Status EpMoeBlock::RunLocalExperts() {
       }
     }
   }
-  if (m == 0) return absl::OkStatus();
-  MOE_RETURN_IF_ERROR(backend_->CopyFromHost(expert_src_.data(), expert_src_host_.data(),
-                                             m * sizeof(int32_t)));
+  MOE_RETURN_IF_ERROR(
+      backend_->CopyFromHost(expert_src_.data(), expert_src_host_.data(), m * sizeof(int32_t)));
   MOE_RETURN_IF_ERROR(
       backend_->CopyFromHost(recv_src_.data(), recv_src_host_.data(), m * sizeof(int32_t)));
-
   GatherRowsArgs gather;
   gather.rows = m;
   gather.cols = config_.hidden;
@@ -189,13 +221,24 @@ absl::Status EpMoeBlock::RunLocalExperts() {
   gather.index = static_cast<const int32_t*>(expert_src_.data());
   gather.dst = expert_rows_.data();
   gather.dst_ld = config_.hidden;
-  MOE_RETURN_IF_ERROR(backend_->GatherRows(gather));
+  return backend_->GatherRows(gather);
+}
 
-  MOE_RETURN_IF_ERROR(block_->RunExpertGemms(expert_rows_, trace_.local_counts, local_offsets_,
-                                             gate_up_, act_));
+absl::Status EpMoeBlock::RunLocalExperts() {
+  if (trace_.received_rows == 0) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(
+      block_->RunExpertGemms(expert_rows_, trace_.local_counts, local_offsets_, gate_up_, act_));
   trace_.expert_path = block_->last_trace().expert_path;
+  return absl::OkStatus();
+}
 
+absl::Status EpMoeBlock::ScatterExpertMajor() {
+  const int64_t m = trace_.received_rows;
+  if (trace_.exchange_path != ExchangePath::kEqualSplit || m == 0) return absl::OkStatus();
   // Each output back to the position its input arrived at (padding positions keep their NaN).
+  const int ranks = comm_->size();
+  const int64_t c = trace_.block_rows;
+  int64_t first = 0;
   for (int q = 0; q < ranks; ++q) {
     if (recv_rows_[q] == 0) continue;
     GatherRowsArgs back;
@@ -205,19 +248,19 @@ absl::Status EpMoeBlock::RunLocalExperts() {
     back.src = expert_rows_.data();
     back.src_ld = config_.hidden;
     back.src_rows = m;
-    back.index = static_cast<const int32_t*>(recv_src_.data()) + packed_start[q];
-    back.dst = At(recv_buf_, recv_start_[q] * row_bytes_);
+    back.index = static_cast<const int32_t*>(recv_src_.data()) + first;
+    back.dst = At(recv_buf_, q * c * row_bytes_);
     back.dst_ld = config_.hidden;
     MOE_RETURN_IF_ERROR(backend_->GatherRows(back));
+    first += recv_rows_[q];
   }
   return absl::OkStatus();
 }
 
 absl::Status EpMoeBlock::ReturnRows(const Tensor& rows) {
   if (trace_.exchange_path == ExchangePath::kVariable) {
-    return comm_->AllToAllV(recv_buf_.data(), Scaled(recv_rows_, row_bytes_),
-                            Scaled(recv_start_, row_bytes_), rows.data(),
-                            Scaled(send_rows_, row_bytes_), Scaled(send_start_, row_bytes_));
+    return comm_->AllToAllSegments(expert_rows_.data(), expert_segments_, rows.data(),
+                                   dispatch_segments_);
   }
   const int64_t c = trace_.block_rows;
   MOE_RETURN_IF_ERROR(comm_->AllToAll(recv_buf_.data(), send_blocks_.data(), c * row_bytes_));

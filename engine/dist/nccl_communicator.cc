@@ -14,7 +14,7 @@ namespace moe {
 namespace {
 
 constexpr absl::string_view kImpl = "nccl";
-constexpr int64_t kScratchBytes = 1 << 16;  // AllReduce's staging, Barrier's word
+constexpr int64_t kScratchBytes = 256;  // Barrier's word
 
 }  // namespace
 
@@ -22,6 +22,8 @@ struct NcclCommunicator::State {
   ncclComm_t comm = nullptr;
   cudaStream_t stream = nullptr;
   void* scratch = nullptr;  // device, kScratchBytes
+  void* staging = nullptr;  // device, staging_bytes: host arrays on their way
+  int64_t staging_bytes = 0;
   bool aborted = false;
 };
 
@@ -31,6 +33,7 @@ NcclCommunicator::~NcclCommunicator() {
   cudaSetDevice(device_);
   if (state_->comm != nullptr && !state_->aborted) ncclCommDestroy(state_->comm);
   if (state_->scratch != nullptr) cudaFree(state_->scratch);
+  if (state_->staging != nullptr) cudaFree(state_->staging);
   if (state_->stream != nullptr) cudaStreamDestroy(state_->stream);
 }
 
@@ -52,8 +55,8 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(
     Communicator* bootstrap, int device, const CommunicatorOptions& options) {
   if (bootstrap == nullptr) return absl::InvalidArgumentError("nccl: bootstrap is null");
   if (options.timeout <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "nccl: timeout=", absl::FormatDuration(options.timeout), " must be positive"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("nccl: timeout=", absl::FormatDuration(options.timeout), " must be positive"));
   }
   ncclUniqueId id;
   std::memset(&id, 0, sizeof(id));
@@ -84,8 +87,8 @@ absl::StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> NcclCommunicator:
     const std::vector<int>& devices, const CommunicatorOptions& options) {
   if (devices.empty()) return absl::InvalidArgumentError("nccl: no devices");
   if (options.timeout <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "nccl: timeout=", absl::FormatDuration(options.timeout), " must be positive"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("nccl: timeout=", absl::FormatDuration(options.timeout), " must be positive"));
   }
   std::vector<ncclComm_t> comms(devices.size());
   const ncclResult_t r =
@@ -112,8 +115,8 @@ absl::Status NcclCommunicator::Fail(absl::Status status) {
 
 absl::Status NcclCommunicator::Start(absl::string_view op) {
   if (!broken_.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(kImpl, ": ", op, " on rank ", rank_,
-                                                      " of ", size_,
+    return absl::FailedPreconditionError(absl::StrCat(kImpl, ": ", op, " on rank ", rank_, " of ",
+                                                      size_,
                                                       ": the communicator is broken by an "
                                                       "earlier failure: ",
                                                       broken_));
@@ -127,8 +130,8 @@ absl::Status NcclCommunicator::Start(absl::string_view op) {
 absl::Status NcclCommunicator::Complete(absl::string_view op, int enqueued) {
   if (enqueued != ncclSuccess) {
     return Fail(absl::InternalError(
-        absl::StrCat(kImpl, ": ", op, " on rank ", rank_, " of ", size_, " failed: ",
-                     ncclGetErrorString(static_cast<ncclResult_t>(enqueued)), " (",
+        absl::StrCat(kImpl, ": ", op, " on rank ", rank_, " of ", size_,
+                     " failed: ", ncclGetErrorString(static_cast<ncclResult_t>(enqueued)), " (",
                      ncclGetLastError(state_->comm), ")")));
   }
   const absl::Time deadline = absl::Now() + timeout_;
@@ -137,8 +140,8 @@ absl::Status NcclCommunicator::Complete(absl::string_view op, int enqueued) {
     if (q == cudaSuccess) return absl::OkStatus();
     if (q != cudaErrorNotReady) {
       return Fail(absl::InternalError(absl::StrCat(kImpl, ": ", op, " on rank ", rank_, " of ",
-                                                   size_, " failed: ", cudaGetErrorName(q),
-                                                   " (", cudaGetErrorString(q), ")")));
+                                                   size_, " failed: ", cudaGetErrorName(q), " (",
+                                                   cudaGetErrorString(q), ")")));
     }
     ncclResult_t async = ncclSuccess;
     ncclCommGetAsyncError(state_->comm, &async);
@@ -146,8 +149,7 @@ absl::Status NcclCommunicator::Complete(absl::string_view op, int enqueued) {
       ncclCommAbort(state_->comm);
       state_->aborted = true;
       return Fail(absl::InternalError(absl::StrCat(kImpl, ": ", op, " on rank ", rank_, " of ",
-                                                   size_, " failed: ",
-                                                   ncclGetErrorString(async))));
+                                                   size_, " failed: ", ncclGetErrorString(async))));
     }
     if (absl::Now() >= deadline) {
       ncclCommAbort(state_->comm);
@@ -164,8 +166,7 @@ absl::Status NcclCommunicator::AllToAllV(const void* send, absl::Span<const int6
                                          absl::Span<const int64_t> recv_displs) {
   MOE_RETURN_IF_ERROR(
       CheckAllToAllVArgs(kImpl, send_counts, send_displs, recv_counts, recv_displs));
-  return SendRecv("all_to_all_v", send, send_counts, send_displs, recv, recv_counts,
-                  recv_displs);
+  return SendRecv("all_to_all_v", send, send_counts, send_displs, recv, recv_counts, recv_displs);
 }
 
 absl::Status NcclCommunicator::SendRecv(absl::string_view op, const void* send,
@@ -203,23 +204,79 @@ absl::Status NcclCommunicator::AllGather(const void* send, void* recv, int64_t b
   constexpr absl::string_view kOp = "all_gather";
   if (bytes < 0) return InvalidArgs(kImpl, kOp, absl::StrCat("bytes=", bytes, " is negative"));
   MOE_RETURN_IF_ERROR(Start(kOp));
-  return Complete(kOp,
-                  ncclAllGather(send, recv, bytes, ncclInt8, state_->comm, state_->stream));
+  return Complete(kOp, ncclAllGather(send, recv, bytes, ncclInt8, state_->comm, state_->stream));
+}
+
+absl::Status NcclCommunicator::ReserveStaging(int64_t bytes) {
+  if (bytes <= state_->staging_bytes) return absl::OkStatus();
+  MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  if (state_->staging != nullptr) {
+    MOE_CUDA_RETURN_IF_ERROR(cudaFree(state_->staging));
+    state_->staging = nullptr;
+    state_->staging_bytes = 0;
+  }
+  // Grown in powers of two from 64 KiB, so a few calls settle it.
+  int64_t size = int64_t{1} << 16;
+  while (size < bytes) size *= 2;
+  MOE_CUDA_RETURN_IF_ERROR(cudaMalloc(&state_->staging, size));
+  state_->staging_bytes = size;
+  return absl::OkStatus();
 }
 
 absl::Status NcclCommunicator::AllGatherHost(const void* send, void* recv, int64_t bytes) {
-  if (bytes * (size_ + 1) > kScratchBytes) {
-    return InvalidArgs(kImpl, "all_reduce",
-                       absl::StrCat(bytes, " bytes per rank exceed the staging buffer of ",
-                                    kScratchBytes, " bytes over ", size_, " ranks"));
+  if (bytes < 0) {
+    return InvalidArgs(kImpl, "all_gather", absl::StrCat("bytes=", bytes, " is negative"));
   }
-  char* mine = static_cast<char*>(state_->scratch);
+  MOE_RETURN_IF_ERROR(ReserveStaging(bytes * (size_ + 1)));
+  char* mine = static_cast<char*>(state_->staging);
   char* all = mine + bytes;
   MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   MOE_CUDA_RETURN_IF_ERROR(cudaMemcpy(mine, send, bytes, cudaMemcpyHostToDevice));
   MOE_RETURN_IF_ERROR(AllGather(mine, all, bytes));
   MOE_CUDA_RETURN_IF_ERROR(cudaMemcpy(recv, all, bytes * size_, cudaMemcpyDeviceToHost));
   return absl::OkStatus();
+}
+
+absl::Status NcclCommunicator::BroadcastHost(void* buffer, int64_t bytes, int root) {
+  if (bytes < 0) {
+    return InvalidArgs(kImpl, "broadcast", absl::StrCat("bytes=", bytes, " is negative"));
+  }
+  MOE_RETURN_IF_ERROR(ReserveStaging(bytes));
+  MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  if (rank_ == root) {
+    MOE_CUDA_RETURN_IF_ERROR(cudaMemcpy(state_->staging, buffer, bytes, cudaMemcpyHostToDevice));
+  }
+  MOE_RETURN_IF_ERROR(Broadcast(state_->staging, bytes, root));
+  if (rank_ != root) {
+    MOE_CUDA_RETURN_IF_ERROR(cudaMemcpy(buffer, state_->staging, bytes, cudaMemcpyDeviceToHost));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status NcclCommunicator::AllToAllSegments(
+    const void* send, absl::Span<const std::vector<CommSegment>> send_segments, void* recv,
+    absl::Span<const std::vector<CommSegment>> recv_segments) {
+  constexpr absl::string_view kOp = "all_to_all_segments";
+  MOE_RETURN_IF_ERROR(CheckSegments(kImpl, send_segments, recv_segments));
+  MOE_RETURN_IF_ERROR(Start(kOp));
+  // NCCL matches the sends and receives between two ranks in the order they are posted,
+  // which is list order on both sides.
+  ncclResult_t r = ncclGroupStart();
+  for (int p = 0; p < size_ && r == ncclSuccess; ++p) {
+    for (const CommSegment& s : send_segments[p]) {
+      if (s.bytes == 0) continue;
+      r = ncclSend(static_cast<const char*>(send) + s.offset, s.bytes, ncclInt8, p, state_->comm,
+                   state_->stream);
+      if (r != ncclSuccess) break;
+    }
+    for (const CommSegment& s : recv_segments[p]) {
+      if (r != ncclSuccess || s.bytes == 0) continue;
+      r = ncclRecv(static_cast<char*>(recv) + s.offset, s.bytes, ncclInt8, p, state_->comm,
+                   state_->stream);
+    }
+  }
+  const ncclResult_t end = ncclGroupEnd();
+  return Complete(kOp, r != ncclSuccess ? r : end);
 }
 
 absl::Status NcclCommunicator::Broadcast(void* buffer, int64_t bytes, int root) {
@@ -230,8 +287,8 @@ absl::Status NcclCommunicator::Broadcast(void* buffer, int64_t bytes, int root) 
                        absl::StrCat("root=", root, " is outside [0, size=", size_, ")"));
   }
   MOE_RETURN_IF_ERROR(Start(kOp));
-  return Complete(kOp, ncclBroadcast(buffer, buffer, bytes, ncclInt8, root, state_->comm,
-                                     state_->stream));
+  return Complete(
+      kOp, ncclBroadcast(buffer, buffer, bytes, ncclInt8, root, state_->comm, state_->stream));
 }
 
 absl::Status NcclCommunicator::Barrier() {

@@ -8,8 +8,8 @@
 // cudaStreamQuery and ncclCommGetAsyncError against the deadline; past it the NCCL communicator
 // is aborted (ncclCommAbort, which also frees a rank stuck in the collective) and the call
 // returns DeadlineExceeded naming the op, the rank and the limit (communicator.h). The
-// all-to-alls are grouped ncclSend / ncclRecv; AllReduce's host arrays go through a small
-// device buffer.
+// all-to-alls are grouped ncclSend / ncclRecv; host arrays (AllReduce, AllGatherHost,
+// BroadcastHost) go through a device staging buffer.
 #ifndef MOE_ENGINE_DIST_NCCL_COMMUNICATOR_H_
 #define MOE_ENGINE_DIST_NCCL_COMMUNICATOR_H_
 
@@ -48,9 +48,14 @@ class NcclCommunicator : public Communicator {
   absl::Status AllGather(const void* send, void* recv, int64_t bytes) override;
   absl::Status Broadcast(void* buffer, int64_t bytes, int root) override;
   absl::Status Barrier() override;
-
- protected:
+  // One ncclSend / ncclRecv per non-empty segment, all in one group.
+  absl::Status AllToAllSegments(const void* send,
+                                absl::Span<const std::vector<CommSegment>> send_segments,
+                                void* recv,
+                                absl::Span<const std::vector<CommSegment>> recv_segments) override;
+  // Through a device staging buffer that grows to the largest call and is kept.
   absl::Status AllGatherHost(const void* send, void* recv, int64_t bytes) override;
+  absl::Status BroadcastHost(void* buffer, int64_t bytes, int root) override;
 
  private:
   struct State;  // the NCCL and CUDA handles (their headers stay out of this header)
@@ -63,6 +68,8 @@ class NcclCommunicator : public Communicator {
   // After an op was enqueued with result `enqueued`: waits for it against the deadline.
   absl::Status Complete(absl::string_view op, int enqueued);
   absl::Status Fail(absl::Status status);
+  // Makes the host staging buffer at least `bytes` long.
+  absl::Status ReserveStaging(int64_t bytes);
   // The all-to-alls: grouped ncclSend / ncclRecv of bytes.
   absl::Status SendRecv(absl::string_view op, const void* send,
                         absl::Span<const int64_t> send_counts,

@@ -45,8 +45,8 @@ absl::StatusOr<const float*> EpStepRunner::Forward(const ModelBatch& batch,
                                                    absl::Span<const int64_t> row_keys,
                                                    KvCache& cache) {
   if (comm_->rank() != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "ep step runner: Forward on rank ", comm_->rank(), "; only rank 0 plans steps"));
+    return absl::FailedPreconditionError(absl::StrCat("ep step runner: Forward on rank ",
+                                                      comm_->rank(), "; only rank 0 plans steps"));
   }
   if (static_cast<int64_t>(row_keys.size()) != batch.num_seqs) {
     return absl::InvalidArgumentError(absl::StrCat("ep step runner: ", row_keys.size(),
@@ -57,8 +57,9 @@ absl::StatusOr<const float*> EpStepRunner::Forward(const ModelBatch& batch,
   MOE_ASSIGN_OR_RETURN(EncodedStepPlan plan,
                        EncodeStepPlan(batch, owners, cache.num_blocks(), cache.block_size()));
   MOE_RETURN_IF_ERROR(CheckHealthy("Forward"));
-  absl::Status s = comm_->Broadcast(plan.header.data(), kStepPlanHeaderWords * sizeof(int64_t), 0);
-  if (s.ok()) s = comm_->Broadcast(plan.words.data(), plan.words.size() * sizeof(int32_t), 0);
+  absl::Status s =
+      comm_->BroadcastHost(plan.header.data(), kStepPlanHeaderWords * sizeof(int64_t), 0);
+  if (s.ok()) s = comm_->BroadcastHost(plan.words.data(), plan.words.size() * sizeof(int32_t), 0);
   if (!s.ok()) return Record(std::move(s));
   absl::StatusOr<const float*> rows = RunPlan(plan.header, plan.words, cache);
   if (!rows.ok()) return Record(rows.status());
@@ -67,9 +68,8 @@ absl::StatusOr<const float*> EpStepRunner::Forward(const ModelBatch& batch,
 
 absl::Status EpStepRunner::CheckHealthy(absl::string_view op) const {
   if (status_.ok()) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat("ep step runner: ", op,
-                                                    " after the group failed on rank 0: ",
-                                                    status_.message()));
+  return absl::FailedPreconditionError(absl::StrCat(
+      "ep step runner: ", op, " after the group failed on rank 0: ", status_.message()));
 }
 
 absl::Status EpStepRunner::Record(absl::Status s) {
@@ -85,7 +85,7 @@ absl::Status EpStepRunner::Idle() {
   MOE_RETURN_IF_ERROR(CheckHealthy("Idle"));
   std::vector<int64_t> header(kStepPlanHeaderWords, 0);
   header[0] = kIdleTokens;
-  return Record(comm_->Broadcast(header.data(), kStepPlanHeaderWords * sizeof(int64_t), 0));
+  return Record(comm_->BroadcastHost(header.data(), kStepPlanHeaderWords * sizeof(int64_t), 0));
 }
 
 absl::Status EpStepRunner::Stop() {
@@ -96,7 +96,7 @@ absl::Status EpStepRunner::Stop() {
   MOE_RETURN_IF_ERROR(CheckHealthy("Stop"));
   std::vector<int64_t> header(kStepPlanHeaderWords, 0);
   header[0] = kStopTokens;
-  return Record(comm_->Broadcast(header.data(), kStepPlanHeaderWords * sizeof(int64_t), 0));
+  return Record(comm_->BroadcastHost(header.data(), kStepPlanHeaderWords * sizeof(int64_t), 0));
 }
 
 absl::Status EpStepRunner::Serve(KvCache& cache) {
@@ -107,18 +107,18 @@ absl::Status EpStepRunner::Serve(KvCache& cache) {
   std::vector<int32_t> words;
   while (true) {
     MOE_RETURN_IF_ERROR(
-        comm_->Broadcast(header.data(), kStepPlanHeaderWords * sizeof(int64_t), 0));
+        comm_->BroadcastHost(header.data(), kStepPlanHeaderWords * sizeof(int64_t), 0));
     if (header[0] == kStopTokens) return absl::OkStatus();
     if (header[0] == kIdleTokens) continue;
     if (header[5] != cache.num_blocks() || header[6] != cache.block_size()) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "ep step runner: rank ", comm_->rank(), "'s KV cache has num_blocks=",
-          cache.num_blocks(), " and block_size=", cache.block_size(), ", rank 0's num_blocks=",
-          header[5], " and block_size=", header[6]));
+          "ep step runner: rank ", comm_->rank(), "'s KV cache has num_blocks=", cache.num_blocks(),
+          " and block_size=", cache.block_size(), ", rank 0's num_blocks=", header[5],
+          " and block_size=", header[6]));
     }
     MOE_ASSIGN_OR_RETURN(const int64_t n, StepPlanWords(header));
     words.resize(n);
-    MOE_RETURN_IF_ERROR(comm_->Broadcast(words.data(), n * sizeof(int32_t), 0));
+    MOE_RETURN_IF_ERROR(comm_->BroadcastHost(words.data(), n * sizeof(int32_t), 0));
     MOE_RETURN_IF_ERROR(RunPlan(header, words, cache).status());
   }
 }
@@ -137,8 +137,7 @@ absl::StatusOr<const float*> EpStepRunner::RunPlan(absl::Span<const int64_t> hea
   const int64_t rows = static_cast<int64_t>(local.gathered_row.size());
   MOE_RETURN_IF_ERROR(Reserve(&gathered_, static_cast<size_t>(rows * row_bytes)));
   MOE_RETURN_IF_ERROR(Reserve(&index_, static_cast<size_t>(rows) * sizeof(int32_t)));
-  std::vector<int64_t> send_counts(p, 0), send_displs(p, 0), recv_counts(p, 0),
-      recv_displs(p, 0);
+  std::vector<int64_t> send_counts(p, 0), send_displs(p, 0), recv_counts(p, 0), recv_displs(p, 0);
   send_counts[0] = local.logit_rows_per_rank[r] * row_bytes;
   if (r == 0) {
     for (int q = 0; q < p; ++q) {

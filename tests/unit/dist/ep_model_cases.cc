@@ -63,9 +63,9 @@ std::vector<SequenceRequest> Requests(int64_t vocab) {
 }
 
 struct Generated {
-  std::vector<int32_t> tokens;   // (seq id, token) pairs flattened, in event order
+  std::vector<int32_t> tokens;  // (seq id, token) pairs flattened, in event order
   std::vector<float> logprobs;
-  std::vector<float> forward;    // ForwardSequence's logits
+  std::vector<float> forward;  // ForwardSequence's logits
 };
 
 absl::StatusOr<Generated> Generate(Model* model, TestDevice& dev, EpStepRunner* runner) {
@@ -96,8 +96,7 @@ absl::StatusOr<Generated> Generate(Model* model, TestDevice& dev, EpStepRunner* 
 // Rank 0's side of the logits steps, on `model` through `runner` (or alone when null).
 absl::StatusOr<std::vector<std::vector<float>>> LogitSteps(Model* model, Backend* backend,
                                                            EpStepRunner* runner) {
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache,
-                       model->AllocateKvCache(kBlocks, kBlockSize));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, model->AllocateKvCache(kBlocks, kBlockSize));
   MOE_ASSIGN_OR_RETURN(KvBlockManager blocks, KvBlockManager::Create(kBlocks, kBlockSize, 16));
   const int64_t v = model->config().vocab_size;
   const std::vector<std::vector<int64_t>> seqs = {{1, 2, 3}, {1, 3}};
@@ -121,7 +120,8 @@ absl::StatusOr<std::vector<std::vector<float>>> LogitSteps(Model* model, Backend
 }
 
 absl::Status RankZero(Model* model, TestDevice& dev, EpStepRunner* runner, const EpModelCase& c) {
-  MOE_ASSIGN_OR_RETURN(TestDevice ref_dev, MakeCpuDevice(1));
+  // The one-device reference runs on rank 0's device.
+  MOE_ASSIGN_OR_RETURN(TestDevice ref_dev, MakeDevice(dev.backend->device(), 1));
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<Model> ref,
                        Model::Load(c.model_dir, ModelOptions{.dtype = c.dtype},
                                    ref_dev.backend.get(), ref_dev.allocator.get()));
@@ -135,9 +135,9 @@ absl::Status RankZero(Model* model, TestDevice& dev, EpStepRunner* runner, const
   MOE_ASSIGN_OR_RETURN(const Generated want, Generate(ref.get(), ref_dev, nullptr));
   MOE_ASSIGN_OR_RETURN(const Generated got, Generate(model, dev, runner));
   if (got.tokens != want.tokens) {
-    return absl::InternalError(absl::StrCat("generated (seq, token) pairs differ: ",
-                                            got.tokens.size() / 2, " vs ",
-                                            want.tokens.size() / 2, " tokens"));
+    return absl::InternalError(
+        absl::StrCat("generated (seq, token) pairs differ: ", got.tokens.size() / 2, " vs ",
+                     want.tokens.size() / 2, " tokens"));
   }
   MOE_RETURN_IF_ERROR(SameBits(got.logprobs, want.logprobs, "generated logprobs"));
   return SameBits(got.forward, want.forward, "ForwardSequence logits");
@@ -150,7 +150,7 @@ absl::Status RunEpModelCase(Communicator* comm, const EpModelCase& c) {
   const auto on_rank = [r](const absl::Status& s) {
     return s.ok() ? s : absl::Status(s.code(), absl::StrCat("rank ", r, ": ", s.message()));
   };
-  absl::StatusOr<TestDevice> dev = MakeCpuDevice(1);
+  absl::StatusOr<TestDevice> dev = MakeDevice(comm->device(), 1);
   if (!dev.ok()) return on_rank(dev.status());
   ModelOptions options{.dtype = c.dtype};
   options.expert_parallel = {comm, c.equal_split};

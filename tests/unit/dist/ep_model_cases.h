@@ -22,7 +22,8 @@ struct EpModelCase {
   std::string rank0_dir;
 };
 
-// Collective: every rank of comm calls it. Through EpStepRunner, rank 0 runs
+// Collective: every rank of comm calls it, each on a backend of comm->device() (the reference
+// on rank 0's device). Through EpStepRunner, rank 0 runs
 //   1. two model steps (prefill chunks of 5, 1 and 7 tokens of sequences 1, 2, 3, then a step
 //      of their next tokens with sequence 2 left out, so a rank has no tokens) and compares
 //      every logit row bit for bit with Model::Forward of the same batch on one device;

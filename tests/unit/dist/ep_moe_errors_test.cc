@@ -1,8 +1,7 @@
 // The checks around expert parallelism: MoeBlock's staged calls and expert ranges, EpMoeBlock
 // creation, and a rank that stops taking part (its peers get DeadlineExceeded naming the op).
-#include "absl/time/clock.h"
-
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "engine/dist/ep_moe_block.h"
 #include "engine/dist/local_communicator.h"
 #include "gtest/gtest.h"
@@ -49,13 +48,12 @@ TEST_F(EpMoeErrorsTest, ExpertRangeIsChecked) {
             "moe: w1 has 2 tensors, expected 3 (experts [2, 5) of num_experts=8)");
   EXPECT_EQ(create({6, 3}, Slice(6, 8)).message(),
             "moe: experts [6, 9) are outside [0, num_experts=8)");
-  EXPECT_EQ(create({0, 8}, Slice(0, 7)).message(),
-            "moe: w1 has 7 tensors, expected num_experts=8");
+  EXPECT_EQ(create({0, 8}, Slice(0, 7)).message(), "moe: w1 has 7 tensors, expected num_experts=8");
 }
 
 TEST_F(EpMoeErrorsTest, StagedCallsAreChecked) {
-  auto block = MoeBlock::Create(config_, Slice(4, 8), {4, 4}, dev_.backend.get(),
-                                dev_.allocator.get());
+  auto block =
+      MoeBlock::Create(config_, Slice(4, 8), {4, 4}, dev_.backend.get(), dev_.allocator.get());
   ASSERT_TRUE(block.ok()) << block.status();
   auto x = Upload(dev_, std::vector<double>(2 * 16, 0.5), DType::kBF16, Shape({2, 16}));
   auto out = Upload(dev_, std::vector<double>(2 * 16, 0.0), DType::kBF16, Shape({2, 16}));
@@ -65,9 +63,7 @@ TEST_F(EpMoeErrorsTest, StagedCallsAreChecked) {
             "expert-parallel rank's block runs through BeginForward / FinishForward)");
   EXPECT_EQ((*block)->FinishForward().status().message(),
             "moe: FinishForward without a BeginForward before it");
-  EXPECT_EQ((*block)
-                ->UpdateExpertWeights(3, nullptr, nullptr, nullptr)
-                .message(),
+  EXPECT_EQ((*block)->UpdateExpertWeights(3, nullptr, nullptr, nullptr).message(),
             "moe: expert=3 is outside this block's experts [4, 8)");
   auto dispatch = (*block)->BeginForward(x->tensor, out->tensor);
   ASSERT_TRUE(dispatch.ok()) << dispatch.status();
@@ -77,14 +73,14 @@ TEST_F(EpMoeErrorsTest, StagedCallsAreChecked) {
   auto scratch = Upload(dev_, std::vector<double>(4 * 16, 0.0), DType::kBF16, Shape({4, 16}));
   ASSERT_TRUE(scratch.ok());
   EXPECT_EQ((*block)
-                ->RunExpertGemms(dispatch->rows, counts, offsets, scratch->tensor,
-                                 scratch->tensor)
+                ->RunExpertGemms(dispatch->rows, counts, offsets, scratch->tensor, scratch->tensor)
                 .message(),
             "moe: RunExpertGemms offsets span [0, 3), expected [0, rows=4)");
-  EXPECT_EQ((*block)->RunExpertGemms(dispatch->rows, {1, 1, 1}, offsets, scratch->tensor,
-                                     scratch->tensor)
-                .message(),
-            "moe: RunExpertGemms got 3 counts and 5 offsets, expected 4 and 5 (experts [4, 8))");
+  EXPECT_EQ(
+      (*block)
+          ->RunExpertGemms(dispatch->rows, {1, 1, 1}, offsets, scratch->tensor, scratch->tensor)
+          .message(),
+      "moe: RunExpertGemms got 3 counts and 5 offsets, expected 4 and 5 (experts [4, 8))");
   EXPECT_TRUE((*block)->FinishForward().ok());
 }
 
@@ -92,26 +88,26 @@ TEST_F(EpMoeErrorsTest, CreateChecks) {
   auto group = LocalCommunicatorGroup::Create(2);
   ASSERT_TRUE(group.ok());
   Communicator* rank1 = (*group)->rank(1);
-  EXPECT_TRUE(EpMoeBlock::Create(config_, Slice(4, 8), rank1, dev_.backend.get(),
-                                 dev_.allocator.get())
-                  .ok());
-  EXPECT_EQ(EpMoeBlock::Create(config_, Slice(4, 7), rank1, dev_.backend.get(),
-                               dev_.allocator.get())
-                .status()
-                .message(),
-            "moe: w1 has 3 tensors, expected 4 (experts [4, 8) of num_experts=8)");
+  EXPECT_TRUE(
+      EpMoeBlock::Create(config_, Slice(4, 8), rank1, dev_.backend.get(), dev_.allocator.get())
+          .ok());
+  EXPECT_EQ(
+      EpMoeBlock::Create(config_, Slice(4, 7), rank1, dev_.backend.get(), dev_.allocator.get())
+          .status()
+          .message(),
+      "moe: w1 has 3 tensors, expected 4 (experts [4, 8) of num_experts=8)");
   MoeConfig capacity = config_;
   capacity.capacity_factor = 1.25f;
-  EXPECT_EQ(EpMoeBlock::Create(capacity, Slice(4, 8), rank1, dev_.backend.get(),
-                               dev_.allocator.get())
-                .status()
-                .message(),
-            "ep_moe: expert parallelism is dropless; capacity_factor=1.25 is not supported");
-  EXPECT_EQ(EpMoeBlock::Create(config_, Slice(4, 8), nullptr, dev_.backend.get(),
-                               dev_.allocator.get())
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      EpMoeBlock::Create(capacity, Slice(4, 8), rank1, dev_.backend.get(), dev_.allocator.get())
+          .status()
+          .message(),
+      "ep_moe: expert parallelism is dropless; capacity_factor=1.25 is not supported");
+  EXPECT_EQ(
+      EpMoeBlock::Create(config_, Slice(4, 8), nullptr, dev_.backend.get(), dev_.allocator.get())
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 // Rank 1 never runs its Forward: rank 0 fails in the counts exchange with DeadlineExceeded
@@ -131,7 +127,7 @@ TEST_F(EpMoeErrorsTest, PeerThatNeverJoinsTimesOutForward) {
   const absl::Duration waited = absl::Now() - start;
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_EQ(s.message(),
-            "local: all_to_all_v on rank 0 of 2 did not complete within 300 ms (a peer died, "
+            "local: all_gather on rank 0 of 2 did not complete within 300 ms (a peer died, "
             "hangs or never called it)");
   EXPECT_GE(waited, limit);
   EXPECT_LT(waited, limit + absl::Seconds(2));

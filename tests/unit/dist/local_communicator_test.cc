@@ -1,6 +1,8 @@
 // LocalCommunicatorGroup: every collective on 1..4 thread ranks, the deterministic all-reduce,
 // argument checks, ranks that disagree, and a rank that never joins (DeadlineExceeded naming
 // the op, the rank and the limit on every other rank, within the limit).
+#include "engine/dist/local_communicator.h"
+
 #include <cmath>
 #include <functional>
 #include <thread>
@@ -8,7 +10,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "engine/dist/local_communicator.h"
 #include "gtest/gtest.h"
 
 namespace moe {
@@ -26,7 +27,8 @@ std::vector<absl::Status> OnRanks(LocalCommunicatorGroup& group,
   return out;
 }
 
-std::unique_ptr<LocalCommunicatorGroup> Group(int size, absl::Duration timeout = absl::Seconds(20)) {
+std::unique_ptr<LocalCommunicatorGroup> Group(int size,
+                                              absl::Duration timeout = absl::Seconds(20)) {
   auto group = LocalCommunicatorGroup::Create(size, {timeout});
   EXPECT_TRUE(group.ok()) << group.status();
   return group.ok() ? std::move(*group) : nullptr;
@@ -73,6 +75,26 @@ TEST_P(LocalCommunicatorTest, EveryCollective) {
     int64_t word = r == p - 1 ? 4242 : 0;
     if (s = comm->Broadcast(&word, sizeof(word), p - 1); !s.ok()) return s;
     EXPECT_EQ(word, 4242);
+    // Segments: rank r sends peer q the words {r, q, 0} and {r, q, 1} as two segments taken
+    // from its buffer in reverse order; each receiver interleaves what its peers send.
+    std::vector<int64_t> words(2 * p), landed(2 * p, -1);
+    std::vector<std::vector<CommSegment>> to(p), from(p);
+    for (int q = 0; q < p; ++q) {
+      words[2 * q] = r * 100 + q * 10 + 1;
+      words[2 * q + 1] = r * 100 + q * 10;
+      to[q] = {{(2 * q + 1) * 8, 8}, {2 * q * 8, 8}, {0, 0}};
+      from[q] = {{q * 8, 8}, {(p + q) * 8, 8}, {0, 0}};
+    }
+    if (s = comm->AllToAllSegments(words.data(), to, landed.data(), from); !s.ok()) return s;
+    for (int q = 0; q < p; ++q) {
+      EXPECT_EQ(landed[q], q * 100 + r * 10);
+      EXPECT_EQ(landed[p + q], q * 100 + r * 10 + 1);
+    }
+    int64_t plan = r == 0 ? 77 : 0;
+    if (s = comm->BroadcastHost(&plan, sizeof(plan), 0); !s.ok()) return s;
+    EXPECT_EQ(plan, 77);
+    if (s = comm->AllGatherHost(&r, gathered.data(), sizeof(int32_t)); !s.ok()) return s;
+    for (int q = 0; q < p; ++q) EXPECT_EQ(gathered[q], q);
     return comm->Barrier();
   });
   for (int r = 0; r < p; ++r) EXPECT_TRUE(statuses[r].ok()) << "rank " << r << ": " << statuses[r];
@@ -113,12 +135,19 @@ TEST(LocalCommunicatorArgsTest, BadArgumentsAreInvalidArgument) {
   EXPECT_EQ(short_list.message(),
             "local: all_to_all_v on rank 0 of 1: send_counts has 0 entries, expected size=1");
   const absl::Status negative = comm->AllToAllV(&x, {-1}, {0}, &x, {8}, {0});
-  EXPECT_EQ(negative.message(), "local: all_to_all_v on rank 0 of 1: send_counts[0]=-1 is negative");
+  EXPECT_EQ(negative.message(),
+            "local: all_to_all_v on rank 0 of 1: send_counts[0]=-1 is negative");
   EXPECT_EQ(comm->Broadcast(&x, 8, 1).message(),
             "local: broadcast on rank 0 of 1: root=1 is outside [0, size=1)");
   EXPECT_EQ(comm->AllReduce(&x, &x, 1, DType::kBF16, ReduceOp::kSum).message(),
             "comm: all_reduce on rank 0 of 1: dtype bf16 is not i32, i64 or f32");
   EXPECT_EQ(comm->AllGather(&x, &x, -1).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(comm->AllToAllSegments(&x, {{{0, -8}}}, &x, {{}}).message(),
+            "comm: all_to_all_segments on rank 0 of 1: send_segments[0][0] = {offset=0, "
+            "bytes=-8} is negative");
+  EXPECT_EQ(comm->AllToAllSegments(&x, {}, &x, {{}}).message(),
+            "comm: all_to_all_segments on rank 0 of 1: send_segments has 0 entries, expected "
+            "size=1");
   EXPECT_TRUE(comm->Barrier().ok());  // nothing above reached the group
 }
 
@@ -148,7 +177,8 @@ TEST(LocalCommunicatorArgsTest, DifferentCollectivesAreInternal) {
     int32_t x = 0, y[2];
     return comm->rank() == 0 ? comm->Barrier() : comm->AllGather(&x, y, sizeof(x));
   });
-  EXPECT_EQ(statuses[0].message(), "local: barrier on rank 0 of 2: rank 1 called all_gather instead");
+  EXPECT_EQ(statuses[0].message(),
+            "local: barrier on rank 0 of 2: rank 1 called all_gather instead");
   EXPECT_EQ(statuses[1].message(),
             "local: all_gather on rank 1 of 2: rank 0 called barrier instead");
 }

@@ -1,6 +1,10 @@
 // NcclCommunicator on every local GPU (one thread per GPU, ncclCommInitAll): the collectives on
-// device buffers, EpMoeBlock on CUDA backends bit-identical to the single-GPU MoeBlock, and a
-// rank that never joins. Skipped without a CUDA device (the CPU-only CI machine only builds it).
+// device buffers (and host arrays through its staging), EpMoeBlock on CUDA backends
+// bit-identical to the single-GPU MoeBlock, shipped models expert parallel bit-identical to one
+// GPU, and a rank that never joins. Skipped without a CUDA device (the CPU-only CI machine only
+// builds it).
+#include "engine/dist/nccl_communicator.h"
+
 #include <cuda_runtime_api.h>
 
 #include <functional>
@@ -8,10 +12,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "engine/dist/nccl_communicator.h"
 #include "gtest/gtest.h"
 #include "kernels/registry.h"
 #include "kernels/status_macros.h"
+#include "tests/unit/dist/ep_model_cases.h"
 #include "tests/unit/dist/ep_test_util.h"
 
 namespace moe::testing {
@@ -36,12 +40,7 @@ void OnRanks(int ranks, const std::function<void(int)>& body) {
   for (auto& t : threads) t.join();
 }
 
-absl::StatusOr<TestDevice> CudaDevice(int i) {
-  TestDevice dev;
-  MOE_ASSIGN_OR_RETURN(dev.backend, CreateBackend(Device::Cuda(i)));
-  dev.allocator = std::make_unique<Allocator>(dev.backend.get());
-  return dev;
-}
+absl::StatusOr<TestDevice> CudaDevice(int i) { return MakeDevice(Device::Cuda(i)); }
 
 TEST(NcclCommunicatorTest, Collectives) {
   if (Gpus() < 1) GTEST_SKIP() << "no CUDA device";
@@ -62,6 +61,37 @@ TEST(NcclCommunicatorTest, Collectives) {
     cudaMemcpy(got.data(), d + p, p * sizeof(int64_t), cudaMemcpyDeviceToHost);
     for (int q = 0; q < p && s.ok(); ++q) {
       if (got[q] != q * 100 + r) s = absl::InternalError(absl::StrCat("all_to_all from ", q));
+    }
+    // Segments: rank r sends peer q the words {r, q} as two segments, reversed in its buffer;
+    // the receiver lays each source's two words out interleaved with the others'.
+    std::vector<std::vector<CommSegment>> to(p), from(p);
+    std::vector<int64_t> words(2 * p);
+    for (int q = 0; q < p; ++q) {
+      words[2 * q] = r * 1000 + q;
+      words[2 * q + 1] = r * 1000 + q + 500;
+      to[q] = {{(2 * q + 1) * 8, 8}, {2 * q * 8, 8}};
+      from[q] = {{q * 8, 8}, {(p + q) * 8, 8}};
+    }
+    cudaMemcpy(d, words.data(), 2 * p * sizeof(int64_t), cudaMemcpyHostToDevice);
+    if (s.ok()) s = comm->AllToAllSegments(d, to, d + 2 * p, from);
+    std::vector<int64_t> landed(2 * p);
+    cudaMemcpy(landed.data(), d + 2 * p, 2 * p * sizeof(int64_t), cudaMemcpyDeviceToHost);
+    for (int q = 0; q < p && s.ok(); ++q) {
+      if (landed[q] != q * 1000 + r + 500 || landed[p + q] != q * 1000 + r) {
+        s = absl::InternalError(absl::StrCat("all_to_all_segments from ", q));
+      }
+    }
+    // Host memory: a plan broadcast from rank 0 (larger than the first staging buffer) and
+    // an all-gather.
+    std::vector<int32_t> plan(100000, r == 0 ? 7 : 0);
+    if (r == 0) plan.back() = 9;
+    if (s.ok()) s = comm->BroadcastHost(plan.data(), plan.size() * sizeof(int32_t), 0);
+    if (s.ok() && (plan.front() != 7 || plan.back() != 9)) s = absl::InternalError("broadcast");
+    std::vector<int64_t> ranks(p);
+    const int64_t mine = r;
+    if (s.ok()) s = comm->AllGatherHost(&mine, ranks.data(), sizeof(int64_t));
+    for (int q = 0; q < p && s.ok(); ++q) {
+      if (ranks[q] != q) s = absl::InternalError("all_gather_host");
     }
     int64_t v = r + 1, sum = 0;
     if (s.ok()) s = comm->AllReduce(&v, &sum, 1, DType::kI64, ReduceOp::kSum);
@@ -99,6 +129,50 @@ TEST(NcclCommunicatorTest, EpMoeBlockBitIdenticalToOneGpu) {
     }
   }
 }
+
+// A shipped model expert parallel over every local GPU (EpStepRunner, ep_model_cases.h):
+// logits and greedy generation bit-identical to the same model on GPU 0.
+struct ModelCase {
+  std::string model;
+  EqualSplitMode mode;
+  DType dtype;
+};
+
+class NcclModelTest : public ::testing::TestWithParam<ModelCase> {};
+
+TEST_P(NcclModelTest, BitIdenticalToOneGpu) {
+  if (Gpus() < 1) GTEST_SKIP() << "no CUDA device";
+  const ModelCase& m = GetParam();
+  auto comms = NcclCommunicator::CreateAll(AllDevices(), {absl::Seconds(60)});
+  ASSERT_TRUE(comms.ok()) << comms.status();
+  const int p = static_cast<int>(comms->size());
+  const EpModelCase c{.model_dir = "models/" + m.model, .dtype = m.dtype, .equal_split = m.mode};
+  std::vector<absl::Status> results(p);
+  OnRanks(p, [&](int r) { results[r] = RunEpModelCase((*comms)[r].get(), c); });
+  for (int r = 0; r < p; ++r) EXPECT_TRUE(results[r].ok()) << results[r];
+}
+
+std::string ModelCaseName(const ::testing::TestParamInfo<ModelCase>& info) {
+  std::string name = absl::StrCat(info.param.model, "_",
+                                  info.param.mode == EqualSplitMode::kAuto     ? "auto"
+                                  : info.param.mode == EqualSplitMode::kAlways ? "always"
+                                                                               : "never",
+                                  "_", DTypeName(info.param.dtype));
+  for (char& ch : name) {
+    if (ch == '-') ch = '_';
+  }
+  return name;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Models, NcclModelTest,
+    ::testing::Values(ModelCase{"qwen3-moe-tiny", EqualSplitMode::kAuto, DType::kBF16},
+                      ModelCase{"qwen3-moe-tiny", EqualSplitMode::kAlways, DType::kBF16},
+                      ModelCase{"qwen3-moe-tiny", EqualSplitMode::kNever, DType::kF32},
+                      ModelCase{"mixtral-tiny", EqualSplitMode::kAuto, DType::kBF16},
+                      ModelCase{"deepseek-v3-tiny", EqualSplitMode::kAuto, DType::kBF16},
+                      ModelCase{"qwen2-moe-tiny", EqualSplitMode::kNever, DType::kBF16}),
+    ModelCaseName);
 
 TEST(NcclCommunicatorTest, RankThatNeverJoinsTimesOut) {
   if (Gpus() < 2) GTEST_SKIP() << "needs 2 CUDA devices";

@@ -20,11 +20,13 @@ std::vector<double> Scaled(int64_t n, double scale, DType dtype, std::mt19937_64
 
 }  // namespace
 
-absl::StatusOr<TestDevice> MakeCpuDevice(int threads) {
+absl::StatusOr<TestDevice> MakeCpuDevice(int threads) { return MakeDevice(Device::Cpu(), threads); }
+
+absl::StatusOr<TestDevice> MakeDevice(Device device, int cpu_threads) {
   TestDevice dev;
   BackendOptions options;
-  options.cpu_threads = threads;
-  MOE_ASSIGN_OR_RETURN(dev.backend, CreateBackend(Device::Cpu(), options));
+  options.cpu_threads = cpu_threads;
+  MOE_ASSIGN_OR_RETURN(dev.backend, CreateBackend(device, options));
   dev.allocator = std::make_unique<Allocator>(dev.backend.get());
   return dev;
 }

@@ -27,6 +27,8 @@ struct TestDevice {
   std::unique_ptr<Allocator> allocator;
 };
 absl::StatusOr<TestDevice> MakeCpuDevice(int threads = 0);
+// A backend on `device` (cpu_threads applies to the CPU only).
+absl::StatusOr<TestDevice> MakeDevice(Device device, int cpu_threads = 0);
 // The backend MOE_TEST_BACKEND names (tests/testing/test_backend.h; the CPU when unset).
 absl::StatusOr<TestDevice> MakeTestDevice();
 
@@ -87,8 +89,9 @@ absl::StatusOr<BlockOutput> RunBlock(MoeBlock* block, TestDevice& dev, const std
 // A small config with the given sizes and defaults elsewhere.
 MoeConfig SmallConfig(int64_t experts, int64_t top_k, int64_t hidden, int64_t inter, DType dtype);
 
-// Fixture: the MOE_TEST_BACKEND device (skipped when it is missing), a random generator seeded by TestSeed() (printed on failure so that
-// MOE_TEST_SEED can replay it), and Forward helpers that fail the test on a bad Status.
+// Fixture: the MOE_TEST_BACKEND device (skipped when it is missing), a random generator seeded by
+// TestSeed() (printed on failure so that MOE_TEST_SEED can replay it), and Forward helpers that
+// fail the test on a bad Status.
 class MoeBlockTest : public ::testing::Test {
  protected:
   void SetUp() override;
