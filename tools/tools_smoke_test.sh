@@ -1,7 +1,8 @@
 #!/bin/bash
 # The tools end to end on the small presets: moe_block_run on each (random and balanced
 # routing, and with the output aliasing the input), moe_bench --quick on a subset, its JSON
-# parsed back. Fails on any non-zero exit, non-finite output or changed bits.
+# parsed back, and ep_bench on CPU thread ranks (expert parallel bits equal to one device).
+# Fails on any non-zero exit, non-finite output or changed bits.
 set -euo pipefail
 
 run=tools/moe_block_run
@@ -54,4 +55,23 @@ for r in rows:
     assert r["ms_median"] > 0 and r["expert_path"] in ("batched", "grouped"), r
 print("bench json ok:", len(rows), "rows")
 PY
+echo "== ep_bench (2 and 3 CPU thread ranks)"
+for ranks in 2 3; do
+  tools/ep_bench --ranks "${ranks}" --presets qwen3-30b-a3b-small,deepseek-v3-e32-small \
+    --tokens 7,24 --per_rank mixtral-8x7b-small:5 --reps 1 --warmup 0 --a2a_bytes 64 \
+    --copy_mib 8 --json "${tmp}/ep.json"
+  python3 - "${tmp}/ep.json" "${ranks}" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["machine"]["ranks"] == int(sys.argv[2])
+rows = d["rows"]
+assert len(rows) == (2 * 2 + 1) * 2, len(rows)
+for r in rows:
+    assert r["one_device_s"] > 0 and r["ep_s"] > 0 and r["a2a_same_bytes_s"] > 0, r
+    assert r["bit_identical"] in ("yes", "n/a"), r
+    assert r["routing"] == "balanced" or r["bit_identical"] == "yes", r
+    assert r["exchange_path"] in ("variable", "equal_split"), r
+print("ep_bench json ok:", len(rows), "rows")
+PY
+done
 echo "PASS"

@@ -58,6 +58,7 @@ absl::StatusOr<Tensor> EpMoeBlock::Forward(const Tensor& x, const Tensor& out) {
   trace_.exchange_path = ExchangePath::kNone;
   trace_.block_rows = trace_.padding_rows = trace_.sent_rows = trace_.received_rows = 0;
   trace_.peer_sent_rows.assign(comm_->size(), 0);
+  trace_.peer_received_rows.assign(comm_->size(), 0);
   trace_.local_counts.assign(mine_.count, 0);
   trace_.expert_path = ExpertPath::kNone;
   trace_.times = EpStageTimes();

@@ -81,7 +81,8 @@ struct EpMoeTrace {
   int64_t block_rows = 0;               // equal split: C, the rows of every per-peer block; else 0
   int64_t padding_rows = 0;             // equal split: padding rows this rank sent; else 0
   int64_t sent_rows = 0;                // real rows this rank dispatched (T_r * K), itself included
-  std::vector<int64_t> peer_sent_rows;  // of those, the rows to each rank
+  std::vector<int64_t> peer_sent_rows;      // of those, the rows to each rank
+  std::vector<int64_t> peer_received_rows;  // rows received from each rank
   int64_t received_rows = 0;            // real rows its experts computed
   // Rows per local expert, summed over the source ranks.
   std::vector<int64_t> local_counts;
@@ -111,6 +112,7 @@ class EpMoeBlock {
   absl::StatusOr<Tensor> Forward(const Tensor& x, const Tensor& out);
 
   void set_equal_split(EqualSplitMode mode) { options_.equal_split = mode; }
+  void set_time_stages(bool on) { options_.time_stages = on; }
 
   const ExpertPlacement& placement() const { return placement_; }
   const EpMoeTrace& last_trace() const { return trace_; }

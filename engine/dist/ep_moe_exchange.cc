@@ -46,6 +46,7 @@ absl::Status EpMoeBlock::ExchangeCounts(absl::Span<const int64_t> counts) {
       recv_rows_[q] += c;
       trace_.local_counts[j] += c;
     }
+    trace_.peer_received_rows[q] = recv_rows_[q];
     trace_.received_rows += recv_rows_[q];
   }
   for (int64_t j = 0; j < n; ++j) {
