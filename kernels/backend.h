@@ -126,6 +126,13 @@ struct GemmArgs {
   int64_t ldc = 0;
   const PackedWeights* packed_b = nullptr;
   int64_t packed_b_index = 0;
+  // A row's bits must not depend on m (on the other rows of A): a backend that picks its
+  // kernel by m makes one choice for every m. The CPU backend's packed GEMMs are so anyway;
+  // the CUDA backend runs its own segment kernel at every m where that takes the shape, else
+  // one cuBLASLt algorithm per shape without m. Set for the router and shared-expert GEMMs, so
+  // a token's routing and shared output do not depend on its batch (MOE_SEMANTICS 7.15) and
+  // expert parallel ranks, which see fewer rows, give one device's bits.
+  bool row_invariant = false;
 };
 
 // `batch` independent GEMMs; matrix i of A starts at a + i * stride_a elements (same for B, C).

@@ -62,69 +62,6 @@ absl::Status Communicator::AllReduce(const void* send, void* recv, int64_t count
   return absl::OkStatus();
 }
 
-absl::Status Communicator::AllToAllSegments(
-    const void* send, absl::Span<const std::vector<CommSegment>> send_segments, void* recv,
-    absl::Span<const std::vector<CommSegment>> recv_segments) {
-  MOE_RETURN_IF_ERROR(CheckSegments("comm", send_segments, recv_segments));
-  const int ranks = size();
-  const auto layout = [ranks](absl::Span<const std::vector<CommSegment>> segments,
-                              std::vector<int64_t>& counts, std::vector<int64_t>& displs) {
-    counts.assign(ranks, 0);
-    displs.assign(ranks, 0);
-    int64_t total = 0;
-    for (int p = 0; p < ranks; ++p) {
-      displs[p] = total;
-      for (const CommSegment& s : segments[p]) counts[p] += s.bytes;
-      total += counts[p];
-    }
-    return total;
-  };
-  std::vector<int64_t> send_counts, send_displs, recv_counts, recv_displs;
-  std::vector<uint8_t> packed(layout(send_segments, send_counts, send_displs));
-  std::vector<uint8_t> unpacked(layout(recv_segments, recv_counts, recv_displs));
-  uint8_t* out = packed.data();
-  for (const auto& list : send_segments) {
-    for (const CommSegment& s : list) {
-      std::memcpy(out, static_cast<const uint8_t*>(send) + s.offset, s.bytes);
-      out += s.bytes;
-    }
-  }
-  MOE_RETURN_IF_ERROR(AllToAllV(packed.data(), send_counts, send_displs, unpacked.data(),
-                                recv_counts, recv_displs));
-  const uint8_t* in = unpacked.data();
-  for (const auto& list : recv_segments) {
-    for (const CommSegment& s : list) {
-      std::memcpy(static_cast<uint8_t*>(recv) + s.offset, in, s.bytes);
-      in += s.bytes;
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status Communicator::CheckSegments(
-    absl::string_view impl, absl::Span<const std::vector<CommSegment>> send_segments,
-    absl::Span<const std::vector<CommSegment>> recv_segments) const {
-  const std::pair<absl::string_view, absl::Span<const std::vector<CommSegment>>> lists[] = {
-      {"send_segments", send_segments}, {"recv_segments", recv_segments}};
-  for (const auto& [name, list] : lists) {
-    if (static_cast<int64_t>(list.size()) != size()) {
-      return InvalidArgs(
-          impl, "all_to_all_segments",
-          absl::StrCat(name, " has ", list.size(), " entries, expected size=", size()));
-    }
-    for (size_t p = 0; p < list.size(); ++p) {
-      for (size_t i = 0; i < list[p].size(); ++i) {
-        if (list[p][i].offset < 0 || list[p][i].bytes < 0) {
-          return InvalidArgs(impl, "all_to_all_segments",
-                             absl::StrCat(name, "[", p, "][", i, "] = {offset=", list[p][i].offset,
-                                          ", bytes=", list[p][i].bytes, "} is negative"));
-        }
-      }
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status Communicator::InvalidArgs(absl::string_view impl, absl::string_view op,
                                        absl::string_view what) const {
   return absl::InvalidArgumentError(

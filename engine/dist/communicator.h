@@ -33,12 +33,6 @@ namespace moe {
 
 enum class ReduceOp { kSum, kMin, kMax };
 
-// A byte range of a buffer (AllToAllSegments).
-struct CommSegment {
-  int64_t offset = 0;
-  int64_t bytes = 0;
-};
-
 struct CommunicatorOptions {
   // The longest any one collective may wait for its peers before it fails with
   // DeadlineExceeded. Must be positive.
@@ -87,21 +81,6 @@ class Communicator {
   // Returns once every rank has called it (or the timeout has passed).
   virtual absl::Status Barrier() = 0;
 
-  // Segmented all-to-all: the bytes this rank sends to rank p are the segments send[p] of
-  // `send` (byte offset and size each), in list order; those it receives from rank q land in
-  // the segments recv[q] of `recv`, in list order. For every pair of ranks the sender's list
-  // of sizes for the receiver equals the receiver's list of sizes for the sender (same
-  // segments, same order), so every segment can travel as its own message. Both lists have
-  // size() entries; empty lists and zero-size segments are fine. This lets a receiver
-  // interleave what different peers send without a copy afterwards (expert parallelism:
-  // each expert's rows from every source rank, expert-major). The default packs each peer's
-  // segments into one contiguous block, runs AllToAllV and unpacks: a host copy each way,
-  // fine for host-memory communicators; device communicators send the segments directly.
-  virtual absl::Status AllToAllSegments(const void* send,
-                                        absl::Span<const std::vector<CommSegment>> send_segments,
-                                        void* recv,
-                                        absl::Span<const std::vector<CommSegment>> recv_segments);
-
   // Host-memory forms of AllGather and Broadcast (control data: counts, flags, step plans),
   // whatever device() is: the calls themselves for host-memory communicators; a device
   // communicator stages through a device buffer of its own.
@@ -113,10 +92,6 @@ class Communicator {
   }
 
  protected:
-  // Checks AllToAllSegments' lists: size() entries each, no negative offset or size.
-  absl::Status CheckSegments(absl::string_view impl,
-                             absl::Span<const std::vector<CommSegment>> send_segments,
-                             absl::Span<const std::vector<CommSegment>> recv_segments) const;
   // "<impl>: <op> on rank r of P: <what>" as InvalidArgument.
   absl::Status InvalidArgs(absl::string_view impl, absl::string_view op,
                            absl::string_view what) const;

@@ -69,7 +69,6 @@ absl::StatusOr<Tensor> EpMoeBlock::Forward(const Tensor& x, const Tensor& out) {
   MOE_RETURN_IF_ERROR(ExchangeCounts(dispatch.counts));
   ChoosePath();
   MOE_RETURN_IF_ERROR(CheckRowLimit());
-  BuildSegments();
   MOE_RETURN_IF_ERROR(ReserveBuffers());
   MOE_RETURN_IF_ERROR(Mark(&t.counts_us));
   MOE_RETURN_IF_ERROR(DispatchRows(dispatch.rows));

@@ -14,11 +14,13 @@
 //      rows (C = the largest per-peer count anywhere; kAuto takes it when all are equal);
 //      shorter blocks are padded with NaN rows, which are sent and returned but never read
 //      into an output.
-//   4. variable: a segmented all-to-all, one segment per (expert, source rank), lands the rows
-//      on the owner already expert-major (per expert, sources in rank order, so tokens keep
-//      their global order), with no copy after it. Equal split: the blocks arrive
-//      source-major and are gathered into expert-major order (and back after the GEMMs).
-//      Then the expert GEMMs (MoeBlock::RunExpertGemms) in place.
+//   4. the rows go to their experts' owners: the variable all-to-all (one message per peer)
+//      or the equal-split one; on the owner they are gathered from source-major into
+//      expert-major order (per expert, sources in rank order, so tokens keep their global
+//      order), the expert GEMMs run (MoeBlock::RunExpertGemms), and the outputs are gathered
+//      back to the positions they arrived at. (One message per (expert, source) landing
+//      expert-major directly was measured on 2 H200s: NCCL's per-message cost made it 3-17x
+//      slower than one all-to-all-v and a gather.)
 //   5. the reverse exchange returns each row to its token's home rank, into the dispatch rows
 //      of step 1; FinishForward there: shared experts and the combine in ascending expert id,
 //      fp32, one rounding (MOE_SEMANTICS 4.2), as on one device.
@@ -81,9 +83,9 @@ struct EpMoeTrace {
   int64_t block_rows = 0;               // equal split: C, the rows of every per-peer block; else 0
   int64_t padding_rows = 0;             // equal split: padding rows this rank sent; else 0
   int64_t sent_rows = 0;                // real rows this rank dispatched (T_r * K), itself included
-  std::vector<int64_t> peer_sent_rows;      // of those, the rows to each rank
+  std::vector<int64_t> peer_sent_rows;  // of those, the rows to each rank
   std::vector<int64_t> peer_received_rows;  // rows received from each rank
-  int64_t received_rows = 0;            // real rows its experts computed
+  int64_t received_rows = 0;                // real rows its experts computed
   // Rows per local expert, summed over the source ranks.
   std::vector<int64_t> local_counts;
   ExpertPath expert_path = ExpertPath::kNone;  // the local experts' GEMMs
@@ -127,13 +129,11 @@ class EpMoeBlock {
   absl::Status ExchangeCounts(absl::Span<const int64_t> counts);
   void ChoosePath();
   absl::Status CheckRowLimit() const;
-  // The segments of the variable exchange, from the gathered counts.
-  void BuildSegments();
   // With time_stages: waits for the device and adds the time since the last mark to *stage.
   absl::Status Mark(double* stage);
   absl::Status ReserveBuffers();
   absl::Status DispatchRows(const Tensor& rows);
-  // Equal split only: the received blocks into expert-major order, and back.
+  // The received rows into expert-major order, and back.
   absl::Status GatherExpertMajor();
   absl::Status ScatterExpertMajor();
   absl::Status RunLocalExperts();
@@ -154,13 +154,10 @@ class EpMoeBlock {
   std::vector<int64_t> send_rows_, send_start_, recv_rows_, recv_start_;
   std::vector<int64_t> all_counts_;   // [P * E]: rows of expert e from rank q
   std::vector<int64_t> recv_counts_;  // [P * mine_.count]: rows of local expert j from rank q
-  // The variable exchange, in bytes: per peer, the dispatch rows sent (one segment per expert
-  // of that peer) and the expert-major rows received (one per local expert).
-  std::vector<std::vector<CommSegment>> dispatch_segments_, expert_segments_;
   absl::Time mark_;
   std::vector<int64_t> local_offsets_;  // [mine_.count + 1]
-  // Equal split: receive position of each expert-major row, and the expert-major row of each
-  // receive position per peer (host copies; the backend reads device copies).
+  // Receive position of each expert-major row, and the expert-major row of each receive
+  // position per peer (host copies; the backend reads device copies).
   std::vector<int32_t> expert_src_host_, recv_src_host_;
   std::vector<uint8_t> padding_host_;  // NaN rows for the equal-split padding
   // This Forward's buffers, views of workspace_.

@@ -15,6 +15,12 @@ uint8_t* At(const Tensor& t, int64_t byte_offset) {
   return static_cast<uint8_t*>(t.data()) + byte_offset;
 }
 
+std::vector<int64_t> Scaled(const std::vector<int64_t>& v, int64_t factor) {
+  std::vector<int64_t> out(v);
+  for (int64_t& x : out) x *= factor;
+  return out;
+}
+
 }  // namespace
 
 absl::Status EpMoeBlock::ExchangeCounts(absl::Span<const int64_t> counts) {
@@ -94,64 +100,36 @@ absl::Status EpMoeBlock::CheckRowLimit() const {
   return absl::OkStatus();
 }
 
-void EpMoeBlock::BuildSegments() {
-  const int ranks = comm_->size();
-  const int64_t e_total = config_.num_experts, n = mine_.count;
-  const int64_t* mine = &all_counts_[comm_->rank() * e_total];
-  dispatch_segments_.resize(ranks);
-  expert_segments_.resize(ranks);
-  if (trace_.exchange_path != ExchangePath::kVariable) return;
-  // To peer p: each of p's experts' rows, one segment each, in expert order.
-  int64_t row = 0;
-  for (int p = 0; p < ranks; ++p) {
-    const ExpertRange range = placement_.RangeOf(p);
-    dispatch_segments_[p].clear();
-    for (int64_t e = range.first; e < range.end(); ++e) {
-      dispatch_segments_[p].push_back({row * row_bytes_, mine[e] * row_bytes_});
-      row += mine[e];
-    }
-  }
-  // From source q: its rows of local expert j go after the rows of j from sources < q.
-  for (int q = 0; q < ranks; ++q) expert_segments_[q].clear();
-  for (int64_t j = 0; j < n; ++j) {
-    int64_t at = local_offsets_[j];
-    for (int q = 0; q < ranks; ++q) {
-      const int64_t c = recv_counts_[q * n + j];
-      expert_segments_[q].push_back({at * row_bytes_, c * row_bytes_});
-      at += c;
-    }
-  }
-}
-
 absl::Status EpMoeBlock::ReserveBuffers() {
   const int64_t m = trace_.received_rows, d = config_.hidden, i = config_.inter;
+  // Equal split: the padded send blocks, and the receive blocks; variable: the received rows,
+  // source-major.
   const bool equal = trace_.exchange_path == ExchangePath::kEqualSplit;
-  // Equal split: the padded send and receive blocks and the two index maps; the variable
-  // exchange lands directly in expert_rows_.
   const int64_t blocks = equal ? comm_->size() * trace_.block_rows : 0;
-  const int64_t indexed = equal ? m : 0;
+  const int64_t positions = equal ? blocks : m;
   const DType dt = config_.dtype;
   const size_t bytes =
-      2 * Workspace::Aligned(blocks * row_bytes_) + Workspace::Aligned(m * row_bytes_) +
-      Workspace::Aligned(m * 2 * i * DTypeSize(dt)) + Workspace::Aligned(m * i * DTypeSize(dt)) +
-      2 * Workspace::Aligned(indexed * sizeof(int32_t));
+      Workspace::Aligned(blocks * row_bytes_) + Workspace::Aligned(positions * row_bytes_) +
+      Workspace::Aligned(m * row_bytes_) + Workspace::Aligned(m * 2 * i * DTypeSize(dt)) +
+      Workspace::Aligned(m * i * DTypeSize(dt)) + 2 * Workspace::Aligned(m * sizeof(int32_t));
   workspace_.Reset();
   MOE_RETURN_IF_ERROR(workspace_.Reserve(bytes));
   MOE_ASSIGN_OR_RETURN(send_blocks_, workspace_.Take(dt, Shape({blocks, d})));
-  MOE_ASSIGN_OR_RETURN(recv_buf_, workspace_.Take(dt, Shape({blocks, d})));
+  MOE_ASSIGN_OR_RETURN(recv_buf_, workspace_.Take(dt, Shape({positions, d})));
   MOE_ASSIGN_OR_RETURN(expert_rows_, workspace_.Take(dt, Shape({m, d})));
   MOE_ASSIGN_OR_RETURN(gate_up_, workspace_.Take(dt, Shape({m, 2 * i})));
   MOE_ASSIGN_OR_RETURN(act_, workspace_.Take(dt, Shape({m, i})));
-  MOE_ASSIGN_OR_RETURN(expert_src_, workspace_.Take(DType::kI32, Shape({indexed})));
-  MOE_ASSIGN_OR_RETURN(recv_src_, workspace_.Take(DType::kI32, Shape({indexed})));
+  MOE_ASSIGN_OR_RETURN(expert_src_, workspace_.Take(DType::kI32, Shape({m})));
+  MOE_ASSIGN_OR_RETURN(recv_src_, workspace_.Take(DType::kI32, Shape({m})));
   return absl::OkStatus();
 }
 
 absl::Status EpMoeBlock::DispatchRows(const Tensor& rows) {
   const int ranks = comm_->size();
   if (trace_.exchange_path == ExchangePath::kVariable) {
-    return comm_->AllToAllSegments(rows.data(), dispatch_segments_, expert_rows_.data(),
-                                   expert_segments_);
+    return comm_->AllToAllV(rows.data(), Scaled(send_rows_, row_bytes_),
+                            Scaled(send_start_, row_bytes_), recv_buf_.data(),
+                            Scaled(recv_rows_, row_bytes_), Scaled(recv_start_, row_bytes_));
   }
   const int64_t c = trace_.block_rows;
   // Padding is NaN, so a padding row that reached an expert's output would show (it cannot:
@@ -189,7 +167,7 @@ absl::Status EpMoeBlock::DispatchRows(const Tensor& rows) {
 
 absl::Status EpMoeBlock::GatherExpertMajor() {
   const int64_t m = trace_.received_rows;
-  if (trace_.exchange_path != ExchangePath::kEqualSplit || m == 0) return absl::OkStatus();
+  if (m == 0) return absl::OkStatus();
   const int ranks = comm_->size();
   const int64_t n = mine_.count;
   // Expert-major order: for each local expert, its rows from rank 0, 1, ... (each source's
@@ -235,10 +213,9 @@ absl::Status EpMoeBlock::RunLocalExperts() {
 
 absl::Status EpMoeBlock::ScatterExpertMajor() {
   const int64_t m = trace_.received_rows;
-  if (trace_.exchange_path != ExchangePath::kEqualSplit || m == 0) return absl::OkStatus();
+  if (m == 0) return absl::OkStatus();
   // Each output back to the position its input arrived at (padding positions keep their NaN).
   const int ranks = comm_->size();
-  const int64_t c = trace_.block_rows;
   int64_t first = 0;
   for (int q = 0; q < ranks; ++q) {
     if (recv_rows_[q] == 0) continue;
@@ -250,7 +227,7 @@ absl::Status EpMoeBlock::ScatterExpertMajor() {
     back.src_ld = config_.hidden;
     back.src_rows = m;
     back.index = static_cast<const int32_t*>(recv_src_.data()) + first;
-    back.dst = At(recv_buf_, q * c * row_bytes_);
+    back.dst = At(recv_buf_, recv_start_[q] * row_bytes_);
     back.dst_ld = config_.hidden;
     MOE_RETURN_IF_ERROR(backend_->GatherRows(back));
     first += recv_rows_[q];
@@ -260,8 +237,9 @@ absl::Status EpMoeBlock::ScatterExpertMajor() {
 
 absl::Status EpMoeBlock::ReturnRows(const Tensor& rows) {
   if (trace_.exchange_path == ExchangePath::kVariable) {
-    return comm_->AllToAllSegments(expert_rows_.data(), expert_segments_, rows.data(),
-                                   dispatch_segments_);
+    return comm_->AllToAllV(recv_buf_.data(), Scaled(recv_rows_, row_bytes_),
+                            Scaled(recv_start_, row_bytes_), rows.data(),
+                            Scaled(send_rows_, row_bytes_), Scaled(send_start_, row_bytes_));
   }
   const int64_t c = trace_.block_rows;
   MOE_RETURN_IF_ERROR(comm_->AllToAll(recv_buf_.data(), send_blocks_.data(), c * row_bytes_));

@@ -50,8 +50,7 @@ class LocalBoard {
     }
     const auto deadline = std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout_);
     while (generation_ == generation) {
-      if (cv_.wait_until(lock, deadline) == std::cv_status::timeout &&
-          generation_ == generation) {
+      if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && generation_ == generation) {
         Break(timed_out.message());
         return timed_out;
       }
@@ -225,9 +224,9 @@ class LocalCommunicator : public Communicator {
   absl::Status SameOp(absl::string_view op) const {
     for (int q = 0; q < size_; ++q) {
       if (board_->post(q).op != op) {
-        return absl::InternalError(absl::StrCat(kImpl, ": ", op, " on rank ", rank_, " of ",
-                                                size_, ": rank ", q, " called ",
-                                                board_->post(q).op, " instead"));
+        return absl::InternalError(absl::StrCat(kImpl, ": ", op, " on rank ", rank_, " of ", size_,
+                                                ": rank ", q, " called ", board_->post(q).op,
+                                                " instead"));
       }
     }
     return absl::OkStatus();

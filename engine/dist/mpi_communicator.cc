@@ -44,9 +44,9 @@ absl::StatusOr<std::unique_ptr<MpiRuntime>> MpiRuntime::Init(int* argc, char*** 
   }
   if (provided < MPI_THREAD_SERIALIZED) {
     MPI_Finalize();
-    return absl::FailedPreconditionError(absl::StrCat(
-        "mpi: MPI_Init_thread provides thread level ", provided,
-        ", below MPI_THREAD_SERIALIZED (", MPI_THREAD_SERIALIZED, ")"));
+    return absl::FailedPreconditionError(absl::StrCat("mpi: MPI_Init_thread provides thread level ",
+                                                      provided, ", below MPI_THREAD_SERIALIZED (",
+                                                      MPI_THREAD_SERIALIZED, ")"));
   }
   std::unique_ptr<MpiRuntime> runtime(new MpiRuntime());
   MPI_Comm_rank(MPI_COMM_WORLD, &runtime->world_rank_);
@@ -79,8 +79,8 @@ MpiCommunicator::~MpiCommunicator() {
 absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::CreateWorld(
     const CommunicatorOptions& options) {
   if (options.timeout <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "mpi: timeout=", absl::FormatDuration(options.timeout), " must be positive"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("mpi: timeout=", absl::FormatDuration(options.timeout), " must be positive"));
   }
   int initialized = 0;
   MPI_Initialized(&initialized);
@@ -165,9 +165,9 @@ absl::Status MpiCommunicator::AllToAllV(const void* send, absl::Span<const int64
   MOE_RETURN_IF_ERROR(ToInts(kOp, "send_displs", send_displs, &st.send_displs));
   MOE_RETURN_IF_ERROR(ToInts(kOp, "recv_counts", recv_counts, &st.recv_counts));
   MOE_RETURN_IF_ERROR(ToInts(kOp, "recv_displs", recv_displs, &st.recv_displs));
-  return Complete(kOp, MPI_Ialltoallv(send, st.send_counts.data(), st.send_displs.data(),
-                                      MPI_BYTE, recv, st.recv_counts.data(),
-                                      st.recv_displs.data(), MPI_BYTE, st.comm, &st.request));
+  return Complete(kOp, MPI_Ialltoallv(send, st.send_counts.data(), st.send_displs.data(), MPI_BYTE,
+                                      recv, st.recv_counts.data(), st.recv_displs.data(), MPI_BYTE,
+                                      st.comm, &st.request));
 }
 
 absl::Status MpiCommunicator::AllToAll(const void* send, void* recv, int64_t bytes_per_peer) {

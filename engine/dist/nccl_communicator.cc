@@ -16,6 +16,40 @@ namespace {
 constexpr absl::string_view kImpl = "nccl";
 constexpr int64_t kScratchBytes = 256;  // Barrier's word
 
+// The communicators are nonblocking (ncclConfig_t::blocking = 0): a call may return
+// ncclInProgress while NCCL still works on it (its connections are made lazily, by the first
+// collective, and need the peers), so no NCCL call blocks the host and every wait is ours,
+// against the deadline.
+bool Accepted(ncclResult_t r) { return r == ncclSuccess || r == ncclInProgress; }
+
+ncclConfig_t NonblockingConfig() {
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  return config;
+}
+
+// Polls a new communicator until its initialisation is done; ncclCommAbort past the deadline.
+absl::Status AwaitInit(ncclComm_t comm, int rank, int size, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    ncclResult_t state = ncclSuccess;
+    ncclCommGetAsyncError(comm, &state);
+    if (state == ncclSuccess) return absl::OkStatus();
+    if (state != ncclInProgress) {
+      ncclCommAbort(comm);
+      return absl::InternalError(absl::StrCat("nccl: initialising rank ", rank, " of ", size,
+                                              " failed: ", ncclGetErrorString(state)));
+    }
+    if (absl::Now() >= deadline) {
+      ncclCommAbort(comm);
+      return absl::DeadlineExceededError(absl::StrCat(
+          "nccl: initialising rank ", rank, " of ", size, " did not complete within ",
+          absl::ToInt64Milliseconds(timeout), " ms (a peer died, hangs or never joined)"));
+    }
+    absl::SleepFor(absl::Microseconds(50));
+  }
+}
+
 }  // namespace
 
 struct NcclCommunicator::State {
@@ -31,7 +65,14 @@ NcclCommunicator::NcclCommunicator() : state_(std::make_unique<State>()) {}
 
 NcclCommunicator::~NcclCommunicator() {
   cudaSetDevice(device_);
-  if (state_->comm != nullptr && !state_->aborted) ncclCommDestroy(state_->comm);
+  if (state_->comm != nullptr && !state_->aborted) {
+    // A communicator that failed may still have work in flight that waits for a peer.
+    if (broken_.empty()) {
+      ncclCommDestroy(state_->comm);
+    } else {
+      ncclCommAbort(state_->comm);
+    }
+  }
   if (state_->scratch != nullptr) cudaFree(state_->scratch);
   if (state_->staging != nullptr) cudaFree(state_->staging);
   if (state_->stream != nullptr) cudaStreamDestroy(state_->stream);
@@ -72,12 +113,19 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(
   comm->device_ = device;
   comm->timeout_ = options.timeout;
   MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
-  const ncclResult_t r =
-      ncclCommInitRank(&comm->state_->comm, bootstrap->size(), id, bootstrap->rank());
-  if (r != ncclSuccess) {
-    return absl::InternalError(absl::StrCat("nccl: ncclCommInitRank on rank ", bootstrap->rank(),
-                                            " of ", bootstrap->size(), " (device ", device,
-                                            ") failed: ", ncclGetErrorString(r)));
+  ncclConfig_t config = NonblockingConfig();
+  const ncclResult_t r = ncclCommInitRankConfig(&comm->state_->comm, bootstrap->size(), id,
+                                                bootstrap->rank(), &config);
+  if (!Accepted(r)) {
+    return absl::InternalError(
+        absl::StrCat("nccl: ncclCommInitRankConfig on rank ", bootstrap->rank(), " of ",
+                     bootstrap->size(), " (device ", device, ") failed: ", ncclGetErrorString(r)));
+  }
+  const absl::Status ready =
+      AwaitInit(comm->state_->comm, bootstrap->rank(), bootstrap->size(), options.timeout);
+  if (!ready.ok()) {
+    comm->state_->aborted = true;  // AwaitInit aborted it
+    return ready;
   }
   MOE_RETURN_IF_ERROR(comm->Finish());
   return comm;
@@ -90,12 +138,25 @@ absl::StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> NcclCommunicator:
     return absl::InvalidArgumentError(
         absl::StrCat("nccl: timeout=", absl::FormatDuration(options.timeout), " must be positive"));
   }
-  std::vector<ncclComm_t> comms(devices.size());
-  const ncclResult_t r =
-      ncclCommInitAll(comms.data(), static_cast<int>(devices.size()), devices.data());
-  if (r != ncclSuccess) {
-    return absl::InternalError(absl::StrCat("nccl: ncclCommInitAll over ", devices.size(),
-                                            " devices failed: ", ncclGetErrorString(r)));
+  // ncclCommInitAll's recipe (one unique id, every rank initialised in one group), with the
+  // nonblocking config.
+  const int size = static_cast<int>(devices.size());
+  ncclUniqueId id;
+  ncclResult_t r = ncclGetUniqueId(&id);
+  std::vector<ncclComm_t> comms(devices.size(), nullptr);
+  if (r == ncclSuccess) r = ncclGroupStart();
+  for (int i = 0; i < size && Accepted(r); ++i) {
+    MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(devices[i]));
+    ncclConfig_t config = NonblockingConfig();
+    r = ncclCommInitRankConfig(&comms[i], size, id, i, &config);
+  }
+  const ncclResult_t end = ncclGroupEnd();
+  if (!Accepted(r) || !Accepted(end)) {
+    return absl::InternalError(absl::StrCat("nccl: initialising ", size, " devices failed: ",
+                                            ncclGetErrorString(Accepted(r) ? end : r)));
+  }
+  for (int i = 0; i < size; ++i) {
+    MOE_RETURN_IF_ERROR(AwaitInit(comms[i], i, size, options.timeout));
   }
   std::vector<std::unique_ptr<NcclCommunicator>> out;
   for (size_t i = 0; i < devices.size(); ++i) {
@@ -128,7 +189,7 @@ absl::Status NcclCommunicator::Start(absl::string_view op) {
 }
 
 absl::Status NcclCommunicator::Complete(absl::string_view op, int enqueued) {
-  if (enqueued != ncclSuccess) {
+  if (!Accepted(static_cast<ncclResult_t>(enqueued))) {
     return Fail(absl::InternalError(
         absl::StrCat(kImpl, ": ", op, " on rank ", rank_, " of ", size_,
                      " failed: ", ncclGetErrorString(static_cast<ncclResult_t>(enqueued)), " (",
@@ -136,13 +197,6 @@ absl::Status NcclCommunicator::Complete(absl::string_view op, int enqueued) {
   }
   const absl::Time deadline = absl::Now() + timeout_;
   for (int64_t polls = 0;; ++polls) {
-    const cudaError_t q = cudaStreamQuery(state_->stream);
-    if (q == cudaSuccess) return absl::OkStatus();
-    if (q != cudaErrorNotReady) {
-      return Fail(absl::InternalError(absl::StrCat(kImpl, ": ", op, " on rank ", rank_, " of ",
-                                                   size_, " failed: ", cudaGetErrorName(q), " (",
-                                                   cudaGetErrorString(q), ")")));
-    }
     ncclResult_t async = ncclSuccess;
     ncclCommGetAsyncError(state_->comm, &async);
     if (async != ncclSuccess && async != ncclInProgress) {
@@ -150,6 +204,17 @@ absl::Status NcclCommunicator::Complete(absl::string_view op, int enqueued) {
       state_->aborted = true;
       return Fail(absl::InternalError(absl::StrCat(kImpl, ": ", op, " on rank ", rank_, " of ",
                                                    size_, " failed: ", ncclGetErrorString(async))));
+    }
+    // ncclInProgress: NCCL is still enqueuing (e.g. connecting to the peers), so the stream
+    // does not hold the collective yet.
+    if (async == ncclSuccess) {
+      const cudaError_t q = cudaStreamQuery(state_->stream);
+      if (q == cudaSuccess) return absl::OkStatus();
+      if (q != cudaErrorNotReady) {
+        return Fail(absl::InternalError(absl::StrCat(kImpl, ": ", op, " on rank ", rank_, " of ",
+                                                     size_, " failed: ", cudaGetErrorName(q), " (",
+                                                     cudaGetErrorString(q), ")")));
+      }
     }
     if (absl::Now() >= deadline) {
       ncclCommAbort(state_->comm);
@@ -176,18 +241,18 @@ absl::Status NcclCommunicator::SendRecv(absl::string_view op, const void* send,
                                         absl::Span<const int64_t> recv_displs) {
   MOE_RETURN_IF_ERROR(Start(op));
   ncclResult_t r = ncclGroupStart();
-  for (int p = 0; p < size_ && r == ncclSuccess; ++p) {
+  for (int p = 0; p < size_ && Accepted(r); ++p) {
     if (send_counts[p] > 0) {
       r = ncclSend(static_cast<const char*>(send) + send_displs[p], send_counts[p], ncclInt8, p,
                    state_->comm, state_->stream);
     }
-    if (r == ncclSuccess && recv_counts[p] > 0) {
+    if (Accepted(r) && recv_counts[p] > 0) {
       r = ncclRecv(static_cast<char*>(recv) + recv_displs[p], recv_counts[p], ncclInt8, p,
                    state_->comm, state_->stream);
     }
   }
   const ncclResult_t end = ncclGroupEnd();
-  return Complete(op, r != ncclSuccess ? r : end);
+  return Complete(op, Accepted(r) ? end : r);
 }
 
 absl::Status NcclCommunicator::AllToAll(const void* send, void* recv, int64_t bytes_per_peer) {
@@ -251,32 +316,6 @@ absl::Status NcclCommunicator::BroadcastHost(void* buffer, int64_t bytes, int ro
     MOE_CUDA_RETURN_IF_ERROR(cudaMemcpy(buffer, state_->staging, bytes, cudaMemcpyDeviceToHost));
   }
   return absl::OkStatus();
-}
-
-absl::Status NcclCommunicator::AllToAllSegments(
-    const void* send, absl::Span<const std::vector<CommSegment>> send_segments, void* recv,
-    absl::Span<const std::vector<CommSegment>> recv_segments) {
-  constexpr absl::string_view kOp = "all_to_all_segments";
-  MOE_RETURN_IF_ERROR(CheckSegments(kImpl, send_segments, recv_segments));
-  MOE_RETURN_IF_ERROR(Start(kOp));
-  // NCCL matches the sends and receives between two ranks in the order they are posted,
-  // which is list order on both sides.
-  ncclResult_t r = ncclGroupStart();
-  for (int p = 0; p < size_ && r == ncclSuccess; ++p) {
-    for (const CommSegment& s : send_segments[p]) {
-      if (s.bytes == 0) continue;
-      r = ncclSend(static_cast<const char*>(send) + s.offset, s.bytes, ncclInt8, p, state_->comm,
-                   state_->stream);
-      if (r != ncclSuccess) break;
-    }
-    for (const CommSegment& s : recv_segments[p]) {
-      if (r != ncclSuccess || s.bytes == 0) continue;
-      r = ncclRecv(static_cast<char*>(recv) + s.offset, s.bytes, ncclInt8, p, state_->comm,
-                   state_->stream);
-    }
-  }
-  const ncclResult_t end = ncclGroupEnd();
-  return Complete(kOp, r != ncclSuccess ? r : end);
 }
 
 absl::Status NcclCommunicator::Broadcast(void* buffer, int64_t bytes, int root) {

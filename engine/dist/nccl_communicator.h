@@ -2,6 +2,9 @@
 // Built wherever the CUDA toolkit (with nccl.h and libnccl) is; it needs GPUs to run, so the
 // CPU-only CI machine compiles it and runs nothing of it (its test skips without a device).
 //
+// The NCCL communicators are nonblocking (ncclConfig_t::blocking = 0), so no NCCL call blocks
+// the host, not even the first collective's lazy connection to its peers: initialisation and
+// every collective are polled against the deadline.
 // Each call orders itself after all work already queued on the rank's device
 // (cudaDeviceSynchronize: the buffers usually come from the backend's own stream), runs the NCCL
 // collective on the communicator's stream, and returns once it has completed, polling
@@ -29,7 +32,8 @@ class NcclCommunicator : public Communicator {
   // CUDA device `device`. The NCCL rank and size are bootstrap's.
   static absl::StatusOr<std::unique_ptr<NcclCommunicator>> Create(
       Communicator* bootstrap, int device, const CommunicatorOptions& options = {});
-  // One process driving all of `devices` (ncclCommInitAll): rank i on devices[i], each used by
+  // One process driving all of `devices` (one group of ncclCommInitRankConfig, as
+  // ncclCommInitAll does): rank i on devices[i], each used by
   // its own thread.
   static absl::StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> CreateAll(
       const std::vector<int>& devices, const CommunicatorOptions& options = {});
@@ -48,11 +52,6 @@ class NcclCommunicator : public Communicator {
   absl::Status AllGather(const void* send, void* recv, int64_t bytes) override;
   absl::Status Broadcast(void* buffer, int64_t bytes, int root) override;
   absl::Status Barrier() override;
-  // One ncclSend / ncclRecv per non-empty segment, all in one group.
-  absl::Status AllToAllSegments(const void* send,
-                                absl::Span<const std::vector<CommSegment>> send_segments,
-                                void* recv,
-                                absl::Span<const std::vector<CommSegment>> recv_segments) override;
   // Through a device staging buffer that grows to the largest call and is kept.
   absl::Status AllGatherHost(const void* send, void* recv, int64_t bytes) override;
   absl::Status BroadcastHost(void* buffer, int64_t bytes, int root) override;

@@ -7,8 +7,8 @@ namespace moe {
 absl::StatusOr<SequenceShard> SequenceShard::Create(int64_t batch, int64_t length, int ranks,
                                                     int rank) {
   if (batch < 0 || length < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("sequence_shard: batch=", batch, " length=",
-                                                   length, " must not be negative"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sequence_shard: batch=", batch, " length=", length, " must not be negative"));
   }
   if (ranks < 1 || rank < 0 || rank >= ranks) {
     return absl::InvalidArgumentError(

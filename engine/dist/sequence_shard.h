@@ -18,8 +18,7 @@ namespace moe {
 class SequenceShard {
  public:
   // InvalidArgument unless batch >= 0, length >= 0, ranks >= 1 and 0 <= rank < ranks.
-  static absl::StatusOr<SequenceShard> Create(int64_t batch, int64_t length, int ranks,
-                                              int rank);
+  static absl::StatusOr<SequenceShard> Create(int64_t batch, int64_t length, int ranks, int rank);
 
   int64_t slice_start() const { return start_; }
   int64_t slice_length() const { return end_ - start_; }

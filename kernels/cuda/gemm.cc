@@ -20,12 +20,12 @@
 
 // Returns the Status of a failed cuBLASLt call from the enclosing function, naming the call
 // and `what` (the op and its shape).
-#define MOE_CUBLASLT_RETURN_IF_ERROR(expr, what)                                           \
-  do {                                                                                     \
-    const cublasStatus_t moe_lt_status_ = (expr);                                          \
-    if (moe_lt_status_ != CUBLAS_STATUS_SUCCESS) {                                         \
+#define MOE_CUBLASLT_RETURN_IF_ERROR(expr, what)                                             \
+  do {                                                                                       \
+    const cublasStatus_t moe_lt_status_ = (expr);                                            \
+    if (moe_lt_status_ != CUBLAS_STATUS_SUCCESS) {                                           \
       return ::moe::cuda::CublasLtStatus(moe_lt_status_, #expr, (what), __FILE__, __LINE__); \
-    }                                                                                      \
+    }                                                                                        \
   } while (0)
 
 namespace moe::cuda {
@@ -55,8 +55,8 @@ void* Offset(void* p, int64_t elements, DType t) {
 
 // The segment kernel's view of a GEMM against B (ldb, [n, k] when b_is_nk), or false when it
 // does not apply: it reads bf16 A row-major and K-major bf16 B, and writes bf16 or f32.
-bool SegmentShapeFor(const GemmArgs& g, const void* b, int64_t ldb, bool b_is_nk,
-                     int64_t stride_b, SegmentGemmShape* shape) {
+bool SegmentShapeFor(const GemmArgs& g, const void* b, int64_t ldb, bool b_is_nk, int64_t stride_b,
+                     SegmentGemmShape* shape) {
   if (g.a_dtype != DType::kBF16 || g.b_dtype != DType::kBF16 || g.trans_a || !b_is_nk) {
     return false;
   }
@@ -131,10 +131,10 @@ cublasStatus_t SetDesc(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t
 // A column-major rows x cols layout with leading dim ld, `batch` matrices `stride` apart.
 absl::Status MakeLayout(cublasLtMatrixLayout_t* layout, DType t, int64_t rows, int64_t cols,
                         int64_t ld, int64_t batch, int64_t stride, const std::string& what) {
-  MOE_CUBLASLT_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(layout, CudaType(t),
-                                                          static_cast<uint64_t>(rows),
-                                                          static_cast<uint64_t>(cols), ld),
-                               what);
+  MOE_CUBLASLT_RETURN_IF_ERROR(
+      cublasLtMatrixLayoutCreate(layout, CudaType(t), static_cast<uint64_t>(rows),
+                                 static_cast<uint64_t>(cols), ld),
+      what);
   if (batch > 1) {
     const int32_t count = static_cast<int32_t>(batch);
     MOE_CUBLASLT_RETURN_IF_ERROR(
@@ -166,36 +166,38 @@ bool SingleRounding(const cublasLtMatmulAlgo_t& algo) {
 absl::Status CublasLtStatus(cublasStatus_t status, const char* call, absl::string_view what,
                             const char* file, int line) {
   if (status == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-  return absl::Status(CodeFor(status),
-                      absl::StrCat(call, " failed for ", what, ": ", cublasLtGetStatusName(status),
-                                   " (", cublasLtGetStatusString(status), ") at ", file, ":",
-                                   line));
+  return absl::Status(
+      CodeFor(status),
+      absl::StrCat(call, " failed for ", what, ": ", cublasLtGetStatusName(status), " (",
+                   cublasLtGetStatusString(status), ") at ", file, ":", line));
 }
 
 bool GemmPlanKey::operator==(const GemmPlanKey& o) const {
   return ab_dtype == o.ab_dtype && c_dtype == o.c_dtype && trans_a == o.trans_a &&
-         b_is_nk == o.b_is_nk && m == o.m && n == o.n && k == o.k && lda == o.lda &&
-         ldb == o.ldb && ldc == o.ldc && batch == o.batch && stride_a == o.stride_a &&
-         stride_b == o.stride_b && stride_c == o.stride_c && align_a == o.align_a &&
-         align_b == o.align_b && align_c == o.align_c;
+         b_is_nk == o.b_is_nk && m == o.m && n == o.n && k == o.k && lda == o.lda && ldb == o.ldb &&
+         ldc == o.ldc && batch == o.batch && stride_a == o.stride_a && stride_b == o.stride_b &&
+         stride_c == o.stride_c && align_a == o.align_a && align_b == o.align_b &&
+         align_c == o.align_c && row_invariant == o.row_invariant;
 }
 
 std::string GemmPlanKey::ToString() const {
   return absl::StrCat("m=", m, " n=", n, " k=", k, " batch=", batch, " (", DTypeName(ab_dtype),
-                      " x ", DTypeName(ab_dtype), " -> ", DTypeName(c_dtype),
-                      ", trans_a=", trans_a, ", b stored ", b_is_nk ? "[n, k]" : "[k, n]",
-                      ", lda=", lda, ", ldb=", ldb, ", ldc=", ldc, ", strides a/b/c=", stride_a,
-                      "/", stride_b, "/", stride_c, ", alignment a/b/c=", align_a, "/", align_b,
-                      "/", align_c, " bytes)");
+                      " x ", DTypeName(ab_dtype), " -> ", DTypeName(c_dtype), ", trans_a=", trans_a,
+                      ", b stored ", b_is_nk ? "[n, k]" : "[k, n]", ", lda=", lda, ", ldb=", ldb,
+                      ", ldc=", ldc, ", strides a/b/c=", stride_a, "/", stride_b, "/", stride_c,
+                      ", alignment a/b/c=", align_a, "/", align_b, "/", align_c, " bytes",
+                      row_invariant ? ", row-invariant" : "", ")");
 }
 
 size_t GemmPlanKeyHash::operator()(const GemmPlanKey& key) const {
   size_t h = 0;
-  auto mix = [&h](uint64_t v) { h ^= std::hash<uint64_t>()(v) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2); };
+  auto mix = [&h](uint64_t v) {
+    h ^= std::hash<uint64_t>()(v) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+  };
   mix(static_cast<uint64_t>(key.ab_dtype) | static_cast<uint64_t>(key.c_dtype) << 8 |
       static_cast<uint64_t>(key.trans_a) << 16 | static_cast<uint64_t>(key.b_is_nk) << 17 |
       static_cast<uint64_t>(key.align_a) << 24 | static_cast<uint64_t>(key.align_b) << 32 |
-      static_cast<uint64_t>(key.align_c) << 40);
+      static_cast<uint64_t>(key.align_c) << 40 | static_cast<uint64_t>(key.row_invariant) << 48);
   for (int64_t v : {key.m, key.n, key.k, key.lda, key.ldb, key.ldc, key.batch, key.stride_a,
                     key.stride_b, key.stride_c}) {
     mix(static_cast<uint64_t>(v));
@@ -261,8 +263,8 @@ CublasLtGemm::~CublasLtGemm() {
 }
 
 absl::StatusOr<bool> CublasLtGemm::SegmentShape(const GemmArgs& g, const void* b, int64_t ldb,
-                                                bool b_is_nk, int64_t stride_b,
-                                                cudaStream_t stream, SegmentGemmShape* shape) {
+                                                bool b_is_nk, int64_t stride_b, cudaStream_t stream,
+                                                SegmentGemmShape* shape) {
   if (!SegmentShapeFor(g, b, ldb, b_is_nk, stride_b, shape)) return false;
   if (SegmentGemmSplits(g.n, g.k) > 1) {
     MOE_RETURN_IF_ERROR(EnsureSplitWorkspace(stream));
@@ -271,8 +273,10 @@ absl::StatusOr<bool> CublasLtGemm::SegmentShape(const GemmArgs& g, const void* b
   return true;
 }
 
-int64_t CublasLtGemm::SegmentRowsLimit(int64_t n, int64_t k) const {
-  if (segment_max_rows_ == 0 || n * k > kSmallMatrixElements) return segment_max_rows_;
+int64_t CublasLtGemm::SegmentRowsLimit(const GemmArgs& g) const {
+  if (segment_max_rows_ == 0) return 0;
+  if (g.row_invariant) return INT64_MAX;
+  if (g.n * g.k > kSmallMatrixElements) return segment_max_rows_;
   return std::max(segment_max_rows_, kSmallMatrixSegmentRows);
 }
 
@@ -292,8 +296,8 @@ absl::Status CublasLtGemm::EnsureSplitWorkspace(cudaStream_t stream) {
     if (partials != nullptr) cudaFree(partials);
     if (counters != nullptr) cudaFree(counters);
     return absl::ResourceExhaustedError(
-        absl::StrCat("cublaslt gemm: cannot allocate the split-k workspace (", partial_bytes,
-                     " + ", counter_bytes, " bytes)"));
+        absl::StrCat("cublaslt gemm: cannot allocate the split-k workspace (", partial_bytes, " + ",
+                     counter_bytes, " bytes)"));
   }
   split_.partials = static_cast<float*>(partials);
   split_.partial_floats = kSplitPartialFloats;
@@ -368,7 +372,7 @@ absl::Status CublasLtGemm::GroupedGemm(const GroupedGemmArgs& args, cudaStream_t
     const int64_t first = args.offsets[i];
     const SegmentGemmSegment seg{i, first * g.lda, first * g.ldc, args.offsets[i + 1] - first};
     if (seg.rows == 0) continue;
-    if (segment_kernel && seg.rows <= SegmentRowsLimit(g.n, g.k)) {
+    if (segment_kernel && seg.rows <= SegmentRowsLimit(g)) {
       short_segments_.push_back(seg);
     } else {
       MOE_RETURN_IF_ERROR(plain(seg));
@@ -391,13 +395,13 @@ absl::Status CublasLtGemm::Run(absl::string_view op, const GemmArgs& g, int64_t 
   if (g.k == 0) {
     // An empty sum: C = 0 (zero bits are 0.0 in f32 and bf16).
     for (int64_t i = 0; i < batch; ++i) {
-      MOE_CUDA_RETURN_IF_ERROR(cudaMemset2DAsync(Offset(c, i * stride_c, g.c_dtype),
-                                                 g.ldc * c_size, 0, g.n * c_size, m, stream));
+      MOE_CUDA_RETURN_IF_ERROR(cudaMemset2DAsync(Offset(c, i * stride_c, g.c_dtype), g.ldc * c_size,
+                                                 0, g.n * c_size, m, stream));
     }
     return absl::OkStatus();
   }
   if (batch == 1) stride_a = stride_b = stride_c = 0;
-  if (m <= SegmentRowsLimit(g.n, g.k)) {
+  if (m <= SegmentRowsLimit(g)) {
     SegmentGemmShape shape;
     MOE_ASSIGN_OR_RETURN(const bool segment_kernel,
                          SegmentShape(g, b, ldb, b_is_nk, stride_b, stream, &shape));
@@ -428,6 +432,7 @@ absl::Status CublasLtGemm::Run(absl::string_view op, const GemmArgs& g, int64_t 
   key.stride_b = stride_b;
   key.align_a = AlignmentOf(a, g.lda * ab_size, stride_a * ab_size);
   key.align_b = AlignmentOf(b, ldb * ab_size, stride_b * ab_size);
+  key.row_invariant = g.row_invariant;
   if (!(g.a_dtype == DType::kF32 && g.c_dtype == DType::kBF16)) {
     key.c_dtype = g.c_dtype;
     key.ldc = g.ldc;
@@ -463,14 +468,14 @@ absl::Status CublasLtGemm::Matmul(absl::string_view op, const GemmPlanKey& key, 
   const float beta = 0.0f;
   MOE_CUBLASLT_RETURN_IF_ERROR(
       cublasLtMatmul(handle_, plan->desc, &alpha, b, plan->a_layout, a, plan->b_layout, &beta, c,
-                     plan->c_layout, c, plan->c_layout, &plan->algo, workspace_,
-                     workspace_bytes_, stream),
+                     plan->c_layout, c, plan->c_layout, &plan->algo, workspace_, workspace_bytes_,
+                     stream),
       What(op, key));
   return absl::OkStatus();
 }
 
 absl::StatusOr<const CublasLtGemm::Plan*> CublasLtGemm::GetPlan(absl::string_view op,
-                                                                 const GemmPlanKey& key) {
+                                                                const GemmPlanKey& key) {
   auto it = plans_.find(key);
   if (it != plans_.end()) {
     lru_.splice(lru_.begin(), lru_, it->second->lru);
@@ -490,8 +495,8 @@ absl::StatusOr<const CublasLtGemm::Plan*> CublasLtGemm::GetPlan(absl::string_vie
   return result;
 }
 
-absl::StatusOr<std::unique_ptr<CublasLtGemm::Plan>> CublasLtGemm::MakePlan(
-    absl::string_view op, const GemmPlanKey& key) {
+absl::StatusOr<std::unique_ptr<CublasLtGemm::Plan>> CublasLtGemm::MakePlan(absl::string_view op,
+                                                                           const GemmPlanKey& key) {
   const std::string what = What(op, key);
   auto plan = std::make_unique<Plan>();
   MOE_CUBLASLT_RETURN_IF_ERROR(
@@ -512,25 +517,33 @@ absl::StatusOr<std::unique_ptr<CublasLtGemm::Plan>> CublasLtGemm::MakePlan(
   MOE_RETURN_IF_ERROR(MakeLayout(&plan->c_layout, key.c_dtype, key.n, key.m, key.ldc, key.batch,
                                  key.stride_c, what));
 
-  if (key.batch > 1) {
-    // The per-matrix algorithm, so that batched and one-by-one GEMMs give the same bits.
-    MOE_ASSIGN_OR_RETURN(const Plan* single, GetPlan(op, Single(key)));
+  if (key.batch > 1 || (key.row_invariant && key.m != kRowInvariantPlanRows)) {
+    // The per-matrix algorithm, so that batched and one-by-one GEMMs give the same bits; for a
+    // row-invariant GEMM, the algorithm of kRowInvariantPlanRows rows, so every m runs the same
+    // kernel.
+    GemmPlanKey source = Single(key);
+    if (key.row_invariant) source.m = kRowInvariantPlanRows;
+    MOE_ASSIGN_OR_RETURN(const Plan* single, GetPlan(op, source));
     plan->algo = single->algo;
     cublasLtMatmulHeuristicResult_t check = {};
     const cublasStatus_t status =
-        cublasLtMatmulAlgoCheck(handle_, plan->desc, plan->a_layout, plan->b_layout,
-                                plan->c_layout, plan->c_layout, &plan->algo, &check);
+        cublasLtMatmulAlgoCheck(handle_, plan->desc, plan->a_layout, plan->b_layout, plan->c_layout,
+                                plan->c_layout, &plan->algo, &check);
     plan->matrix_by_matrix =
         status != CUBLAS_STATUS_SUCCESS || check.workspaceSize > workspace_bytes_;
+    if (plan->matrix_by_matrix && key.batch == 1) {
+      return absl::InternalError(absl::StrCat(what, ": the row-invariant algorithm (the one for ",
+                                              kRowInvariantPlanRows,
+                                              " rows) does not run at this m"));
+    }
     return plan;
   }
 
   Preference pref;
   MOE_CUBLASLT_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(pref.out()), what);
-  MOE_CUBLASLT_RETURN_IF_ERROR(
-      SetPref(pref.get(), CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-              static_cast<uint64_t>(workspace_bytes_)),
-      what);
+  MOE_CUBLASLT_RETURN_IF_ERROR(SetPref(pref.get(), CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                       static_cast<uint64_t>(workspace_bytes_)),
+                               what);
   // NONE (0) always qualifies; COMPUTE_TYPE is split-K reduced in fp32 by a separate kernel.
   MOE_CUBLASLT_RETURN_IF_ERROR(
       SetPref(pref.get(), CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
@@ -558,16 +571,17 @@ absl::StatusOr<std::unique_ptr<CublasLtGemm::Plan>> CublasLtGemm::MakePlan(
     return CublasLtStatus(status, "cublasLtMatmulAlgoGetHeuristic", what, __FILE__, __LINE__);
   }
   for (int i = 0; status == CUBLAS_STATUS_SUCCESS && i < returned; ++i) {
-    if (results[i].state == CUBLAS_STATUS_SUCCESS &&
-        results[i].workspaceSize <= workspace_bytes_ && SingleRounding(results[i].algo)) {
+    if (results[i].state == CUBLAS_STATUS_SUCCESS && results[i].workspaceSize <= workspace_bytes_ &&
+        SingleRounding(results[i].algo)) {
       plan->algo = results[i].algo;
       return plan;
     }
   }
   return absl::InvalidArgumentError(absl::StrCat(
-      what, ": cuBLASLt has no deterministic single-rounding algorithm for this shape and these "
-            "alignments (16-byte aligned pointers, strides and leading dims, i.e. multiples of 8 "
-            "bf16 or 4 f32 elements, are always supported)"));
+      what,
+      ": cuBLASLt has no deterministic single-rounding algorithm for this shape and these "
+      "alignments (16-byte aligned pointers, strides and leading dims, i.e. multiples of 8 "
+      "bf16 or 4 f32 elements, are always supported)"));
 }
 
 absl::StatusOr<std::string> CublasLtGemm::DescribePlan(const GemmPlanKey& key) {
@@ -580,12 +594,12 @@ absl::StatusOr<std::string> CublasLtGemm::DescribePlan(const GemmPlanKey& key) {
     cublasLtMatmulAlgoConfigAttributes_t attr;
     size_t size;  // bytes, as cublasLt.h documents the attribute
   };
-  for (const Field& f : {Field{"", CUBLASLT_ALGO_CONFIG_ID, 4},
-                         Field{" tile", CUBLASLT_ALGO_CONFIG_TILE_ID, 4},
-                         Field{" stages", CUBLASLT_ALGO_CONFIG_STAGES_ID, 4},
-                         Field{" split_k", CUBLASLT_ALGO_CONFIG_SPLITK_NUM, 4},
-                         Field{" reduction", CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, 4},
-                         Field{" cluster", CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, 2}}) {
+  for (const Field& f :
+       {Field{"", CUBLASLT_ALGO_CONFIG_ID, 4}, Field{" tile", CUBLASLT_ALGO_CONFIG_TILE_ID, 4},
+        Field{" stages", CUBLASLT_ALGO_CONFIG_STAGES_ID, 4},
+        Field{" split_k", CUBLASLT_ALGO_CONFIG_SPLITK_NUM, 4},
+        Field{" reduction", CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, 4},
+        Field{" cluster", CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, 2}}) {
     uint32_t value = 0;  // little endian: a 2-byte attribute fills the low half
     size_t written = 0;
     MOE_CUBLASLT_RETURN_IF_ERROR(
@@ -607,8 +621,8 @@ absl::StatusOr<float*> CublasLtGemm::Scratch(size_t bytes, cudaStream_t stream) 
   if (cudaMalloc(&scratch_, bytes) != cudaSuccess) {
     scratch_ = nullptr;
     cudaGetLastError();  // reported here, not by the next CUDA call
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "cublaslt gemm: cannot allocate ", bytes, " bytes of fp32 scratch for f32 -> bf16"));
+    return absl::ResourceExhaustedError(absl::StrCat("cublaslt gemm: cannot allocate ", bytes,
+                                                     " bytes of fp32 scratch for f32 -> bf16"));
   }
   scratch_bytes_ = bytes;
   return static_cast<float*>(scratch_);

@@ -103,6 +103,8 @@ struct GemmPlanKey {
   int32_t align_a = 16;  // bytes
   int32_t align_b = 16;
   int32_t align_c = 16;
+  // GemmArgs::row_invariant: the algorithm is the one chosen for kRowInvariantPlanRows rows.
+  bool row_invariant = false;
 
   bool operator==(const GemmPlanKey& o) const;
   std::string ToString() const;
@@ -134,6 +136,10 @@ class CublasLtGemm {
   // (Mixtral, DeepSeek-V3) lost with longer segments. Not with segment_max_rows = 0.
   static constexpr int64_t kSmallMatrixElements = int64_t{4} << 20;
   static constexpr int64_t kSmallMatrixSegmentRows = 256;
+  // Row-invariant GEMMs (GemmArgs::row_invariant) take the segment kernel at every m where it
+  // takes the shape; otherwise (f32) cuBLASLt with the algorithm its heuristic picks for this
+  // many rows, for every m.
+  static constexpr int64_t kRowInvariantPlanRows = 1024;
 
   // Creates the cuBLASLt handle and the workspace on the current device. Unavailable without
   // a usable device; ResourceExhausted if the workspace cannot be allocated.
@@ -169,12 +175,12 @@ class CublasLtGemm {
 
   // One GEMM or one strided batch of them. `b` is a plain B (ldb, trans_b) or a packed
   // matrix (b_is_nk, ldb = the packed ld); m rows of A from `a`; C at `c`.
-  absl::Status Run(absl::string_view op, const GemmArgs& g, int64_t m, const void* a,
-                   const void* b, int64_t ldb, bool b_is_nk, void* c, int64_t batch,
-                   int64_t stride_a, int64_t stride_b, int64_t stride_c, cudaStream_t stream);
+  absl::Status Run(absl::string_view op, const GemmArgs& g, int64_t m, const void* a, const void* b,
+                   int64_t ldb, bool b_is_nk, void* c, int64_t batch, int64_t stride_a,
+                   int64_t stride_b, int64_t stride_c, cudaStream_t stream);
   // cuBLASLt on the plan for `key` (C of key.c_dtype at c with key.ldc).
-  absl::Status Matmul(absl::string_view op, const GemmPlanKey& key, const void* a,
-                      const void* b, void* c, cudaStream_t stream);
+  absl::Status Matmul(absl::string_view op, const GemmPlanKey& key, const void* a, const void* b,
+                      void* c, cudaStream_t stream);
   // The cached plan for `key`, made (and the least recently used one dropped) if missing.
   absl::StatusOr<const Plan*> GetPlan(absl::string_view op, const GemmPlanKey& key);
   absl::StatusOr<std::unique_ptr<Plan>> MakePlan(absl::string_view op, const GemmPlanKey& key);
@@ -183,11 +189,11 @@ class CublasLtGemm {
   // SegmentShapeFor (gemm.cc) with the split-k workspace made and attached where the shape
   // splits (segment_gemm.h); false when the segment kernel does not take these dtypes/layouts.
   absl::StatusOr<bool> SegmentShape(const GemmArgs& g, const void* b, int64_t ldb, bool b_is_nk,
-                                    int64_t stride_b, cudaStream_t stream,
-                                    SegmentGemmShape* shape);
+                                    int64_t stride_b, cudaStream_t stream, SegmentGemmShape* shape);
   absl::Status EnsureSplitWorkspace(cudaStream_t stream);
-  // Most rows per matrix that run on the segment kernel for an n x k B (see above).
-  int64_t SegmentRowsLimit(int64_t n, int64_t k) const;
+  // Most rows per matrix that run on the segment kernel for g's n x k B (see above; no limit
+  // for a row-invariant GEMM).
+  int64_t SegmentRowsLimit(const GemmArgs& g) const;
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;

@@ -46,6 +46,7 @@ absl::Status MoeBlock::Route(const Tensor& x, const ForwardScratch& s) {
   gemm.lda = d;
   gemm.packed_b = weights_->gate_packed();
   gemm.ldc = e;
+  gemm.row_invariant = true;  // routing must not depend on the batch (MOE_SEMANTICS 7.15)
   if (config_.router_gemm == RouterGemm::kRunDType) {
     // nn.Linear in the run dtype: the logits are rounded to it, then routed in fp32.
     gemm.a = x.data();
@@ -173,8 +174,8 @@ absl::Status MoeBlock::GatherRows(const Tensor& x, const ForwardScratch& s) {
   return backend_->GatherRows(gather);
 }
 
-absl::Status MoeBlock::ExpertGemms(const Tensor& rows_in, const Tensor& gate_up,
-                                   const Tensor& act, absl::Span<const int64_t> counts,
+absl::Status MoeBlock::ExpertGemms(const Tensor& rows_in, const Tensor& gate_up, const Tensor& act,
+                                   absl::Span<const int64_t> counts,
                                    absl::Span<const int64_t> offsets,
                                    const int64_t* device_counts) {
   const int64_t e = experts().count, d = config_.hidden, i = config_.inter;
@@ -213,8 +214,8 @@ absl::Status MoeBlock::ExpertGemms(const Tensor& rows_in, const Tensor& gate_up,
   // MOE_SEMANTICS 3.4 / 7.11: the batched path needs every count equal to one C > 0, checked
   // exactly; anything else takes the grouped path, which skips empty experts.
   const int64_t c = device_counts == nullptr ? counts[0] : 0;
-  const bool equal = c > 0 && std::all_of(counts.begin(), counts.end(),
-                                          [c](int64_t k) { return k == c; });
+  const bool equal =
+      c > 0 && std::all_of(counts.begin(), counts.end(), [c](int64_t k) { return k == c; });
   if (equal && batched_path_enabled_) {
     trace_.expert_path = ExpertPath::kBatched;
     BatchedGemmArgs b1;
@@ -262,6 +263,7 @@ absl::Status MoeBlock::RunShared(const Tensor& x, const ForwardScratch& s, const
   up.a_dtype = up.b_dtype = up.c_dtype = config_.dtype;
   up.lda = d;
   up.packed_b = weights_->shared_w13_packed();
+  up.row_invariant = true;  // the shared output must not depend on the batch either
   up.c = s.shared_gate_up.data();
   up.ldc = 2 * sh;
   MOE_RETURN_IF_ERROR(backend_->Gemm(up));
@@ -284,6 +286,7 @@ absl::Status MoeBlock::RunShared(const Tensor& x, const ForwardScratch& s, const
   down.a_dtype = down.b_dtype = down.c_dtype = config_.dtype;
   down.lda = sh;
   down.packed_b = weights_->shared_w2t_packed();
+  down.row_invariant = true;
   down.c = target.data();
   down.ldc = d;
   MOE_RETURN_IF_ERROR(backend_->Gemm(down));
@@ -302,6 +305,7 @@ absl::Status MoeBlock::RunShared(const Tensor& x, const ForwardScratch& s, const
   logit.c_dtype = run_dtype ? config_.dtype : DType::kF32;
   logit.lda = d;
   logit.packed_b = weights_->shared_gate_packed();
+  logit.row_invariant = true;
   logit.c = run_dtype ? s.shared_gate_rd.data() : s.shared_gate_logit.data();
   logit.ldc = 1;
   MOE_RETURN_IF_ERROR(backend_->Gemm(logit));

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -575,6 +576,55 @@ TEST_F(CublasLtGemmTest, SegmentKernelTilesGiveTheSameBits) {
             << "segment " << i;
       }
       first += rows[i];
+    }
+  }
+}
+
+// GemmArgs::row_invariant: every row's bits are the same whatever m is (the router and
+// shared-expert GEMMs rely on it): bf16 through the segment kernel at every m, f32 through one
+// cuBLASLt algorithm for every m. Gate-like, shared-expert-like and one-column shapes, m from
+// 1 to past the row-invariant plan's rows.
+TEST_F(CublasLtGemmTest, RowInvariantRowsDoNotDependOnM) {
+  std::mt19937_64 rng(23);
+  const int64_t max_m = 1500;
+  const std::vector<int64_t> heights = {1, 7, 64, 65, 257, 1024, max_m};
+  for (const Shape& shape : {Shape{0, 256, 2048}, Shape{0, 8, 4096}, Shape{0, 1, 520},
+                             Shape{0, 1024, 512}}) {
+    for (DType ab : {DType::kF32, DType::kBF16}) {
+      const DType ct = DType::kF32;
+      SCOPED_TRACE(absl::StrCat("n=", shape.n, " k=", shape.k, " ", DTypeName(ab)));
+      const Matrices a = RandomMatrices(max_m, shape.k, 0, 1, ab, rng);
+      const Matrices b = RandomMatrices(shape.n, shape.k, 0, 1, ab, rng);
+      DeviceBuffer da(Encode(a.values, ab)), db(Encode(b.values, ab));
+      std::unique_ptr<CudaPackedWeights> packed = Pack(b, true, db.get(), shape.k, shape.n);
+      ASSERT_NE(packed, nullptr);
+      std::vector<std::vector<uint8_t>> results;
+      for (int64_t m : heights) {
+        auto dc = OutputBuffer(m * shape.n, ct);
+        GemmArgs g;
+        g.m = m;
+        g.n = shape.n;
+        g.k = shape.k;
+        g.a = da.get();
+        g.a_dtype = g.b_dtype = ab;
+        g.lda = shape.k;
+        g.c = dc->get();
+        g.c_dtype = ct;
+        g.ldc = shape.n;
+        g.packed_b = packed.get();
+        g.row_invariant = true;
+        const absl::Status s = gemm_->Gemm(g, stream_);
+        ASSERT_TRUE(s.ok()) << "m=" << m << ": " << s;
+        results.push_back(dc->Download());
+      }
+      const std::vector<uint8_t>& all = results.back();
+      for (size_t i = 0; i + 1 < heights.size(); ++i) {
+        EXPECT_EQ(0, std::memcmp(results[i].data(), all.data(), results[i].size()))
+            << "the first " << heights[i] << " rows differ from the same rows of m=" << max_m;
+      }
+      EXPECT_LE(MaxRelError(Block(all, ct, 0, 64, shape.n, shape.n),
+                            Reference(a, false, 0, 0, b, true, 0, 64, shape.n, shape.k)),
+                OpTol(ab));
     }
   }
 }

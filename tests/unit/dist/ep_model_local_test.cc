@@ -48,7 +48,8 @@ class EpModelLocalTest : public ::testing::TestWithParam<LocalCase> {};
 
 TEST_P(EpModelLocalTest, BitIdenticalToOneDevice) {
   const LocalCase& p = GetParam();
-  RunOnThreads(p.ranks, {.model_dir = "models/" + p.model, .dtype = p.dtype, .equal_split = p.mode});
+  RunOnThreads(p.ranks,
+               {.model_dir = "models/" + p.model, .dtype = p.dtype, .equal_split = p.mode});
 }
 
 std::string CaseName(const ::testing::TestParamInfo<LocalCase>& info) {
@@ -130,8 +131,8 @@ TEST(EpModelLoadTest, RankReadsOnlyItsOwnExperts) {
   auto whole = Model::Load(trimmed, {}, dev->backend.get(), dev->allocator.get());
   ASSERT_FALSE(whole.ok());
   EXPECT_TRUE(absl::StrContains(whole.status().message(), "missing tensor")) << whole.status();
-  EXPECT_TRUE(absl::StrContains(whole.status().message(),
-                                absl::StrCat(".experts.", mine.end(), ".")))
+  EXPECT_TRUE(
+      absl::StrContains(whole.status().message(), absl::StrCat(".experts.", mine.end(), ".")))
       << whole.status();
   // Rank 0 of 2 loads it and the pair still gives the one-device bits.
   RunOnThreads(2, {.model_dir = dir, .rank0_dir = trimmed});

@@ -64,8 +64,8 @@ TEST_P(EpMoeLocalTest, BitIdenticalToOneDevice) {
       ASSERT_TRUE(runs[r].ok()) << runs[r].status();
       const EpRankRun& run = *runs[r];
       EXPECT_EQ(run.bytes, RankRows(c, reference->bytes, r));
-      const ExchangePath want = mode == EqualSplitMode::kNever    ? ExchangePath::kVariable
-                                : mode == EqualSplitMode::kAlways ? ExchangePath::kEqualSplit
+      const ExchangePath want = mode == EqualSplitMode::kNever       ? ExchangePath::kVariable
+                                : mode == EqualSplitMode::kAlways    ? ExchangePath::kEqualSplit
                                 : c.auto_path != ExchangePath::kNone ? c.auto_path
                                                                      : run.trace.exchange_path;
       EXPECT_EQ(run.trace.exchange_path, want);
@@ -100,8 +100,7 @@ std::string CaseName(const ::testing::TestParamInfo<std::tuple<int, int>>& info)
 }
 
 INSTANTIATE_TEST_SUITE_P(Ranks, EpMoeLocalTest,
-                         ::testing::Combine(::testing::Values(1, 2, 3, 4),
-                                            ::testing::Range(0, 11)),
+                         ::testing::Combine(::testing::Values(1, 2, 3, 4), ::testing::Range(0, 11)),
                          CaseName);
 
 TEST(EpMoeLocalCasesTest, ElevenCases) { EXPECT_EQ(MakeEpCases(2, kSeed).size(), 11u); }
@@ -118,8 +117,8 @@ TEST(EpMoeLocalPaddingTest, SkewedStepPadsAndStaysFinite) {
     // 8 rows to rank 0, none to rank 1: blocks of 8, 8 rows of padding.
     EXPECT_EQ(runs[r]->trace.block_rows, 8);
     EXPECT_EQ(runs[r]->trace.padding_rows, 8);
-    const std::vector<double> v = Decode(runs[r]->bytes.data(),
-                                         runs[r]->bytes.size() / 2, DType::kBF16);
+    const std::vector<double> v =
+        Decode(runs[r]->bytes.data(), runs[r]->bytes.size() / 2, DType::kBF16);
     for (double x : v) ASSERT_TRUE(std::isfinite(x));
   }
   EXPECT_EQ(runs[0]->trace.received_rows, 16);

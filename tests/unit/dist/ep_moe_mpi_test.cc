@@ -35,8 +35,8 @@ TEST_F(MpiTest, Collectives) {
     recv_displs[q] = q * (r + 1);
   }
   std::vector<int64_t> recv(p * (r + 1), -1);
-  ASSERT_TRUE(AllToAllVElements<int64_t>(comm, send.data(), send_counts, send_displs,
-                                         recv.data(), recv_counts, recv_displs)
+  ASSERT_TRUE(AllToAllVElements<int64_t>(comm, send.data(), send_counts, send_displs, recv.data(),
+                                         recv_counts, recv_displs)
                   .ok());
   for (int q = 0; q < p; ++q) {
     for (int k = 0; k <= r; ++k) EXPECT_EQ(recv[q * (r + 1) + k], q * 100 + r);

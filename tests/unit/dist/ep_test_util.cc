@@ -165,9 +165,9 @@ absl::StatusOr<EpRankRun> RunEpRank(const EpCase& c, Communicator* comm, TestDev
   slice(&weights.w2);
   EpMoeOptions options;
   options.equal_split = mode;
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<EpMoeBlock> ep,
-                       EpMoeBlock::Create(cfg, weights, comm, dev.backend.get(),
-                                          dev.allocator.get(), options));
+  MOE_ASSIGN_OR_RETURN(
+      std::unique_ptr<EpMoeBlock> ep,
+      EpMoeBlock::Create(cfg, weights, comm, dev.backend.get(), dev.allocator.get(), options));
 
   const std::vector<int64_t>& tokens = c.rank_tokens[rank];
   const int64_t t = static_cast<int64_t>(tokens.size()), d = cfg.hidden;

@@ -11,7 +11,8 @@ namespace {
 std::vector<std::pair<int64_t, int64_t>> Ranges(int64_t e, int p) {
   const ExpertPlacement placement = ExpertPlacement::Create(e, p).value();
   std::vector<std::pair<int64_t, int64_t>> out;
-  for (int r = 0; r < p; ++r) out.emplace_back(placement.RangeOf(r).first, placement.RangeOf(r).end());
+  for (int r = 0; r < p; ++r)
+    out.emplace_back(placement.RangeOf(r).first, placement.RangeOf(r).end());
   return out;
 }
 
