@@ -2,9 +2,9 @@
 
 #include <chrono>
 #include <fstream>
+#include <sstream>
 #include <thread>
 #include <tuple>
-#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -19,6 +19,7 @@ ServerFlags DefaultServerFlags() {
   f.port = server.port;
   f.backend = engine.backend;
   f.dtype = engine.dtype;
+  f.batch_invariant = engine.batch_invariant;
   f.max_batch_tokens = engine.max_batch_tokens;
   f.max_seqs = engine.max_seqs;
   f.kv_cache_mb = engine.kv_cache_bytes >> 20;
@@ -54,6 +55,8 @@ void AddServerFlags(tools::FlagParser* p, ServerFlags* f) {
   p->AddInt("port", &f->port, "gRPC port; 0 = any free port (printed at startup)");
   p->AddString("backend", &f->backend, "cpu | cuda | xpu");
   p->AddString("dtype", &f->dtype, "run dtype: auto | f32 | bf16");
+  p->AddBool("batch_invariant", &f->batch_invariant,
+             "results independent of the batching, bit for bit (slower prefill on a GPU)");
   p->AddInt("max_batch_tokens", &f->max_batch_tokens, "tokens per engine step");
   p->AddInt("max_seqs", &f->max_seqs, "sequences running at once");
   p->AddInt("kv_cache_mb", &f->kv_cache_mb, "KV cache budget in MiB");
@@ -63,11 +66,9 @@ void AddServerFlags(tools::FlagParser* p, ServerFlags* f) {
   p->AddInt("threads", &f->threads, "CPU threads; 0 = all cores");
   p->AddInt("max_queue", &f->max_queue,
             "requests admitted beyond --max_seqs (waiting); more get RESOURCE_EXHAUSTED");
-  p->AddInt("max_batch_requests", &f->max_batch_requests,
-            "entries of one GenerateBatch call");
+  p->AddInt("max_batch_requests", &f->max_batch_requests, "entries of one GenerateBatch call");
   p->AddInt("max_message_bytes", &f->max_message_bytes, "largest request message accepted");
-  p->AddInt("grace_period_ms", &f->grace_period_ms,
-            "on SIGTERM, how long running calls may go on");
+  p->AddInt("grace_period_ms", &f->grace_period_ms, "on SIGTERM, how long running calls may go on");
   p->AddBool("reflection", &f->reflection, "serve gRPC server reflection (grpcurl)");
   p->AddInt("metrics_port", &f->metrics_port,
             "Prometheus metrics over HTTP at /metrics on --host; -1 = off, 0 = any free port");
@@ -92,28 +93,27 @@ absl::Status CheckServerFlags(const ServerFlags& f) {
         absl::StrCat("--metrics_port=", f.metrics_port, " is outside [-1, 65535]"));
   }
   const auto at_least = [](const char* name, int64_t v, int64_t min) {
-    return v >= min ? absl::OkStatus()
-                    : absl::InvalidArgumentError(
-                          absl::StrCat("--", name, "=", v, " must be >= ", min));
+    return v >= min
+               ? absl::OkStatus()
+               : absl::InvalidArgumentError(absl::StrCat("--", name, "=", v, " must be >= ", min));
   };
-  for (const auto& [name, v, min] : {std::make_tuple("max_batch_tokens", f.max_batch_tokens, 1),
-                                     std::make_tuple("max_seqs", f.max_seqs, 1),
-                                     std::make_tuple("kv_cache_mb", f.kv_cache_mb, 1),
-                                     std::make_tuple("block_size", f.block_size, 1),
-                                     std::make_tuple("max_context", f.max_context, 0),
-                                     std::make_tuple("threads", f.threads, 0),
-                                     std::make_tuple("max_queue", f.max_queue, 0),
-                                     std::make_tuple("max_batch_requests", f.max_batch_requests, 1),
-                                     std::make_tuple("max_message_bytes", f.max_message_bytes, 1),
-                                     std::make_tuple("grace_period_ms", f.grace_period_ms, 0),
-                                     std::make_tuple("test_step_delay_ms", f.test_step_delay_ms,
-                                                     0)}) {
+  for (const auto& [name, v, min] :
+       {std::make_tuple("max_batch_tokens", f.max_batch_tokens, 1),
+        std::make_tuple("max_seqs", f.max_seqs, 1),
+        std::make_tuple("kv_cache_mb", f.kv_cache_mb, 1),
+        std::make_tuple("block_size", f.block_size, 1),
+        std::make_tuple("max_context", f.max_context, 0), std::make_tuple("threads", f.threads, 0),
+        std::make_tuple("max_queue", f.max_queue, 0),
+        std::make_tuple("max_batch_requests", f.max_batch_requests, 1),
+        std::make_tuple("max_message_bytes", f.max_message_bytes, 1),
+        std::make_tuple("grace_period_ms", f.grace_period_ms, 0),
+        std::make_tuple("test_step_delay_ms", f.test_step_delay_ms, 0)}) {
     if (auto s = at_least(name, v, min); !s.ok()) return s;
   }
   // gRPC takes the message limit as an int.
   if (f.max_message_bytes > INT32_MAX) {
-    return absl::InvalidArgumentError(absl::StrCat("--max_message_bytes=", f.max_message_bytes,
-                                                   " is over ", INT32_MAX));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_message_bytes=", f.max_message_bytes, " is over ", INT32_MAX));
   }
   return absl::OkStatus();
 }
@@ -122,6 +122,7 @@ EngineOptions ToEngineOptions(const ServerFlags& f) {
   EngineOptions o;
   o.backend = f.backend;
   o.dtype = f.dtype;
+  o.batch_invariant = f.batch_invariant;
   o.max_batch_tokens = f.max_batch_tokens;
   o.max_seqs = f.max_seqs;
   o.kv_cache_bytes = f.kv_cache_mb << 20;

@@ -20,6 +20,7 @@ struct ServerFlags {
   int64_t port = 0;
   std::string backend;
   std::string dtype;
+  bool batch_invariant = false;
   int64_t max_batch_tokens = 0;
   int64_t max_seqs = 0;
   int64_t kv_cache_mb = 0;

@@ -65,6 +65,7 @@ GenerateOptions DefaultGenerateOptions() {
   GenerateOptions o;
   o.backend = engine.backend;
   o.dtype = engine.dtype;
+  o.batch_invariant = engine.batch_invariant;
   o.max_batch_tokens = engine.max_batch_tokens;
   o.max_seqs = engine.max_seqs;
   o.kv_cache_mb = engine.kv_cache_bytes >> 20;
@@ -94,6 +95,9 @@ void AddGenerateFlags(FlagParser* flags, GenerateOptions* o) {
                    "fail: report every bad line and exit 1 before generating anything.");
   flags->AddString("backend", &o->backend, "Engine backend: cpu (cuda, xpu where built in).");
   flags->AddString("dtype", &o->dtype, "Run dtype: auto (the checkpoint's), f32 or bf16.");
+  flags->AddBool("batch-invariant", &o->batch_invariant,
+                 "Results bit for bit independent of the batching (every GEMM row-invariant;\n"
+                 "the CPU is so anyway, a GPU loses prefill speed).");
   flags->AddInt("max-batch-tokens", &o->max_batch_tokens,
                 "Tokens per engine step (prefill chunks + decode tokens).");
   flags->AddInt("max-seqs", &o->max_seqs, "Sequences per engine step.");
@@ -133,13 +137,13 @@ absl::Status CheckGenerateOptions(const GenerateOptions& o) {
   if (o.equal_split != "auto" && o.equal_split != "always" && o.equal_split != "never") {
     return FlagError("equal-split", "auto, always or never", o.equal_split);
   }
-  const std::pair<const char*, int64_t> at_least_one[] = {{"max-batch-tokens", o.max_batch_tokens},
-                                                          {"max-seqs", o.max_seqs},
-                                                          {"kv-cache-mb", o.kv_cache_mb},
-                                                          {"block-size", o.block_size},
-                                                          {"max-new-tokens", o.max_new_tokens},
-                                                          {"expert-parallel-timeout-s",
-                                                           o.expert_parallel_timeout_s}};
+  const std::pair<const char*, int64_t> at_least_one[] = {
+      {"max-batch-tokens", o.max_batch_tokens},
+      {"max-seqs", o.max_seqs},
+      {"kv-cache-mb", o.kv_cache_mb},
+      {"block-size", o.block_size},
+      {"max-new-tokens", o.max_new_tokens},
+      {"expert-parallel-timeout-s", o.expert_parallel_timeout_s}};
   for (const auto& [name, value] : at_least_one) {
     if (value < 1) return FlagError(name, ">= 1", absl::StrCat(value));
   }
@@ -189,6 +193,7 @@ EngineOptions ToEngineOptions(const GenerateOptions& o) {
   EngineOptions e;
   e.backend = o.backend;
   e.dtype = o.dtype;
+  e.batch_invariant = o.batch_invariant;
   e.max_batch_tokens = o.max_batch_tokens;
   e.max_seqs = o.max_seqs;
   e.kv_cache_bytes = o.kv_cache_mb << 20;

@@ -21,6 +21,7 @@ struct GenerateOptions {
   std::string on_bad_line = "skip";
   std::string backend;
   std::string dtype;
+  bool batch_invariant = false;
   int64_t max_batch_tokens = 0;
   int64_t max_seqs = 0;
   int64_t kv_cache_mb = 0;

@@ -103,9 +103,9 @@ using RequestId = int64_t;
 // it too).
 struct TokenEvent {
   RequestId request_id = 0;
-  int64_t index = 0;     // 0 for the first generated token
-  int32_t token = 0;     // -1: no token (a cancelled request's last event)
-  float logprob = 0.0f;  // 0 unless return_logprobs
+  int64_t index = 0;      // 0 for the first generated token
+  int32_t token = 0;      // -1: no token (a cancelled request's last event)
+  float logprob = 0.0f;   // 0 unless return_logprobs
   bool finished = false;  // the last event of the request; finish_reason is then set
   FinishReason finish_reason = FinishReason::kLength;
   absl::Status status;  // not OK only on the last event of a request failed by a step
@@ -160,6 +160,9 @@ struct EngineOptions {
   // Run dtype: "f32", "bf16", or "auto" = the checkpoint's dtype (bf16 for bf16 / f16
   // checkpoints, else f32).
   std::string dtype = "auto";
+  // ModelOptions::batch_invariant: a request's tokens and log-probs do not depend on what else
+  // is batched with it, bit for bit (the CPU is so anyway; costs prefill speed on a GPU).
+  bool batch_invariant = false;
   int64_t max_batch_tokens = 2048;  // tokens per step (prefill chunks + decode tokens), >= 1
   int64_t max_seqs = 64;            // sequences per step, >= 1
   int64_t kv_cache_bytes = int64_t{1} << 30;  // budget for the paged KV cache, all layers
@@ -186,7 +189,7 @@ struct EngineOptions {
 // What an embedder needs to know about the loaded model.
 struct ModelInfo {
   std::string model_dir;
-  std::string family;  // config.json model_type: "mixtral", "qwen3_moe", "qwen2_moe", ...
+  std::string family;   // config.json model_type: "mixtral", "qwen3_moe", "qwen2_moe", ...
   std::string backend;  // EngineOptions::backend
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;

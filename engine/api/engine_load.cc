@@ -28,8 +28,8 @@ absl::StatusOr<DType> ParseDType(const std::string& name, const ModelConfig& con
   if (name == "f32") return DType::kF32;
   if (name == "bf16") return DType::kBF16;
   if (name == "auto") {
-    const bool half = config.has_dtype &&
-                      (config.dtype == DType::kBF16 || config.dtype == DType::kF16);
+    const bool half =
+        config.has_dtype && (config.dtype == DType::kBF16 || config.dtype == DType::kF16);
     return half ? DType::kBF16 : DType::kF32;
   }
   return absl::InvalidArgumentError(
@@ -38,9 +38,9 @@ absl::StatusOr<DType> ParseDType(const std::string& name, const ModelConfig& con
 
 absl::Status CheckOptions(const EngineOptions& o) {
   const auto positive = [](const char* name, int64_t v) {
-    return v >= 1 ? absl::OkStatus()
-                  : absl::InvalidArgumentError(absl::StrCat("option ", name, "=", v,
-                                                            " must be >= 1"));
+    return v >= 1
+               ? absl::OkStatus()
+               : absl::InvalidArgumentError(absl::StrCat("option ", name, "=", v, " must be >= 1"));
   };
   MOE_RETURN_IF_ERROR(positive("max_batch_tokens", o.max_batch_tokens));
   MOE_RETURN_IF_ERROR(positive("max_seqs", o.max_seqs));
@@ -72,6 +72,7 @@ absl::StatusOr<std::unique_ptr<Engine::Impl>> Engine::Impl::Load(const std::stri
   impl->allocator = std::make_unique<Allocator>(impl->backend.get());
   ModelOptions model_options;
   model_options.dtype = dtype;
+  model_options.batch_invariant = options.batch_invariant;
   model_options.on_load_progress = options.on_load_progress;
   Communicator* const comm = options.expert_parallel.comm;
   model_options.expert_parallel = {comm, ToEqualSplitMode(options.expert_parallel.equal_split)};
@@ -94,8 +95,7 @@ absl::StatusOr<std::unique_ptr<Engine::Impl>> Engine::Impl::Load(const std::stri
   }
   ModelInfo& info = impl->info;
   if (comm != nullptr) {
-    MOE_ASSIGN_OR_RETURN(impl->runner, EpStepRunner::Create(impl->model.get(),
-                                                            impl->backend.get(),
+    MOE_ASSIGN_OR_RETURN(impl->runner, EpStepRunner::Create(impl->model.get(), impl->backend.get(),
                                                             impl->allocator.get()));
     info.expert_parallel_rank = comm->rank();
     info.expert_parallel_size = comm->size();
@@ -103,8 +103,7 @@ absl::StatusOr<std::unique_ptr<Engine::Impl>> Engine::Impl::Load(const std::stri
     g.expert_parallel = impl->runner.get();
   }
   if (info.expert_parallel_rank == 0) {
-    MOE_ASSIGN_OR_RETURN(impl->generator, Generator::Create(impl->model.get(),
-                                                            impl->backend.get(),
+    MOE_ASSIGN_OR_RETURN(impl->generator, Generator::Create(impl->model.get(), impl->backend.get(),
                                                             impl->allocator.get(), g));
     info.max_tokens_per_seq = impl->generator->max_tokens_per_seq();
   } else {

@@ -3,8 +3,9 @@
 // CPU-only CI machine compiles it and runs nothing of it (its test skips without a device).
 //
 // The NCCL communicators are nonblocking (ncclConfig_t::blocking = 0), so no NCCL call blocks
-// the host, not even the first collective's lazy connection to its peers: initialisation and
-// every collective are polled against the deadline.
+// the host, not even the first collective's lazy connection to its peers: initialisation (which
+// waits at least 60 s, whatever the timeout) and every collective are polled against the
+// deadline.
 // Each call orders itself after all work already queued on the rank's device
 // (cudaDeviceSynchronize: the buffers usually come from the backend's own stream), runs the NCCL
 // collective on the communicator's stream, and returns once it has completed, polling

@@ -8,11 +8,11 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/core/tensor.h"
+#include "engine/dist/expert_placement.h"
 #include "engine/layers/attention/gqa_attention.h"
 #include "engine/layers/attention/mla_attention.h"
 #include "engine/layers/host_weights.h"
 #include "engine/layers/mlp/dense_mlp.h"
-#include "engine/dist/expert_placement.h"
 #include "engine/layers/moe/moe_block.h"
 #include "engine/model/checkpoint_layout.h"
 #include "engine/model/moe_layer_loader.h"
@@ -98,7 +98,8 @@ absl::StatusOr<std::unique_ptr<Buffer>> UploadAs(const Tensor& host, DType dtype
 
 absl::StatusOr<std::unique_ptr<GqaAttention>> LoadGqa(const ModelConfig& c, int layer,
                                                       LayerTensors& tensors, DType dtype,
-                                                      Backend* backend, Allocator* allocator) {
+                                                      bool batch_invariant, Backend* backend,
+                                                      Allocator* allocator) {
   const std::string l = absl::StrCat("model.layers.", layer, ".self_attn.");
   GqaAttentionConfig ac;
   ac.hidden = c.hidden_size;
@@ -109,12 +110,12 @@ absl::StatusOr<std::unique_ptr<GqaAttention>> LoadGqa(const ModelConfig& c, int 
   ac.qk_norm = c.qk_norm;
   ac.rope_theta = c.rope.theta;
   ac.max_positions = c.max_position_embeddings;
-  ac.sliding_window =
-      static_cast<size_t>(layer) < c.layer_sliding.size() && c.layer_sliding[layer]
-          ? c.sliding_window
-          : 0;
+  ac.sliding_window = static_cast<size_t>(layer) < c.layer_sliding.size() && c.layer_sliding[layer]
+                          ? c.sliding_window
+                          : 0;
   ac.rms_eps = static_cast<float>(c.rms_norm_eps);
   ac.dtype = dtype;
+  ac.batch_invariant = batch_invariant;
   GqaAttentionWeights w;
   MOE_ASSIGN_OR_RETURN(w.q_proj, tensors.Get(l + "q_proj.weight"));
   MOE_ASSIGN_OR_RETURN(w.k_proj, tensors.Get(l + "k_proj.weight"));
@@ -130,7 +131,8 @@ absl::StatusOr<std::unique_ptr<GqaAttention>> LoadGqa(const ModelConfig& c, int 
 
 absl::StatusOr<std::unique_ptr<MlaAttention>> LoadMla(const ModelConfig& c, int layer,
                                                       LayerTensors& tensors, DType dtype,
-                                                      Backend* backend, Allocator* allocator) {
+                                                      bool batch_invariant, Backend* backend,
+                                                      Allocator* allocator) {
   const std::string l = absl::StrCat("model.layers.", layer, ".self_attn.");
   MlaAttentionConfig ac;
   ac.hidden = c.hidden_size;
@@ -155,6 +157,7 @@ absl::StatusOr<std::unique_ptr<MlaAttention>> LoadMla(const ModelConfig& c, int 
   // HF builds q_a_layernorm and kv_a_layernorm with RMSNorm's default eps, not rms_norm_eps.
   ac.rms_eps = 1e-6f;
   ac.dtype = dtype;
+  ac.batch_invariant = batch_invariant;
   const bool lora = c.mla.q_lora_rank > 0;
   MlaAttentionWeights w;
   MOE_RETURN_IF_ERROR(tensors.GetIf(lora, l + "q_a_proj.weight", &w.q_a_proj));
@@ -174,12 +177,14 @@ absl::StatusOr<std::unique_ptr<MlaAttention>> LoadMla(const ModelConfig& c, int 
 
 absl::StatusOr<std::unique_ptr<DenseMlp>> LoadDenseMlp(const ModelConfig& c, int layer,
                                                        LayerTensors& tensors, DType dtype,
-                                                       Backend* backend, Allocator* allocator) {
+                                                       bool batch_invariant, Backend* backend,
+                                                       Allocator* allocator) {
   const std::string l = absl::StrCat("model.layers.", layer, ".mlp.");
   DenseMlpConfig mc;
   mc.hidden = c.hidden_size;
   mc.inter = c.intermediate_size;
   mc.dtype = dtype;
+  mc.batch_invariant = batch_invariant;
   DenseMlpWeights w;
   MOE_ASSIGN_OR_RETURN(w.gate_proj, tensors.Get(l + "gate_proj.weight"));
   MOE_ASSIGN_OR_RETURN(w.up_proj, tensors.Get(l + "up_proj.weight"));
@@ -271,30 +276,32 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
     MOE_ASSIGN_OR_RETURN(layer->post_attention_norm,
                          UploadAs(post_norm, dtype, backend, allocator));
     if (config.use_mla) {
-      MOE_ASSIGN_OR_RETURN(layer->mla, LoadMla(config, i, tensors, dtype, backend, allocator));
+      MOE_ASSIGN_OR_RETURN(layer->mla, LoadMla(config, i, tensors, dtype, options.batch_invariant,
+                                               backend, allocator));
       layer->cache_heads = layer->mla->cache_heads();
       layer->cache_head_dim = layer->mla->cache_head_dim();
     } else {
-      MOE_ASSIGN_OR_RETURN(layer->gqa, LoadGqa(config, i, tensors, dtype, backend, allocator));
+      MOE_ASSIGN_OR_RETURN(layer->gqa, LoadGqa(config, i, tensors, dtype, options.batch_invariant,
+                                               backend, allocator));
       layer->cache_heads = layer->gqa->cache_heads();
       layer->cache_head_dim = layer->gqa->cache_head_dim();
     }
     if (config.layer_is_moe[i] && comm != nullptr) {
-      MOE_ASSIGN_OR_RETURN(layer->ep_moe,
-                           LoadEpMoeLayer(config, *source, i, dtype, comm,
-                                          {options.expert_parallel.equal_split}, backend,
-                                          allocator));
+      MOE_ASSIGN_OR_RETURN(
+          layer->ep_moe, LoadEpMoeLayer(config, *source, i, dtype, comm,
+                                        {options.expert_parallel.equal_split}, backend, allocator));
+      layer->ep_moe->block().set_batch_invariant(options.batch_invariant);
     } else if (config.layer_is_moe[i]) {
-      MOE_ASSIGN_OR_RETURN(layer->moe,
-                           LoadMoeLayer(config, *source, i, dtype, backend, allocator));
+      MOE_ASSIGN_OR_RETURN(layer->moe, LoadMoeLayer(config, *source, i, dtype, backend, allocator));
+      layer->moe->set_batch_invariant(options.batch_invariant);
       // On a GPU, decode-sized batches keep the expert counts on the device, so a step does not
       // wait for each layer's routing (MoeBlock::set_counts_on_device_max_tokens).
       if (backend->device().type != DeviceType::kCpu) {
         layer->moe->set_counts_on_device_max_tokens(kDeviceCountsMaxTokens);
       }
     } else {
-      MOE_ASSIGN_OR_RETURN(layer->mlp,
-                           LoadDenseMlp(config, i, tensors, dtype, backend, allocator));
+      MOE_ASSIGN_OR_RETURN(layer->mlp, LoadDenseMlp(config, i, tensors, dtype,
+                                                    options.batch_invariant, backend, allocator));
     }
     m->expert_tokens_.emplace_back(config.layer_is_moe[i] ? config.moe.num_experts : 0, 0);
     m->layers_.push_back(std::move(layer));
@@ -326,18 +333,17 @@ int64_t Model::KvBytesPerBlock(int64_t block_size) const {
 absl::StatusOr<std::unique_ptr<KvCache>> Model::AllocateKvCache(int64_t num_blocks,
                                                                 int64_t block_size) {
   if (num_blocks < 1 || block_size < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("kv cache: num_blocks=", num_blocks,
-                                                   " and block_size=", block_size,
-                                                   " must both be >= 1"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "kv cache: num_blocks=", num_blocks, " and block_size=", block_size, " must both be >= 1"));
   }
   std::unique_ptr<KvCache> cache(new KvCache());
   cache->id_ = next_cache_id.fetch_add(1);
   cache->num_blocks_ = num_blocks;
   cache->block_size_ = block_size;
   for (const auto& layer : layers_) {
-    const size_t bytes = static_cast<size_t>(num_blocks * block_size * layer->cache_heads *
-                                             layer->cache_head_dim) *
-                         DTypeSize(options_.dtype);
+    const size_t bytes =
+        static_cast<size_t>(num_blocks * block_size * layer->cache_heads * layer->cache_head_dim) *
+        DTypeSize(options_.dtype);
     // Left uninitialised: attention reads only positions that KvWrite has written.
     MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> k, allocator_->Allocate(bytes));
     MOE_ASSIGN_OR_RETURN(std::unique_ptr<Buffer> v, allocator_->Allocate(bytes));
@@ -358,39 +364,40 @@ enum HeadScratchSlot { kHeadIn, kLogits, kLogitsF32, kNumHeadScratch };
 absl::Status CheckBatch(const ModelBatch& b, const ModelConfig& c) {
   const size_t t = b.token_ids.size();
   const auto size_error = [&](const char* field, size_t got, size_t want) {
-    return absl::InvalidArgumentError(absl::StrCat("model batch: ", field, " has ", got,
-                                                   " entries, expected ", want));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model batch: ", field, " has ", got, " entries, expected ", want));
   };
   if (b.positions.size() != t) return size_error("positions", b.positions.size(), t);
   if (b.seq_ids.size() != t) return size_error("seq_ids", b.seq_ids.size(), t);
   if (b.slot_mapping.size() != t) return size_error("slot_mapping", b.slot_mapping.size(), t);
   if (b.num_seqs < 0 || b.max_blocks_per_seq < 0) {
     return absl::InvalidArgumentError(absl::StrCat("model batch: num_seqs=", b.num_seqs,
-                                                   " and max_blocks_per_seq=",
-                                                   b.max_blocks_per_seq, " must be >= 0"));
+                                                   " and max_blocks_per_seq=", b.max_blocks_per_seq,
+                                                   " must be >= 0"));
   }
   const size_t table = static_cast<size_t>(b.num_seqs * b.max_blocks_per_seq);
-  if (b.block_tables.size() != table) return size_error("block_tables", b.block_tables.size(), table);
+  if (b.block_tables.size() != table)
+    return size_error("block_tables", b.block_tables.size(), table);
   for (size_t i = 0; i < t; ++i) {
     if (b.token_ids[i] < 0 || b.token_ids[i] >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("model batch: token_ids[", i, "]=",
-                                                     b.token_ids[i], " is outside [0, vocab_size=",
-                                                     c.vocab_size, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("model batch: token_ids[", i, "]=", b.token_ids[i],
+                       " is outside [0, vocab_size=", c.vocab_size, ")"));
     }
     if (b.positions[i] < 0 || b.positions[i] >= c.max_position_embeddings) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "model batch: positions[", i, "]=", b.positions[i],
-          " is outside [0, max_position_embeddings=", c.max_position_embeddings, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("model batch: positions[", i, "]=", b.positions[i],
+                       " is outside [0, max_position_embeddings=", c.max_position_embeddings, ")"));
     }
   }
   if (b.logit_rows.size() > t) {
-    return absl::InvalidArgumentError(absl::StrCat("model batch: ", b.logit_rows.size(),
-                                                   " logit_rows for ", t, " tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model batch: ", b.logit_rows.size(), " logit_rows for ", t, " tokens"));
   }
   for (size_t i = 0; i < b.logit_rows.size(); ++i) {
     if (b.logit_rows[i] < 0 || static_cast<size_t>(b.logit_rows[i]) >= t) {
-      return absl::InvalidArgumentError(absl::StrCat("model batch: logit_rows[", i, "]=",
-                                                     b.logit_rows[i], " is outside [0, ", t, ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model batch: logit_rows[", i, "]=", b.logit_rows[i], " is outside [0, ", t, ")"));
     }
   }
   return absl::OkStatus();
@@ -451,9 +458,9 @@ absl::Status Model::ReserveTokens(int64_t tokens) {
 
 absl::Status Model::Forward(const ModelBatch& batch, KvCache& cache, std::vector<float>* logits) {
   MOE_ASSIGN_OR_RETURN(const float* device_logits, ForwardOnDevice(batch, cache));
-  const size_t n = batch.logit_rows.size() *
-                   static_cast<size_t>(batch.hidden_states ? config_.hidden_size
-                                                           : config_.vocab_size);
+  const size_t n =
+      batch.logit_rows.size() *
+      static_cast<size_t>(batch.hidden_states ? config_.hidden_size : config_.vocab_size);
   logits->assign(n, 0.0f);
   if (n == 0 || device_logits == nullptr) return absl::OkStatus();
   return backend_->CopyToHost(logits->data(), device_logits, n * sizeof(float));
@@ -696,7 +703,8 @@ absl::Status Model::EnqueueStep(const StepShape& shape, KvCache& cache) {
                                       .c = head_out,
                                       .c_dtype = dtype,
                                       .ldc = v,
-                                      .packed_b = lm_head_.get()}));
+                                      .packed_b = lm_head_.get(),
+                                      .row_invariant = options_.batch_invariant}));
   if (dtype == DType::kF32) return absl::OkStatus();
   return backend_->Cast({.n = rows * v,
                          .src = head_out,

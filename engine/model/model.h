@@ -110,6 +110,14 @@ struct ModelOptions {
   // bits as running them one by one, at one launch per step. Ignored by a backend without
   // graphs (the CPU's); a step that cannot be recorded runs op by op.
   bool record_step_graphs = true;
+  // Every GEMM of the model row-invariant (GemmArgs::row_invariant; MoeBlock::
+  // set_batch_invariant): a sequence's logits do not depend on the other sequences of its batch
+  // or on how its prompt was chunked, on every backend. The CPU backend is so anyway; on a GPU
+  // it costs prefill speed (every GEMM on the own segment kernel, or one cuBLASLt algorithm
+  // per shape for f32). Expert parallel ranks see other batches than one device, so their
+  // bits equal one device's in this mode (and at any setting for steps of at most 64 tokens
+  // per GEMM in bf16).
+  bool batch_invariant = false;
 };
 
 class Model {
@@ -120,8 +128,8 @@ class Model {
   // random_weights), InvalidArgument for a run dtype other than f32 / bf16, and the backend's
   // (ResourceExhausted when the weights do not fit).
   static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& model_dir,
-                                                     const ModelOptions& options,
-                                                     Backend* backend, Allocator* allocator);
+                                                     const ModelOptions& options, Backend* backend,
+                                                     Allocator* allocator);
   ~Model();
 
   const ModelConfig& config() const { return config_; }
@@ -133,8 +141,7 @@ class Model {
 
   // A cache of num_blocks blocks, uninitialised (every slot is written before it is read).
   // InvalidArgument for sizes < 1; ResourceExhausted from the allocator.
-  absl::StatusOr<std::unique_ptr<KvCache>> AllocateKvCache(int64_t num_blocks,
-                                                           int64_t block_size);
+  absl::StatusOr<std::unique_ptr<KvCache>> AllocateKvCache(int64_t num_blocks, int64_t block_size);
 
   // Expert parallel (ModelOptions::expert_parallel): Forward and ForwardOnDevice are collective.
   // Every rank calls them in lockstep, each with a batch of its own sequences (its own cache
@@ -169,9 +176,9 @@ class Model {
   // ModelOptions::record_step_graphs at work: a shape is recorded the second time it is seen
   // (the first runs op by op, so state ops make on first use exists before recording).
   struct StepGraphStats {
-    int64_t recorded = 0;  // graphs made
-    int64_t replayed = 0;  // steps run from a graph
-    int64_t failed = 0;    // shapes that could not be recorded (they run op by op)
+    int64_t recorded = 0;       // graphs made
+    int64_t replayed = 0;       // steps run from a graph
+    int64_t failed = 0;         // shapes that could not be recorded (they run op by op)
     absl::Status last_failure;  // why the last of those could not
   };
   const StepGraphStats& step_graph_stats() const { return graph_stats_; }
@@ -190,7 +197,7 @@ class Model {
     int64_t tokens = 0;
     int64_t logit_rows = 0;
     int64_t num_seqs = 0;
-    int64_t table_width = 0;  // block table columns as uploaded
+    int64_t table_width = 0;     // block table columns as uploaded
     bool hidden_states = false;  // ModelBatch::hidden_states
   };
   // Enqueues the step's ops after the batch's arrays are on the device.
@@ -212,8 +219,8 @@ class Model {
   Backend* backend_;
   Allocator* allocator_;
   int64_t weight_bytes_ = 0;
-  std::unique_ptr<Buffer> embed_;     // [vocab, hidden], run dtype
-  std::unique_ptr<Buffer> final_norm_;  // [hidden], run dtype
+  std::unique_ptr<Buffer> embed_;           // [vocab, hidden], run dtype
+  std::unique_ptr<Buffer> final_norm_;      // [hidden], run dtype
   std::unique_ptr<PackedWeights> lm_head_;  // B = lm_head^T [hidden, vocab]
   std::vector<std::unique_ptr<Layer>> layers_;
   // Grows head_scratch_ (lm_head input and logits) for `rows` logit rows.
@@ -223,13 +230,13 @@ class Model {
   int64_t scratch_tokens_ = 0;
   std::vector<std::unique_ptr<Buffer>> head_scratch_;  // lm_head rows, grown on demand
   int64_t head_rows_ = 0;
-  std::unique_ptr<Buffer> tables_;  // the step's block tables on the device
+  std::unique_ptr<Buffer> tables_;      // the step's block tables on the device
   std::vector<int32_t> padded_tables_;  // host staging of padded block tables
 
   struct RecordedStep {
     int64_t seen = 0;
     int64_t last_used = 0;  // graph_clock_ at the step's last sighting
-    bool failed = false;  // could not be recorded: runs op by op
+    bool failed = false;    // could not be recorded: runs op by op
     std::unique_ptr<OpGraph> graph;
   };
   // By (tokens, logit rows, sequences, table width, hidden states, cache id).

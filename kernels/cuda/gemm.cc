@@ -417,6 +417,17 @@ absl::Status CublasLtGemm::Run(absl::string_view op, const GemmArgs& g, int64_t 
       }
     }
   }
+  if (g.row_invariant && m > kRowInvariantPlanRows) {
+    // cuBLASLt's algorithm for kRowInvariantPlanRows rows need not run at a larger m: run
+    // chunks of at most that many rows, each with that algorithm.
+    for (int64_t r0 = 0; r0 < m; r0 += kRowInvariantPlanRows) {
+      const int64_t rows = std::min(kRowInvariantPlanRows, m - r0);
+      MOE_RETURN_IF_ERROR(Run(op, g, rows, Offset(a, g.trans_a ? r0 : r0 * g.lda, g.a_dtype), b,
+                              ldb, b_is_nk, Offset(c, r0 * g.ldc, g.c_dtype), batch, stride_a,
+                              stride_b, stride_c, stream));
+    }
+    return absl::OkStatus();
+  }
   const int64_t ab_size = DTypeSize(g.a_dtype);
   GemmPlanKey key;
   key.ab_dtype = g.a_dtype;

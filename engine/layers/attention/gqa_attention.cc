@@ -156,6 +156,7 @@ absl::Status GqaAttention::Forward(const Tensor& x, const GqaAttentionBatch& bat
   proj.c = qkv.data();
   proj.c_dtype = dtype;
   proj.ldc = n;
+  proj.row_invariant = config_.batch_invariant;
   if (config_.qkv_bias) {
     // GEMM and bias in f32, then one rounding to the run dtype.
     Tensor acc = qkv;
@@ -259,6 +260,7 @@ absl::Status GqaAttention::Forward(const Tensor& x, const GqaAttentionBatch& bat
   o.c = out.data();
   o.c_dtype = dtype;
   o.ldc = config_.hidden;
+  o.row_invariant = config_.batch_invariant;
   return backend_->Gemm(o);
 }
 

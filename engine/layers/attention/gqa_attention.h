@@ -40,6 +40,9 @@ struct GqaAttentionConfig {
   // InvalidArgument naming the field and value, e.g. "attention: heads=6 is not a multiple
   // of kv_heads=4".
   absl::Status Validate() const;
+  // Row-invariant projections (GemmArgs::row_invariant): a token's bits do not depend on
+  // the other tokens of the batch (ModelOptions::batch_invariant).
+  bool batch_invariant = false;
 };
 
 // Weights in Hugging Face / nn.Linear layout ([out, in]) as host (cpu) tensors of f32, bf16 or

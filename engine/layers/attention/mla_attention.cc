@@ -226,6 +226,7 @@ absl::Status MlaAttention::Linear(int64_t t, const void* a, int64_t lda, const P
   g.c = c;
   g.c_dtype = dtype;
   g.ldc = n;
+  g.row_invariant = config_.batch_invariant;
   if (bias == nullptr) return backend_->Gemm(g);
   // GEMM and bias in f32, then one rounding to the run dtype.
   auto* acc = static_cast<float*>(dtype == DType::kF32 ? c : f32_scratch.data());

@@ -84,6 +84,9 @@ struct MlaAttentionConfig {
   // InvalidArgument naming the field and value, e.g. "mla_attention: v_head_dim=25 exceeds
   // qk_nope_head_dim + qk_rope_head_dim=24 (the cache's head dim)".
   absl::Status Validate() const;
+  // Row-invariant projections (GemmArgs::row_invariant): a token's bits do not depend on
+  // the other tokens of the batch (ModelOptions::batch_invariant).
+  bool batch_invariant = false;
 };
 
 // Weights in Hugging Face / nn.Linear layout ([out, in]) as host (cpu) tensors of f32, bf16 or

@@ -119,6 +119,7 @@ absl::Status DenseMlp::Forward(const Tensor& x, const Tensor& out) {
   up.c = gate_up.data();
   up.c_dtype = dtype;
   up.ldc = 2 * i;
+  up.row_invariant = config_.batch_invariant;
   MOE_RETURN_IF_ERROR(backend_->Gemm(up));
 
   SwiGluArgs swiglu;
@@ -144,6 +145,7 @@ absl::Status DenseMlp::Forward(const Tensor& x, const Tensor& out) {
   down.c = out.data();
   down.c_dtype = dtype;
   down.ldc = d;
+  down.row_invariant = config_.batch_invariant;
   return backend_->Gemm(down);
 }
 

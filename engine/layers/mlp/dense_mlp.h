@@ -25,6 +25,9 @@ struct DenseMlpConfig {
 
   // InvalidArgument naming the field and value, e.g. "dense_mlp: inter=0 must be > 0".
   absl::Status Validate() const;
+  // Row-invariant projections (GemmArgs::row_invariant): a token's bits do not depend on
+  // the other tokens of the batch (ModelOptions::batch_invariant).
+  bool batch_invariant = false;
 };
 
 // Weights in Hugging Face / nn.Linear layout ([out, in]) as host (cpu) tensors of f32, bf16 or

@@ -137,6 +137,11 @@ class MoeBlock {
   // false forces the grouped GEMM even when every count is equal, so tests and benchmarks
   // can compare the two paths on the same input. Default true.
   void set_batched_path_enabled(bool enabled) { batched_path_enabled_ = enabled; }
+  // Batch-invariant mode: the experts' GEMMs are row-invariant too (GemmArgs::row_invariant),
+  // so a token's output bits do not depend on the other tokens of its batch on any backend
+  // (the router and shared-expert GEMMs always are). Costs speed on a GPU at large batches
+  // (every expert GEMM on the own segment kernel); the CPU's GEMMs are row-invariant anyway.
+  void set_batch_invariant(bool on) { batch_invariant_ = on; }
 
   // Forwards of at most `max_tokens` tokens keep the expert counts on the device: the grouped
   // GEMMs read them there (GroupedGemmArgs::counts), so Forward never waits for the routing to
@@ -200,6 +205,7 @@ class MoeBlock {
   MoeCounters counters_;
   std::unique_ptr<ExpertWeights> weights_;
   bool batched_path_enabled_ = true;
+  bool batch_invariant_ = false;
   int64_t counts_on_device_max_tokens_ = 0;
   bool counts_on_device_ = false;  // this Forward keeps the counts on the device
   // Between BeginStages and FinishStages: the call's x, where the result goes, and the scratch.

@@ -192,6 +192,7 @@ absl::Status MoeBlock::ExpertGemms(const Tensor& rows_in, const Tensor& gate_up,
   up.packed_b = weights_->w13_packed();
   up.c = gate_up.data();
   up.ldc = 2 * i;
+  up.row_invariant = batch_invariant_;
   GemmArgs down;  // act [rows, I] x w2t [I, D] -> rows [rows, D] (the inputs are dead by then)
   down.n = d;
   down.k = i;
@@ -201,6 +202,7 @@ absl::Status MoeBlock::ExpertGemms(const Tensor& rows_in, const Tensor& gate_up,
   down.packed_b = weights_->w2t_packed();
   down.c = rows_in.data();
   down.ldc = d;
+  down.row_invariant = batch_invariant_;
 
   SwiGluArgs swiglu;
   swiglu.rows = rows;

@@ -122,9 +122,10 @@ absl::StatusOr<std::vector<std::vector<float>>> LogitSteps(Model* model, Backend
 absl::Status RankZero(Model* model, TestDevice& dev, EpStepRunner* runner, const EpModelCase& c) {
   // The one-device reference runs on rank 0's device.
   MOE_ASSIGN_OR_RETURN(TestDevice ref_dev, MakeDevice(dev.backend->device(), 1));
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Model> ref,
-                       Model::Load(c.model_dir, ModelOptions{.dtype = c.dtype},
-                                   ref_dev.backend.get(), ref_dev.allocator.get()));
+  MOE_ASSIGN_OR_RETURN(
+      std::unique_ptr<Model> ref,
+      Model::Load(c.model_dir, ModelOptions{.dtype = c.dtype, .batch_invariant = c.batch_invariant},
+                  ref_dev.backend.get(), ref_dev.allocator.get()));
   MOE_ASSIGN_OR_RETURN(auto want_logits, LogitSteps(ref.get(), ref_dev.backend.get(), nullptr));
   MOE_ASSIGN_OR_RETURN(auto got_logits, LogitSteps(model, dev.backend.get(), runner));
   for (size_t s = 0; s < want_logits.size(); ++s) {
@@ -152,7 +153,7 @@ absl::Status RunEpModelCase(Communicator* comm, const EpModelCase& c) {
   };
   absl::StatusOr<TestDevice> dev = MakeDevice(comm->device(), 1);
   if (!dev.ok()) return on_rank(dev.status());
-  ModelOptions options{.dtype = c.dtype};
+  ModelOptions options{.dtype = c.dtype, .batch_invariant = c.batch_invariant};
   options.expert_parallel = {comm, c.equal_split};
   const std::string dir = r == 0 && !c.rank0_dir.empty() ? c.rank0_dir : c.model_dir;
   absl::StatusOr<std::unique_ptr<Model>> model =

@@ -17,6 +17,8 @@ struct EpModelCase {
   std::string model_dir;  // e.g. "models/qwen3-moe-tiny"
   DType dtype = DType::kF32;
   EqualSplitMode equal_split = EqualSplitMode::kAuto;
+  // ModelOptions::batch_invariant for the expert parallel model and the one-device reference.
+  bool batch_invariant = false;
   // The folder rank 0 loads its expert-parallel model from, when not model_dir (a copy holding
   // only its experts); the one-device reference always loads model_dir.
   std::string rank0_dir;
