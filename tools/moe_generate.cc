@@ -24,17 +24,23 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "engine/api/engine.h"
 #include "engine/dist/mpi_communicator.h"
+#include "kernels/status_macros.h"
 #include "tools/flags.h"
 #include "tools/generate_jsonl.h"
 #include "tools/generate_options.h"
 #include "tools/progress_bar.h"
 #include "tools/tool_util.h"
+
+#ifdef MOE_WITH_NCCL
+#include "engine/dist/nccl_communicator.h"
+#endif
 
 namespace moe::tools {
 namespace {
@@ -288,6 +294,32 @@ absl::Status Serve(const GenerateOptions& opt, Communicator* comm) {
   return (*engine)->ServeExpertParallel();
 }
 
+// The expert-parallel group over MPI's world: null to use the world itself (the CPU backend,
+// host buffers); with --backend cuda, NCCL on GPU OMPI_COMM_WORLD_LOCAL_RANK, its unique id
+// broadcast over the world.
+absl::StatusOr<std::unique_ptr<Communicator>> GroupFor(
+    const GenerateOptions& opt, const absl::StatusOr<std::unique_ptr<MpiCommunicator>>& world,
+    const CommunicatorOptions& comm_options) {
+  if (!world.ok()) return world.status();
+  if (opt.backend != "cuda") return nullptr;
+#ifdef MOE_WITH_NCCL
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  int device = 0;
+  if (local == nullptr || !absl::SimpleAtoi(local, &device) || device < 0) {
+    return absl::FailedPreconditionError(
+        "--backend cuda --expert-parallel: OMPI_COMM_WORLD_LOCAL_RANK (the GPU of this rank) "
+        "is not set by mpirun");
+  }
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<NcclCommunicator> nccl,
+                       NcclCommunicator::Create(world->get(), device, comm_options));
+  return std::unique_ptr<Communicator>(std::move(nccl));
+#else
+  (void)comm_options;
+  return absl::FailedPreconditionError(
+      "--backend cuda --expert-parallel: this moe_generate was built without NCCL");
+#endif
+}
+
 // --expert-parallel: MPI up, the world communicator, then Run on rank 0 and Serve elsewhere.
 // Returns the exit status; an error on any rank ends every rank (MPI_Abort), since a peer may
 // be waiting for it in a collective.
@@ -295,8 +327,9 @@ int RunExpertParallel(int* argc, char*** argv, const GenerateOptions& opt) {
   // Open MPI's mpirun sets it in every process it starts; without it MPI_Init would make a
   // one-process job.
   if (std::getenv("OMPI_COMM_WORLD_SIZE") == nullptr) {
-    Report("--expert-parallel needs mpirun (one process per rank): mpirun -np N moe_generate "
-           "--expert-parallel ...; OMPI_COMM_WORLD_SIZE is not set");
+    Report(
+        "--expert-parallel needs mpirun (one process per rank): mpirun -np N moe_generate "
+        "--expert-parallel ...; OMPI_COMM_WORLD_SIZE is not set");
     return 2;
   }
   absl::StatusOr<std::unique_ptr<MpiRuntime>> mpi = MpiRuntime::Init(argc, argv);
@@ -311,10 +344,12 @@ int RunExpertParallel(int* argc, char*** argv, const GenerateOptions& opt) {
     comm_options.timeout = absl::Seconds(opt.expert_parallel_timeout_s);
     absl::StatusOr<std::unique_ptr<MpiCommunicator>> world =
         MpiCommunicator::CreateWorld(comm_options);
-    if (!world.ok()) {
-      status = world.status();
+    absl::StatusOr<std::unique_ptr<Communicator>> group = GroupFor(opt, world, comm_options);
+    if (!group.ok()) {
+      status = group.status();
     } else {
-      status = rank == 0 ? Run(opt, world->get()) : Serve(opt, world->get());
+      Communicator* comm = *group != nullptr ? group->get() : world->get();
+      status = rank == 0 ? Run(opt, comm) : Serve(opt, comm);
     }
   }
   if (!status.ok()) {

@@ -63,6 +63,17 @@ absl::StatusOr<std::unique_ptr<Engine::Impl>> Engine::Impl::Load(const std::stri
                                                                  const EngineOptions& options) {
   MOE_RETURN_IF_ERROR(CheckOptions(options));
   MOE_ASSIGN_OR_RETURN(Device device, ParseBackend(options.backend));
+  if (const Communicator* comm = options.expert_parallel.comm; comm != nullptr) {
+    // Expert parallel: this rank's device is where its communicator's buffers live (e.g. GPU
+    // local_rank for NCCL); a host-memory communicator serves the CPU backend only.
+    if (comm->device().type != device.type) {
+      return absl::InvalidArgumentError(absl::StrCat("option backend=\"", options.backend,
+                                                     "\" does not match the expert-parallel "
+                                                     "communicator, whose buffers are on ",
+                                                     comm->device().ToString()));
+    }
+    device = comm->device();
+  }
   auto impl = std::make_unique<Impl>();
   MOE_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
   MOE_ASSIGN_OR_RETURN(DType dtype, ParseDType(options.dtype, config));
