@@ -5,8 +5,12 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/status_macros.h"
@@ -15,45 +19,40 @@ namespace moe {
 namespace {
 
 constexpr absl::string_view kImpl = "nccl";
-constexpr int64_t kScratchBytes = 256;  // Barrier's word
-
-// The communicators are nonblocking (ncclConfig_t::blocking = 0): a call may return
-// ncclInProgress while NCCL still works on it (its connections are made lazily, by the first
-// collective, and need the peers), so no NCCL call blocks the host and every wait is ours,
-// against the deadline.
-bool Accepted(ncclResult_t r) { return r == ncclSuccess || r == ncclInProgress; }
-
-ncclConfig_t NonblockingConfig() {
-  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-  config.blocking = 0;
-  return config;
-}
+constexpr int64_t kScratchBytes = 256;  // Barrier's word, the warm-up's bytes
 
 // Initialisation waits at least this long, whatever the collectives' timeout: it sets up the
 // transports between every pair of ranks (measured over 500 ms for 2 H200s in one process).
 constexpr absl::Duration kMinInitTimeout = absl::Seconds(60);
 
-// Polls a new communicator until its initialisation is done; ncclCommAbort past the deadline.
-absl::Status AwaitInit(ncclComm_t comm, int rank, int size, absl::Duration timeout) {
-  timeout = std::max(timeout, kMinInitTimeout);
-  const absl::Time deadline = absl::Now() + timeout;
-  for (;;) {
-    ncclResult_t state = ncclSuccess;
-    ncclCommGetAsyncError(comm, &state);
-    if (state == ncclSuccess) return absl::OkStatus();
-    if (state != ncclInProgress) {
-      ncclCommAbort(comm);
-      return absl::InternalError(absl::StrCat("nccl: initialising rank ", rank, " of ", size,
-                                              " failed: ", ncclGetErrorString(state)));
-    }
-    if (absl::Now() >= deadline) {
-      ncclCommAbort(comm);
-      return absl::DeadlineExceededError(absl::StrCat(
-          "nccl: initialising rank ", rank, " of ", size, " did not complete within ",
-          absl::ToInt64Milliseconds(timeout), " ms (a peer died, hangs or never joined)"));
-    }
-    absl::SleepFor(absl::Microseconds(50));
+// NCCL calls that may return before their work is done (ncclInProgress) count as accepted.
+bool Accepted(ncclResult_t r) { return r == ncclSuccess || r == ncclInProgress; }
+
+absl::Status NcclError(absl::string_view what, ncclResult_t r) {
+  return absl::InternalError(absl::StrCat("nccl: ", what, " failed: ", ncclGetErrorString(r)));
+}
+
+// Runs `body` on a thread of its own and waits for it up to `timeout`. Past it,
+// DeadlineExceeded naming `what`; the thread stays blocked inside NCCL (it cannot be
+// cancelled), and whatever `body` uses must stay alive: the caller leaks it, and its error
+// should end the job.
+absl::Status WithDeadline(absl::Duration timeout, absl::string_view what,
+                          std::function<absl::Status()> body) {
+  struct Shared {
+    absl::Notification done;
+    absl::Status status;
+  };
+  auto shared = std::make_shared<Shared>();
+  std::thread([shared, body = std::move(body)] {
+    shared->status = body();
+    shared->done.Notify();
+  }).detach();
+  if (!shared->done.WaitForNotificationWithTimeout(timeout)) {
+    return absl::DeadlineExceededError(absl::StrCat("nccl: ", what, " did not complete within ",
+                                                    absl::ToInt64Milliseconds(timeout),
+                                                    " ms (a peer died, hangs or never joined)"));
   }
+  return shared->status;
 }
 
 }  // namespace
@@ -88,6 +87,7 @@ absl::Status NcclCommunicator::Finish() {
   MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   MOE_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&state_->stream, cudaStreamNonBlocking));
   MOE_CUDA_RETURN_IF_ERROR(cudaMalloc(&state_->scratch, kScratchBytes));
+  MOE_CUDA_RETURN_IF_ERROR(cudaMemset(state_->scratch, 0, kScratchBytes));
   int rank = 0, size = 0;
   if (ncclCommUserRank(state_->comm, &rank) != ncclSuccess ||
       ncclCommCount(state_->comm, &size) != ncclSuccess) {
@@ -95,6 +95,45 @@ absl::Status NcclCommunicator::Finish() {
   }
   rank_ = rank;
   size_ = size;
+  return absl::OkStatus();
+}
+
+absl::Status NcclCommunicator::WarmUp(const std::vector<NcclCommunicator*>& comms) {
+  // One group per kind of operation over every communicator of this process, so ranks driven
+  // by one thread (CreateAll) meet inside each group.
+  const auto group = [&](absl::string_view what,
+                         const std::function<ncclResult_t(NcclCommunicator*, char*)>& op) {
+    ncclResult_t r = ncclGroupStart();
+    for (NcclCommunicator* c : comms) {
+      if (!Accepted(r)) break;
+      if (cudaSetDevice(c->device_) != cudaSuccess) return NcclError(what, ncclUnhandledCudaError);
+      r = op(c, static_cast<char*>(c->state_->scratch));
+    }
+    const ncclResult_t end = ncclGroupEnd();
+    return Accepted(r) && Accepted(end) ? absl::OkStatus() : NcclError(what, Accepted(r) ? end : r);
+  };
+  MOE_RETURN_IF_ERROR(group("warm-up send / recv", [](NcclCommunicator* c, char* s) {
+    ncclResult_t r = ncclSuccess;
+    for (int p = 0; p < c->size_ && Accepted(r); ++p) {
+      r = ncclSend(s, 1, ncclInt8, p, c->state_->comm, c->state_->stream);
+      if (Accepted(r))
+        r = ncclRecv(s + 128 + p % 64, 1, ncclInt8, p, c->state_->comm, c->state_->stream);
+    }
+    return r;
+  }));
+  MOE_RETURN_IF_ERROR(group("warm-up all-reduce", [](NcclCommunicator* c, char* s) {
+    return ncclAllReduce(s, s, 1, ncclInt32, ncclSum, c->state_->comm, c->state_->stream);
+  }));
+  MOE_RETURN_IF_ERROR(group("warm-up broadcast", [](NcclCommunicator* c, char* s) {
+    return ncclBroadcast(s, s, 4, ncclInt8, 0, c->state_->comm, c->state_->stream);
+  }));
+  MOE_RETURN_IF_ERROR(group("warm-up all-gather", [](NcclCommunicator* c, char* s) {
+    return ncclAllGather(s, s + 128, 1, ncclInt8, c->state_->comm, c->state_->stream);
+  }));
+  for (NcclCommunicator* c : comms) {
+    MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(c->device_));
+    MOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(c->state_->stream));
+  }
   return absl::OkStatus();
 }
 
@@ -109,31 +148,28 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(
   std::memset(&id, 0, sizeof(id));
   if (bootstrap->rank() == 0) {
     const ncclResult_t r = ncclGetUniqueId(&id);
-    if (r != ncclSuccess) {
-      return absl::InternalError(
-          absl::StrCat("nccl: ncclGetUniqueId failed: ", ncclGetErrorString(r)));
-    }
+    if (r != ncclSuccess) return NcclError("ncclGetUniqueId", r);
   }
   MOE_RETURN_IF_ERROR(bootstrap->Broadcast(&id, sizeof(id), 0));
+  const int rank = bootstrap->rank(), size = bootstrap->size();
   std::unique_ptr<NcclCommunicator> comm(new NcclCommunicator());
   comm->device_ = device;
   comm->timeout_ = options.timeout;
-  MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
-  ncclConfig_t config = NonblockingConfig();
-  const ncclResult_t r = ncclCommInitRankConfig(&comm->state_->comm, bootstrap->size(), id,
-                                                bootstrap->rank(), &config);
-  if (!Accepted(r)) {
-    return absl::InternalError(
-        absl::StrCat("nccl: ncclCommInitRankConfig on rank ", bootstrap->rank(), " of ",
-                     bootstrap->size(), " (device ", device, ") failed: ", ncclGetErrorString(r)));
-  }
-  const absl::Status ready =
-      AwaitInit(comm->state_->comm, bootstrap->rank(), bootstrap->size(), options.timeout);
-  if (!ready.ok()) {
-    comm->state_->aborted = true;  // AwaitInit aborted it
-    return ready;
-  }
-  MOE_RETURN_IF_ERROR(comm->Finish());
+  NcclCommunicator* c = comm.get();
+  const absl::Status ready = WithDeadline(
+      std::max(options.timeout, kMinInitTimeout),
+      absl::StrCat("initialising rank ", rank, " of ", size, " (device ", device, ")"),
+      [c, id, rank, size]() -> absl::Status {
+        MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(c->device_));
+        const ncclResult_t r = ncclCommInitRank(&c->state_->comm, size, id, rank);
+        if (r != ncclSuccess) {
+          return NcclError(absl::StrCat("ncclCommInitRank on rank ", rank, " of ", size), r);
+        }
+        MOE_RETURN_IF_ERROR(c->Finish());
+        return WarmUp({c});
+      });
+  if (absl::IsDeadlineExceeded(ready)) comm.release();  // still in use by the blocked thread
+  MOE_RETURN_IF_ERROR(ready);
   return comm;
 }
 
@@ -144,34 +180,40 @@ absl::StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> NcclCommunicator:
     return absl::InvalidArgumentError(
         absl::StrCat("nccl: timeout=", absl::FormatDuration(options.timeout), " must be positive"));
   }
-  // ncclCommInitAll's recipe (one unique id, every rank initialised in one group), with the
-  // nonblocking config.
   const int size = static_cast<int>(devices.size());
-  ncclUniqueId id;
-  ncclResult_t r = ncclGetUniqueId(&id);
-  std::vector<ncclComm_t> comms(devices.size(), nullptr);
-  if (r == ncclSuccess) r = ncclGroupStart();
-  for (int i = 0; i < size && Accepted(r); ++i) {
-    MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(devices[i]));
-    ncclConfig_t config = NonblockingConfig();
-    r = ncclCommInitRankConfig(&comms[i], size, id, i, &config);
-  }
-  const ncclResult_t end = ncclGroupEnd();
-  if (!Accepted(r) || !Accepted(end)) {
-    return absl::InternalError(absl::StrCat("nccl: initialising ", size, " devices failed: ",
-                                            ncclGetErrorString(Accepted(r) ? end : r)));
-  }
-  for (int i = 0; i < size; ++i) {
-    MOE_RETURN_IF_ERROR(AwaitInit(comms[i], i, size, options.timeout));
-  }
   std::vector<std::unique_ptr<NcclCommunicator>> out;
-  for (size_t i = 0; i < devices.size(); ++i) {
+  std::vector<NcclCommunicator*> raw;
+  for (int i = 0; i < size; ++i) {
     out.emplace_back(new NcclCommunicator());
-    out.back()->state_->comm = comms[i];
     out.back()->device_ = devices[i];
     out.back()->timeout_ = options.timeout;
+    raw.push_back(out.back().get());
   }
-  for (auto& comm : out) MOE_RETURN_IF_ERROR(comm->Finish());
+  const absl::Status ready =
+      WithDeadline(std::max(options.timeout, kMinInitTimeout),
+                   absl::StrCat("initialising ", size, " devices in one process"),
+                   [raw, size]() -> absl::Status {
+                     // ncclCommInitAll's recipe: one unique id, every rank initialised in one
+                     // group.
+                     ncclUniqueId id;
+                     ncclResult_t r = ncclGetUniqueId(&id);
+                     if (r == ncclSuccess) r = ncclGroupStart();
+                     for (int i = 0; i < size && r == ncclSuccess; ++i) {
+                       MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(raw[i]->device_));
+                       r = ncclCommInitRank(&raw[i]->state_->comm, size, id, i);
+                     }
+                     const ncclResult_t end = ncclGroupEnd();
+                     if (r != ncclSuccess || end != ncclSuccess) {
+                       return NcclError(absl::StrCat("initialising ", size, " devices"),
+                                        r != ncclSuccess ? r : end);
+                     }
+                     for (NcclCommunicator* c : raw) MOE_RETURN_IF_ERROR(c->Finish());
+                     return WarmUp(raw);
+                   });
+  if (absl::IsDeadlineExceeded(ready)) {
+    for (auto& c : out) c.release();  // still in use by the blocked thread
+  }
+  MOE_RETURN_IF_ERROR(ready);
   return out;
 }
 

@@ -2,10 +2,13 @@
 // Built wherever the CUDA toolkit (with nccl.h and libnccl) is; it needs GPUs to run, so the
 // CPU-only CI machine compiles it and runs nothing of it (its test skips without a device).
 //
-// The NCCL communicators are nonblocking (ncclConfig_t::blocking = 0), so no NCCL call blocks
-// the host, not even the first collective's lazy connection to its peers: initialisation (which
-// waits at least 60 s, whatever the timeout) and every collective are polled against the
-// deadline.
+// NCCL blocks the host only while it connects ranks: in initialisation and in the first use of
+// each connection, which it makes lazily. Create / CreateAll do both (the initialisation and one
+// round of every operation this class issues) on a helper thread, against the deadline (at
+// least 60 s); after that no NCCL call blocks the host. (NCCL's nonblocking communicators,
+// which would bound every call without this, were measured to add 75-110 us to each collective
+// on 2 H200s.) A Create past its deadline leaves that thread blocked in NCCL and the
+// communicator leaked: its error should end the job.
 // Each call orders itself after all work already queued on the rank's device
 // (cudaDeviceSynchronize: the buffers usually come from the backend's own stream), runs the NCCL
 // collective on the communicator's stream, and returns once it has completed, polling
@@ -63,6 +66,10 @@ class NcclCommunicator : public Communicator {
   NcclCommunicator();
   // Makes the stream and the scratch buffer on device_ once the NCCL communicator exists.
   absl::Status Finish();
+  // One round of every kind of NCCL operation this class issues, over `comms` (this process's
+  // ranks of one group), so every connection NCCL makes lazily exists before the first real
+  // collective.
+  static absl::Status WarmUp(const std::vector<NcclCommunicator*>& comms);
   // Before an op: usable, on the right device, after the device's queued work.
   absl::Status Start(absl::string_view op);
   // After an op was enqueued with result `enqueued`: waits for it against the deadline.
