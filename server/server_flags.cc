@@ -46,7 +46,12 @@ const char* ServerUsage() {
          "NOT_SERVING, new calls UNAVAILABLE, running calls get --grace_period_ms, exit 0.\n"
          "A full admission queue answers RESOURCE_EXHAUSTED at once: retry with backoff.\n"
          "Exit codes: 0 after a drain, 1 when startup fails (one line naming the path, field,\n"
-         "device or port), 2 for a bad flag.\n";
+         "device or port), 2 for a bad flag.\n"
+         "\n"
+         "Expert parallel: one process per rank, every rank its share of the routed experts;\n"
+         "rank 0 listens, the others run its steps (NCCL on GPU OMPI_COMM_WORLD_LOCAL_RANK with\n"
+         "--backend cuda); SIGTERM to mpirun drains rank 0 and stops the others:\n"
+         "  mpirun -np 2 moe_server --expert_parallel --model models/qwen3-moe-tiny --port 50051\n";
 }
 
 void AddServerFlags(tools::FlagParser* p, ServerFlags* f) {
@@ -55,6 +60,12 @@ void AddServerFlags(tools::FlagParser* p, ServerFlags* f) {
   p->AddInt("port", &f->port, "gRPC port; 0 = any free port (printed at startup)");
   p->AddString("backend", &f->backend, "cpu | cuda | xpu");
   p->AddString("dtype", &f->dtype, "run dtype: auto | f32 | bf16");
+  p->AddBool("expert_parallel", &f->expert_parallel,
+             "one process per rank under mpirun; rank 0 serves (see above)");
+  p->AddString("equal_split", &f->equal_split,
+               "expert parallel token exchange: auto | always | never (same results)");
+  p->AddInt("expert_parallel_timeout_s", &f->expert_parallel_timeout_s,
+            "a collective waiting longer for a peer fails the job");
   p->AddBool("batch_invariant", &f->batch_invariant,
              "results independent of the batching, bit for bit (slower prefill on a GPU)");
   p->AddInt("max_batch_tokens", &f->max_batch_tokens, "tokens per engine step");
@@ -85,6 +96,10 @@ void AddServerFlags(tools::FlagParser* p, ServerFlags* f) {
 
 absl::Status CheckServerFlags(const ServerFlags& f) {
   if (f.model.empty()) return absl::InvalidArgumentError("--model is required");
+  if (f.equal_split != "auto" && f.equal_split != "always" && f.equal_split != "never") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--equal_split=", f.equal_split, " is not auto, always or never"));
+  }
   if (f.port < 0 || f.port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("--port=", f.port, " is outside [0, 65535]"));
   }
@@ -107,7 +122,8 @@ absl::Status CheckServerFlags(const ServerFlags& f) {
         std::make_tuple("max_batch_requests", f.max_batch_requests, 1),
         std::make_tuple("max_message_bytes", f.max_message_bytes, 1),
         std::make_tuple("grace_period_ms", f.grace_period_ms, 0),
-        std::make_tuple("test_step_delay_ms", f.test_step_delay_ms, 0)}) {
+        std::make_tuple("test_step_delay_ms", f.test_step_delay_ms, 0),
+        std::make_tuple("expert_parallel_timeout_s", f.expert_parallel_timeout_s, 1)}) {
     if (auto s = at_least(name, v, min); !s.ok()) return s;
   }
   // gRPC takes the message limit as an int.
@@ -123,6 +139,10 @@ EngineOptions ToEngineOptions(const ServerFlags& f) {
   o.backend = f.backend;
   o.dtype = f.dtype;
   o.batch_invariant = f.batch_invariant;
+  using EqualSplit = EngineExpertParallel::EqualSplit;
+  o.expert_parallel.equal_split = f.equal_split == "always"  ? EqualSplit::kAlways
+                                  : f.equal_split == "never" ? EqualSplit::kNever
+                                                             : EqualSplit::kAuto;
   o.max_batch_tokens = f.max_batch_tokens;
   o.max_seqs = f.max_seqs;
   o.kv_cache_bytes = f.kv_cache_mb << 20;

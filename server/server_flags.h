@@ -38,6 +38,10 @@ struct ServerFlags {
   std::string tls_client_ca;
   std::string bearer_token_file;
   int64_t test_step_delay_ms = 0;
+  // One process per rank under mpirun; rank 0 serves gRPC, the others run its steps.
+  bool expert_parallel = false;
+  std::string equal_split = "auto";
+  int64_t expert_parallel_timeout_s = 60;
 };
 
 ServerFlags DefaultServerFlags();

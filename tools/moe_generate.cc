@@ -30,17 +30,12 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "engine/api/engine.h"
-#include "engine/dist/mpi_communicator.h"
-#include "kernels/status_macros.h"
+#include "engine/dist/ep_launch.h"
 #include "tools/flags.h"
 #include "tools/generate_jsonl.h"
 #include "tools/generate_options.h"
 #include "tools/progress_bar.h"
 #include "tools/tool_util.h"
-
-#ifdef MOE_WITH_NCCL
-#include "engine/dist/nccl_communicator.h"
-#endif
 
 namespace moe::tools {
 namespace {
@@ -294,68 +289,29 @@ absl::Status Serve(const GenerateOptions& opt, Communicator* comm) {
   return (*engine)->ServeExpertParallel();
 }
 
-// The expert-parallel group over MPI's world: null to use the world itself (the CPU backend,
-// host buffers); with --backend cuda, NCCL on GPU OMPI_COMM_WORLD_LOCAL_RANK, its unique id
-// broadcast over the world.
-absl::StatusOr<std::unique_ptr<Communicator>> GroupFor(
-    const GenerateOptions& opt, const absl::StatusOr<std::unique_ptr<MpiCommunicator>>& world,
-    const CommunicatorOptions& comm_options) {
-  if (!world.ok()) return world.status();
-  if (opt.backend != "cuda") return nullptr;
-#ifdef MOE_WITH_NCCL
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
-  int device = 0;
-  if (local == nullptr || !absl::SimpleAtoi(local, &device) || device < 0) {
-    return absl::FailedPreconditionError(
-        "--backend cuda --expert-parallel: OMPI_COMM_WORLD_LOCAL_RANK (the GPU of this rank) "
-        "is not set by mpirun");
-  }
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<NcclCommunicator> nccl,
-                       NcclCommunicator::Create(world->get(), device, comm_options));
-  return std::unique_ptr<Communicator>(std::move(nccl));
-#else
-  (void)comm_options;
-  return absl::FailedPreconditionError(
-      "--backend cuda --expert-parallel: this moe_generate was built without NCCL");
-#endif
-}
-
-// --expert-parallel: MPI up, the world communicator, then Run on rank 0 and Serve elsewhere.
-// Returns the exit status; an error on any rank ends every rank (MPI_Abort), since a peer may
-// be waiting for it in a collective.
+// --expert-parallel: the mpirun job's group (MPI, and NCCL on GPUs), then Run on rank 0 and
+// Serve elsewhere. Returns the exit status; an error on any rank ends every rank (MPI_Abort),
+// since a peer may be waiting for it in a collective.
 int RunExpertParallel(int* argc, char*** argv, const GenerateOptions& opt) {
-  // Open MPI's mpirun sets it in every process it starts; without it MPI_Init would make a
-  // one-process job.
   if (std::getenv("OMPI_COMM_WORLD_SIZE") == nullptr) {
     Report(
         "--expert-parallel needs mpirun (one process per rank): mpirun -np N moe_generate "
         "--expert-parallel ...; OMPI_COMM_WORLD_SIZE is not set");
     return 2;
   }
-  absl::StatusOr<std::unique_ptr<MpiRuntime>> mpi = MpiRuntime::Init(argc, argv);
-  if (!mpi.ok()) {
-    Report(mpi.status().ToString());
+  absl::StatusOr<std::unique_ptr<ExpertParallelLaunch>> launch = ExpertParallelLaunch::Start(
+      argc, argv, opt.backend, absl::Seconds(opt.expert_parallel_timeout_s));
+  if (!launch.ok()) {
+    Report(launch.status().ToString());
     return 1;
   }
-  const int rank = (*mpi)->world_rank();
-  absl::Status status;
-  {
-    CommunicatorOptions comm_options;
-    comm_options.timeout = absl::Seconds(opt.expert_parallel_timeout_s);
-    absl::StatusOr<std::unique_ptr<MpiCommunicator>> world =
-        MpiCommunicator::CreateWorld(comm_options);
-    absl::StatusOr<std::unique_ptr<Communicator>> group = GroupFor(opt, world, comm_options);
-    if (!group.ok()) {
-      status = group.status();
-    } else {
-      Communicator* comm = *group != nullptr ? group->get() : world->get();
-      status = rank == 0 ? Run(opt, comm) : Serve(opt, comm);
-    }
-  }
+  const int rank = (*launch)->rank();
+  Communicator* comm = (*launch)->group();
+  const absl::Status status = rank == 0 ? Run(opt, comm) : Serve(opt, comm);
   if (!status.ok()) {
     // Messages from the library name the rank; a rank-0-only error (input, output) may not.
     Report(absl::StrCat("rank ", rank, ": ", status.ToString()));
-    (*mpi)->Abort(1);
+    (*launch)->Abort(1);
   }
   return 0;
 }
