@@ -60,6 +60,7 @@ absl::StatusOr<Tensor> EpMoeBlock::Forward(const Tensor& x, const Tensor& out) {
   trace_.peer_sent_rows.assign(comm_->size(), 0);
   trace_.peer_received_rows.assign(comm_->size(), 0);
   trace_.local_counts.assign(mine_.count, 0);
+  trace_.global_counts.assign(config_.num_experts, 0);
   trace_.expert_path = ExpertPath::kNone;
   trace_.times = EpStageTimes();
   EpStageTimes& t = trace_.times;

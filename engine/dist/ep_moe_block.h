@@ -88,6 +88,9 @@ struct EpMoeTrace {
   int64_t received_rows = 0;                // real rows its experts computed
   // Rows per local expert, summed over the source ranks.
   std::vector<int64_t> local_counts;
+  // Rows per expert (all E) summed over every rank: the whole group's routing, known to every
+  // rank from the counts all-gather.
+  std::vector<int64_t> global_counts;
   ExpertPath expert_path = ExpertPath::kNone;  // the local experts' GEMMs
   EpStageTimes times;
 };

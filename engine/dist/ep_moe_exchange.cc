@@ -58,6 +58,10 @@ absl::Status EpMoeBlock::ExchangeCounts(absl::Span<const int64_t> counts) {
   for (int64_t j = 0; j < n; ++j) {
     local_offsets_[j + 1] = local_offsets_[j] + trace_.local_counts[j];
   }
+  trace_.global_counts.assign(e_total, 0);
+  for (int q = 0; q < ranks; ++q) {
+    for (int64_t e = 0; e < e_total; ++e) trace_.global_counts[e] += all_counts_[q * e_total + e];
+  }
   return absl::OkStatus();
 }
 
@@ -102,11 +106,11 @@ absl::Status EpMoeBlock::CheckRowLimit() const {
 
 absl::Status EpMoeBlock::ReserveBuffers() {
   const int64_t m = trace_.received_rows, d = config_.hidden, i = config_.inter;
-  // Equal split: the padded send blocks, and the receive blocks; variable: the received rows,
-  // source-major.
+  // Equal split: the padded send blocks (none when this rank needs no padding), and the
+  // receive blocks; variable: the received rows, source-major.
   const bool equal = trace_.exchange_path == ExchangePath::kEqualSplit;
-  const int64_t blocks = equal ? comm_->size() * trace_.block_rows : 0;
-  const int64_t positions = equal ? blocks : m;
+  const int64_t positions = equal ? comm_->size() * trace_.block_rows : m;
+  const int64_t blocks = equal && trace_.sent_rows != positions ? positions : 0;
   const DType dt = config_.dtype;
   const size_t bytes =
       Workspace::Aligned(blocks * row_bytes_) + Workspace::Aligned(positions * row_bytes_) +
@@ -132,6 +136,11 @@ absl::Status EpMoeBlock::DispatchRows(const Tensor& rows) {
                             Scaled(recv_rows_, row_bytes_), Scaled(recv_start_, row_bytes_));
   }
   const int64_t c = trace_.block_rows;
+  // No padding on this rank: its dispatch rows already are the P blocks of c rows, in rank
+  // order, so they go out as they are.
+  if (trace_.sent_rows == ranks * c) {
+    return comm_->AllToAll(rows.data(), recv_buf_.data(), c * row_bytes_);
+  }
   // Padding is NaN, so a padding row that reached an expert's output would show (it cannot:
   // the owner reads only the real rows of each block, and the home rank only its own).
   const int64_t most_padding = c - *std::min_element(send_rows_.begin(), send_rows_.end());
@@ -242,6 +251,9 @@ absl::Status EpMoeBlock::ReturnRows(const Tensor& rows) {
                             Scaled(send_rows_, row_bytes_), Scaled(send_start_, row_bytes_));
   }
   const int64_t c = trace_.block_rows;
+  if (trace_.sent_rows == comm_->size() * c) {
+    return comm_->AllToAll(recv_buf_.data(), rows.data(), c * row_bytes_);
+  }
   MOE_RETURN_IF_ERROR(comm_->AllToAll(recv_buf_.data(), send_blocks_.data(), c * row_bytes_));
   for (int p = 0; p < comm_->size(); ++p) {
     if (send_rows_[p] == 0) continue;

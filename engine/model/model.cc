@@ -658,10 +658,12 @@ absl::Status Model::EnqueueStep(const StepShape& shape, KvCache& cache) {
       MOE_ASSIGN_OR_RETURN(Tensor out, layer.moe != nullptr
                                            ? layer.moe->Forward(act(h), act(y))
                                            : layer.ep_moe->Forward(act(h), act(y)));
-      const MoeBlock& block = layer.moe != nullptr ? *layer.moe : layer.ep_moe->block();
       MOE_RETURN_IF_ERROR(add_to_x(out.data()));
-      // Empty when the counts stayed on the device (and while a step graph is recorded).
-      const std::vector<int64_t>& counts = block.last_trace().counts;
+      // Expert parallel: every rank's tokens (the same numbers on every rank). One device:
+      // empty when the counts stayed on the device (and while a step graph is recorded).
+      const std::vector<int64_t>& counts = layer.moe != nullptr
+                                               ? layer.moe->last_trace().counts
+                                               : layer.ep_moe->last_trace().global_counts;
       for (size_t e = 0; e < counts.size(); ++e) expert_tokens_[i][e] += counts[e];
     } else {
       MOE_RETURN_IF_ERROR(layer.mlp->Forward(act(h), act(y)));

@@ -187,7 +187,7 @@ class Model {
   // top-k experts), [num_layers][num_experts], empty for dense layers. Counted where the counts
   // reach the host anyway: every CPU step; on a GPU only steps of more than kGraphMaxTokens
   // tokens (smaller ones keep the counts on the device and are not counted, so that a decode
-  // step never waits for the routing).
+  // step never waits for the routing). Expert parallel, every step, the tokens of every rank.
   const std::vector<std::vector<int64_t>>& expert_tokens() const { return expert_tokens_; }
 
  private:

@@ -85,6 +85,8 @@ TEST_P(EpMoeLocalTest, BitIdenticalToOneDevice) {
         EXPECT_EQ(run.counts, reference->counts);
       } else {
         for (size_t e = 0; e < summed.size(); ++e) summed[e] += run.counts[e];
+        // Every rank knows the group's counts from the counts all-gather.
+        EXPECT_EQ(run.trace.global_counts, reference->counts);
       }
     }
     EXPECT_EQ(sent, received);
