@@ -7,11 +7,11 @@
 namespace moe {
 
 absl::StatusOr<EncodedStepPlan> EncodeStepPlan(const ModelBatch& batch,
-                                               absl::Span<const int32_t> owners,
-                                               int64_t num_blocks, int64_t block_size) {
+                                               absl::Span<const int32_t> owners, int64_t num_blocks,
+                                               int64_t block_size) {
   if (static_cast<int64_t>(owners.size()) != batch.num_seqs) {
-    return absl::InvalidArgumentError(absl::StrCat("ep step plan: ", owners.size(),
-                                                   " owners for num_seqs=", batch.num_seqs));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ep step plan: ", owners.size(), " owners for num_seqs=", batch.num_seqs));
   }
   EncodedStepPlan plan;
   plan.header = {static_cast<int64_t>(batch.token_ids.size()),
@@ -55,6 +55,10 @@ absl::StatusOr<LocalStepBatch> LocalPart(absl::Span<const int64_t> header,
         absl::StrCat("ep step plan: ", words.size(), " words, the header says ", n));
   }
   const int64_t t = header[0], seqs = header[1], width = header[2], rows = header[3];
+  // Block ids and slots are global over the ranks' pools (KvPartitions): this rank's pool
+  // starts at rank * num_blocks.
+  const int64_t blocks = header[5], block_size = header[6];
+  const int64_t first_block = rank * blocks, first_slot = first_block * block_size;
   const int32_t* p = words.data();
   const int32_t* ids = p;
   const int32_t* positions = p + t;
@@ -76,27 +80,39 @@ absl::StatusOr<LocalStepBatch> LocalPart(absl::Span<const int64_t> header,
     }
     if (owners[s] != rank) continue;
     local_row[s] = static_cast<int32_t>(b.num_seqs++);
-    b.block_tables.insert(b.block_tables.end(), tables + s * width, tables + (s + 1) * width);
+    for (int64_t j = 0; j < width; ++j) {
+      const int64_t id = tables[s * width + j];
+      if (id >= 0 && (id < first_block || id >= first_block + blocks)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("ep step plan: block_tables[", s, ", ", j, "]=", id, " is outside rank ",
+                         rank, "'s blocks [", first_block, ", ", first_block + blocks, ")"));
+      }
+      b.block_tables.push_back(static_cast<int32_t>(id < 0 ? id : id - first_block));
+    }
   }
   std::vector<int32_t> local_token(t, -1);
   for (int64_t i = 0; i < t; ++i) {
     if (seq_ids[i] < 0 || seq_ids[i] >= seqs) {
-      return absl::InvalidArgumentError(absl::StrCat("ep step plan: seq_ids[", i, "]=",
-                                                     seq_ids[i], " is outside [0, ", seqs, ")"));
+      return absl::InvalidArgumentError(absl::StrCat("ep step plan: seq_ids[", i, "]=", seq_ids[i],
+                                                     " is outside [0, ", seqs, ")"));
     }
     if (local_row[seq_ids[i]] < 0) continue;
     local_token[i] = static_cast<int32_t>(b.token_ids.size());
     b.token_ids.push_back(ids[i]);
     b.positions.push_back(positions[i]);
     b.seq_ids.push_back(local_row[seq_ids[i]]);
-    b.slot_mapping.push_back(slots[i]);
+    if (slots[i] < first_slot || slots[i] >= first_slot + blocks * block_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ep step plan: slot_mapping[", i, "]=", slots[i], " is outside rank ", rank, "'s slots"));
+    }
+    b.slot_mapping.push_back(static_cast<int32_t>(slots[i] - first_slot));
   }
   local.logit_rows_per_rank.assign(ranks, 0);
   std::vector<int32_t> owner_of_row(rows);
   for (int64_t i = 0; i < rows; ++i) {
     if (logit_rows[i] < 0 || logit_rows[i] >= t) {
-      return absl::InvalidArgumentError(absl::StrCat("ep step plan: logit_rows[", i, "]=",
-                                                     logit_rows[i], " is outside [0, ", t, ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ep step plan: logit_rows[", i, "]=", logit_rows[i], " is outside [0, ", t, ")"));
     }
     const int32_t owner = owners[seq_ids[logit_rows[i]]];
     owner_of_row[i] = owner;

@@ -7,9 +7,11 @@
 // block_tables[num_seqs * max_blocks_per_seq], logit_rows[R], owners[num_seqs].
 //
 // A rank's part (LocalStepBatch): its sequence rows in batch order, renumbered 0.., their tokens
-// in batch order, and the logit rows of its tokens in the batch's logit_rows order; block ids
-// and slots are global (every rank's cache has the same geometry, rank 0's block manager hands
-// them out; each rank writes only its own sequences' blocks).
+// in batch order, and the logit rows of its tokens in the batch's logit_rows order. Every rank's
+// cache has num_blocks blocks; the plan's block ids and slots are global over the ranks' pools
+// (rank 0's KvBlockManager with KvPartitions of the owners: rank r's blocks are
+// [r * num_blocks, (r + 1) * num_blocks)), and a rank's part holds them made local to its
+// cache (an id or slot of another rank's pool in its rows is InvalidArgument).
 //
 // Thread-compatible free functions.
 #ifndef MOE_ENGINE_RUNTIME_EP_STEP_PLAN_H_
@@ -34,8 +36,8 @@ struct EncodedStepPlan {
 // The plan of `batch` with owners[s] the rank of sequence row s, for a cache of
 // (num_blocks, block_size). InvalidArgument naming the field for owners of the wrong length.
 absl::StatusOr<EncodedStepPlan> EncodeStepPlan(const ModelBatch& batch,
-                                               absl::Span<const int32_t> owners,
-                                               int64_t num_blocks, int64_t block_size);
+                                               absl::Span<const int32_t> owners, int64_t num_blocks,
+                                               int64_t block_size);
 
 // The number of int32 words that follow `header`; InvalidArgument for a negative field.
 absl::StatusOr<int64_t> StepPlanWords(absl::Span<const int64_t> header);

@@ -28,6 +28,8 @@ absl::StatusOr<std::unique_ptr<EpStepRunner>> EpStepRunner::Create(Model* model,
   return std::unique_ptr<EpStepRunner>(new EpStepRunner(model, backend, allocator));
 }
 
+int EpStepRunner::ranks() const { return comm_->size(); }
+
 int EpStepRunner::OwnerOf(int64_t key, int ranks) {
   const int64_t r = key % ranks;
   return static_cast<int>(r < 0 ? r + ranks : r);

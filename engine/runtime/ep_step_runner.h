@@ -38,6 +38,7 @@ class EpStepRunner {
                                                               Allocator* allocator);
 
   static int OwnerOf(int64_t key, int ranks);
+  int ranks() const;
 
   // Rank 0: one step of the whole batch; row_keys[s] is sequence row s's key (its owner is
   // OwnerOf(key)). Returns the logit rows (hidden states with batch.hidden_states) of every rank,
@@ -68,7 +69,9 @@ class EpStepRunner {
 
  private:
   EpStepRunner(Model* model, Backend* backend, Allocator* allocator)
-      : model_(model), backend_(backend), allocator_(allocator),
+      : model_(model),
+        backend_(backend),
+        allocator_(allocator),
         comm_(model->expert_parallel_options().comm) {}
 
   // Every rank: runs its part of the plan and gathers the logit rows to rank 0.
@@ -86,7 +89,7 @@ class EpStepRunner {
   Allocator* allocator_;
   Communicator* comm_;
   std::unique_ptr<Buffer> gathered_, ordered_, index_;  // rank 0's gather, reorder, its index
-  absl::Status status_;  // rank 0: the first collective failure
+  absl::Status status_;                                 // rank 0: the first collective failure
 };
 
 }  // namespace moe

@@ -29,11 +29,18 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(Model* model, Backe
   so.max_seqs = options.max_seqs;
   so.num_blocks = options.num_blocks;
   so.block_size = options.block_size;
+  if (options.expert_parallel != nullptr) {
+    // Every rank's cache holds num_blocks blocks of its own sequences: one pool per rank, a
+    // sequence in its owner's.
+    const int ranks = options.expert_parallel->ranks();
+    so.num_blocks = options.num_blocks * ranks;
+    so.partitions = {ranks, [ranks](int64_t seq) { return EpStepRunner::OwnerOf(seq, ranks); }};
+  }
   so.max_blocks_per_seq = (max_tokens + options.block_size - 1) / options.block_size;
   MOE_ASSIGN_OR_RETURN(Scheduler scheduler, Scheduler::Create(so));
   std::unique_ptr<Generator> g(new Generator(model, backend, std::move(scheduler), max_tokens,
-                                                options.max_batch_tokens, options.step_hook,
-                                                options.expert_parallel));
+                                             options.max_batch_tokens, options.step_hook,
+                                             options.expert_parallel));
   MOE_ASSIGN_OR_RETURN(g->cache_, model->AllocateKvCache(options.num_blocks, options.block_size));
   // At most one sampled row per running sequence per step.
   g->sample_workspace_bytes_ =
@@ -42,8 +49,7 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(Model* model, Backe
                        allocator->Allocate(std::max<size_t>(g->sample_workspace_bytes_, 1)));
   // Sample's outputs on the device, read back once per step.
   MOE_ASSIGN_OR_RETURN(g->sampled_ids_, allocator->Allocate(options.max_seqs * sizeof(int32_t)));
-  MOE_ASSIGN_OR_RETURN(g->sampled_logprobs_,
-                       allocator->Allocate(options.max_seqs * sizeof(float)));
+  MOE_ASSIGN_OR_RETURN(g->sampled_logprobs_, allocator->Allocate(options.max_seqs * sizeof(float)));
   return g;
 }
 
@@ -68,8 +74,8 @@ absl::Status Generator::Validate(const SequenceRequest& r) const {
   if (r.prompt.empty()) return absl::InvalidArgumentError("prompt is empty");
   for (size_t i = 0; i < r.prompt.size(); ++i) {
     if (r.prompt[i] < 0 || r.prompt[i] >= vocab) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt[", i, "]=", r.prompt[i],
-                                                     " is outside [0, vocab_size=", vocab, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt[", i, "]=", r.prompt[i], " is outside [0, vocab_size=", vocab, ")"));
     }
   }
   if (r.max_new_tokens < 1) {
@@ -78,15 +84,15 @@ absl::Status Generator::Validate(const SequenceRequest& r) const {
   }
   const int64_t prompt = static_cast<int64_t>(r.prompt.size());
   if (r.max_new_tokens > max_tokens_per_seq_ - prompt) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "prompt (", prompt, " tokens) + max_new_tokens (", r.max_new_tokens,
-        ") exceeds max_tokens_per_seq=", max_tokens_per_seq_));
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt (", prompt, " tokens) + max_new_tokens (", r.max_new_tokens,
+                     ") exceeds max_tokens_per_seq=", max_tokens_per_seq_));
   }
   if (!scheduler_.blocks().CanEverFit(prompt + r.max_new_tokens)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "prompt (", prompt, " tokens) + max_new_tokens (", r.max_new_tokens,
-        ") can never fit in the KV cache of ", scheduler_.blocks().num_blocks(), " blocks of ",
-        scheduler_.blocks().block_size(), " tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt (", prompt, " tokens) + max_new_tokens (", r.max_new_tokens,
+                     ") can never fit in the KV cache of ", scheduler_.blocks().num_blocks(),
+                     " blocks of ", scheduler_.blocks().block_size(), " tokens"));
   }
   MOE_RETURN_IF_ERROR(CheckSamplingParams(r.sampling, "sampling"));
   for (size_t i = 0; i < r.stop_ids.size(); ++i) {

@@ -33,7 +33,7 @@ namespace moe {
 struct GeneratorOptions {
   int64_t max_batch_tokens = 2048;  // tokens per step, >= 1
   int64_t max_seqs = 64;            // running sequences, >= 1
-  int64_t num_blocks = 0;           // KV cache blocks, >= 1
+  int64_t num_blocks = 0;           // KV cache blocks (expert parallel: per rank), >= 1
   int64_t block_size = 16;          // tokens per block, >= 1
   int64_t max_tokens_per_seq = 0;   // prompt + new tokens; 0 = max_position_embeddings
   // Test hook (EngineOptions::step_hook): runs before the model in every step with work; a
@@ -146,7 +146,7 @@ class Generator {
   size_t sample_workspace_bytes_ = 0;
   std::unique_ptr<Buffer> sampled_ids_;       // int32 [max_seqs], device
   std::unique_ptr<Buffer> sampled_logprobs_;  // f32 [max_seqs], device
-  std::map<int64_t, Sequence> seqs_;  // ordered: reproducible iteration
+  std::map<int64_t, Sequence> seqs_;          // ordered: reproducible iteration
   // Per-step staging, kept to avoid reallocating every step.
   ModelBatch batch_;
   const float* logits_ = nullptr;  // the step's logits on the device (Model-owned)

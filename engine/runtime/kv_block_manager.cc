@@ -18,7 +18,8 @@ absl::Status UnknownSequence(int64_t seq_id) {
 }  // namespace
 
 absl::StatusOr<KvBlockManager> KvBlockManager::Create(int64_t num_blocks, int64_t block_size,
-                                                      int64_t max_blocks_per_seq) {
+                                                      int64_t max_blocks_per_seq,
+                                                      KvPartitions partitions) {
   if (num_blocks < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("kv_cache: num_blocks=", num_blocks, " must be >= 1"));
@@ -37,19 +38,45 @@ absl::StatusOr<KvBlockManager> KvBlockManager::Create(int64_t num_blocks, int64_
                                                    " * block_size=", block_size, " exceeds ",
                                                    kMaxSlots, " slots (slot ids are int32)"));
   }
-  return KvBlockManager(num_blocks, block_size, max_blocks_per_seq);
+  if (partitions.count < 1 || num_blocks % partitions.count != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_cache: partitions=", partitions.count,
+                     " must be >= 1 and divide num_blocks=", num_blocks));
+  }
+  if (partitions.count > 1 && !partitions.of) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_cache: partitions=", partitions.count, " without a partition function"));
+  }
+  return KvBlockManager(num_blocks, block_size, max_blocks_per_seq, std::move(partitions));
 }
 
-KvBlockManager::KvBlockManager(int64_t num_blocks, int64_t block_size, int64_t max_blocks_per_seq)
-    : num_blocks_(num_blocks), block_size_(block_size), max_blocks_per_seq_(max_blocks_per_seq) {
-  std::vector<int32_t> ids(static_cast<size_t>(num_blocks));
-  for (int64_t i = 0; i < num_blocks; ++i) ids[i] = static_cast<int32_t>(i);
-  // Ascending order is already a valid min-heap.
-  free_ = decltype(free_)(std::greater<int32_t>(), std::move(ids));
+KvBlockManager::KvBlockManager(int64_t num_blocks, int64_t block_size, int64_t max_blocks_per_seq,
+                               KvPartitions partitions)
+    : num_blocks_(num_blocks),
+      block_size_(block_size),
+      max_blocks_per_seq_(max_blocks_per_seq),
+      partitions_(std::move(partitions)) {
+  const int64_t per = blocks_per_partition();
+  for (int p = 0; p < partitions_.count; ++p) {
+    std::vector<int32_t> ids(static_cast<size_t>(per));
+    for (int64_t i = 0; i < per; ++i) ids[i] = static_cast<int32_t>(p * per + i);
+    // Ascending order is already a valid min-heap.
+    free_.emplace_back(std::greater<int32_t>(), std::move(ids));
+  }
+}
+
+int KvBlockManager::PartitionOf(int64_t seq_id) const {
+  return partitions_.count == 1 ? 0 : partitions_.of(seq_id);
+}
+
+int64_t KvBlockManager::blocks_free() const {
+  int64_t n = 0;
+  for (const auto& heap : free_) n += static_cast<int64_t>(heap.size());
+  return n;
 }
 
 int64_t KvBlockManager::max_blocks_for_one_seq() const {
-  return std::min(num_blocks_, max_blocks_per_seq_);
+  return std::min(blocks_per_partition(), max_blocks_per_seq_);
 }
 
 int64_t KvBlockManager::BlocksForTokens(int64_t total_tokens) const {
@@ -87,14 +114,21 @@ absl::Status KvBlockManager::Reserve(int64_t seq_id, int64_t new_total_tokens) {
   Sequence& seq = it->second;
   if (new_total_tokens <= seq.tokens) return absl::OkStatus();
   const int64_t missing = needed - static_cast<int64_t>(seq.blocks.size());
-  if (missing > blocks_free()) {
-    return absl::ResourceExhaustedError(absl::StrCat("kv_cache: sequence ", seq_id, " needs ",
-                                                     missing, " more blocks for ", new_total_tokens,
-                                                     " tokens, ", blocks_free(), " free now"));
+  const int partition = PartitionOf(seq_id);
+  if (partition < 0 || partition >= partitions_.count) {
+    return absl::InternalError(absl::StrCat("kv_cache: sequence ", seq_id, " maps to partition ",
+                                            partition, " of ", partitions_.count));
+  }
+  auto& free = free_[partition];
+  if (missing > static_cast<int64_t>(free.size())) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("kv_cache: sequence ", seq_id, " needs ", missing, " more blocks for ",
+                     new_total_tokens, " tokens, ", free.size(), " free now",
+                     partitions_.count > 1 ? absl::StrCat(" in its partition ", partition) : ""));
   }
   for (int64_t i = 0; i < missing; ++i) {
-    seq.blocks.push_back(free_.top());
-    free_.pop();
+    seq.blocks.push_back(free.top());
+    free.pop();
   }
   seq.tokens = new_total_tokens;
   return absl::OkStatus();
@@ -103,7 +137,8 @@ absl::Status KvBlockManager::Reserve(int64_t seq_id, int64_t new_total_tokens) {
 absl::Status KvBlockManager::Free(int64_t seq_id) {
   auto it = seqs_.find(seq_id);
   if (it == seqs_.end()) return UnknownSequence(seq_id);
-  for (int32_t block : it->second.blocks) free_.push(block);
+  const int64_t per = blocks_per_partition();
+  for (int32_t block : it->second.blocks) free_[block / per].push(block);
   seqs_.erase(it);
   return absl::OkStatus();
 }

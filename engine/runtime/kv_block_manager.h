@@ -14,6 +14,11 @@
 // Determinism: blocks are always taken lowest free block id first, so the same sequence of
 // calls gives the same slots on every run.
 //
+// Partitions (expert parallelism: every rank's cache holds only its own sequences' blocks):
+// the blocks are `count` equal pools, pool p holding ids [p * N, (p + 1) * N) with
+// N = num_blocks / count, and a sequence takes its blocks from pool `of(seq_id)` only. Ids and
+// slots stay global; the rank owning pool p subtracts p * N (ep_step_plan.h).
+//
 // Thread-compatibility: not thread-safe. The scheduler owns one instance and calls it from
 // one thread (or serialises calls itself); const methods may run concurrently with each other.
 #ifndef MOE_ENGINE_RUNTIME_KV_BLOCK_MANAGER_H_
@@ -30,13 +35,22 @@
 
 namespace moe {
 
+struct KvPartitions {
+  int count = 1;  // pools; divides num_blocks
+  // The pool of a sequence, in [0, count); may be null when count is 1.
+  std::function<int(int64_t seq_id)> of;
+};
+
 class KvBlockManager {
  public:
   // Validates the geometry. InvalidArgument naming the field when num_blocks,
   // block_size or max_blocks_per_seq is < 1, or when num_blocks * block_size (the number of
   // slots) does not fit in int32 (slot_mapping and block_tables are int32).
+  // With partitions: InvalidArgument also when count < 1, count does not divide num_blocks, or
+  // count > 1 without `of`.
   static absl::StatusOr<KvBlockManager> Create(int64_t num_blocks, int64_t block_size,
-                                               int64_t max_blocks_per_seq);
+                                               int64_t max_blocks_per_seq,
+                                               KvPartitions partitions = {});
 
   KvBlockManager(KvBlockManager&&) = default;
   KvBlockManager& operator=(KvBlockManager&&) = default;
@@ -46,7 +60,8 @@ class KvBlockManager {
   int64_t num_blocks() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }
   int64_t max_blocks_per_seq() const { return max_blocks_per_seq_; }
-  // The most blocks one sequence can ever hold: min(num_blocks, max_blocks_per_seq).
+  int64_t blocks_per_partition() const { return num_blocks_ / partitions_.count; }
+  // The most blocks one sequence can ever hold: min(blocks_per_partition, max_blocks_per_seq).
   int64_t max_blocks_for_one_seq() const;
 
   // Blocks that hold total_tokens tokens: ceil(total_tokens / block_size); 0 for <= 0.
@@ -64,7 +79,8 @@ class KvBlockManager {
   //   NotFound          seq_id is not tracked;
   //   InvalidArgument   new_total_tokens < 0, or it can never fit (message names the tokens,
   //                     block_size and the block limit); nothing changed;
-  //   ResourceExhausted not enough free blocks now; nothing changed, retry after a Free.
+  //   ResourceExhausted not enough free blocks now (in seq_id's partition); nothing changed,
+  //                     retry after a Free.
   absl::Status Reserve(int64_t seq_id, int64_t new_total_tokens);
 
   // Returns all of seq_id's blocks to the free pool and forgets it. NotFound if not tracked.
@@ -94,7 +110,7 @@ class KvBlockManager {
 
   int64_t num_sequences() const { return static_cast<int64_t>(seqs_.size()); }
   int64_t blocks_used() const { return num_blocks_ - blocks_free(); }
-  int64_t blocks_free() const { return static_cast<int64_t>(free_.size()); }
+  int64_t blocks_free() const;
 
  private:
   struct Sequence {
@@ -102,13 +118,16 @@ class KvBlockManager {
     std::vector<int32_t> blocks;
   };
 
-  KvBlockManager(int64_t num_blocks, int64_t block_size, int64_t max_blocks_per_seq);
+  KvBlockManager(int64_t num_blocks, int64_t block_size, int64_t max_blocks_per_seq,
+                 KvPartitions partitions);
+  int PartitionOf(int64_t seq_id) const;
 
   int64_t num_blocks_;
   int64_t block_size_;
   int64_t max_blocks_per_seq_;
-  // Min-heap of free block ids: the lowest id is taken first.
-  std::priority_queue<int32_t, std::vector<int32_t>, std::greater<int32_t>> free_;
+  KvPartitions partitions_;
+  // Per partition, a min-heap of its free block ids: the lowest id is taken first.
+  std::vector<std::priority_queue<int32_t, std::vector<int32_t>, std::greater<int32_t>>> free_;
   // Ordered so that any iteration is reproducible.
   std::map<int64_t, Sequence> seqs_;
 };

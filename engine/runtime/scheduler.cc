@@ -29,8 +29,8 @@ absl::StatusOr<Scheduler> Scheduler::Create(const SchedulerOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("scheduler: max_seqs=", options.max_seqs, " must be >= 1"));
   }
-  absl::StatusOr<KvBlockManager> blocks =
-      KvBlockManager::Create(options.num_blocks, options.block_size, options.max_blocks_per_seq);
+  absl::StatusOr<KvBlockManager> blocks = KvBlockManager::Create(
+      options.num_blocks, options.block_size, options.max_blocks_per_seq, options.partitions);
   if (!blocks.ok()) return blocks.status();
   return Scheduler(options, std::move(blocks).value());
 }

@@ -59,6 +59,7 @@ struct SchedulerOptions {
   int64_t num_blocks = 0;
   int64_t block_size = 16;
   int64_t max_blocks_per_seq = 0;
+  KvPartitions partitions;  // expert parallel: one pool per rank
 };
 
 // One sequence's work in a step: compute positions [start, start + count) of seq_id.

@@ -344,5 +344,45 @@ TEST(KvBlockManagerStressTest, SameCallsGiveSameSlots) {
   EXPECT_EQ(a, b);
 }
 
+// Partitions (expert parallelism): sequence s takes blocks only from pool s % 3, pool p being
+// ids [4p, 4p + 4); a full pool refuses its sequences while the others still have room, and a
+// freed block goes back to its own pool.
+TEST(KvBlockManagerPartitionTest, EachSequenceTakesFromItsOwnPool) {
+  absl::StatusOr<KvBlockManager> made = KvBlockManager::Create(
+      12, 2, 8, KvPartitions{3, [](int64_t seq) { return static_cast<int>(seq % 3); }});
+  ASSERT_TRUE(made.ok()) << made.status();
+  KvBlockManager& m = *made;
+  EXPECT_EQ(m.blocks_per_partition(), 4);
+  EXPECT_EQ(m.max_blocks_for_one_seq(), 4);
+  EXPECT_FALSE(m.CanEverFit(9));  // 5 blocks: more than one pool
+  for (int64_t seq : {0, 1, 2, 3, 4}) ASSERT_TRUE(m.AddSequence(seq).ok());
+  ASSERT_TRUE(m.Reserve(1, 5).ok());  // 3 blocks of pool 1
+  EXPECT_THAT(Blocks(m, 1), ElementsAre(4, 5, 6));
+  ASSERT_TRUE(m.Reserve(2, 1).ok());
+  EXPECT_THAT(Blocks(m, 2), ElementsAre(8));
+  ASSERT_TRUE(m.Reserve(0, 2).ok());
+  EXPECT_THAT(Blocks(m, 0), ElementsAre(0));
+  // Sequence 4 is in pool 1, which has one block left; pools 0 and 2 have seven.
+  const absl::Status full = m.Reserve(4, 4);
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(full.message(), HasSubstr("1 free now in its partition 1"));
+  EXPECT_EQ(m.blocks_free(), 7);
+  ASSERT_TRUE(m.Free(1).ok());
+  ASSERT_TRUE(m.Reserve(4, 8).ok());
+  EXPECT_THAT(Blocks(m, 4), ElementsAre(4, 5, 6, 7));
+  ASSERT_TRUE(m.Reserve(3, 1).ok());  // pool 0 again
+  EXPECT_THAT(Blocks(m, 3), ElementsAre(1));
+}
+
+TEST(KvBlockManagerPartitionTest, RejectsBadPartitions) {
+  const auto of = [](int64_t) { return 0; };
+  EXPECT_EQ(KvBlockManager::Create(10, 2, 4, KvPartitions{3, of}).status().message(),
+            "kv_cache: partitions=3 must be >= 1 and divide num_blocks=10");
+  EXPECT_EQ(KvBlockManager::Create(10, 2, 4, KvPartitions{0, of}).status().message(),
+            "kv_cache: partitions=0 must be >= 1 and divide num_blocks=10");
+  EXPECT_EQ(KvBlockManager::Create(10, 2, 4, KvPartitions{2, nullptr}).status().message(),
+            "kv_cache: partitions=2 without a partition function");
+}
+
 }  // namespace
 }  // namespace moe
