@@ -100,11 +100,6 @@ int GpuCount() {
   return n;
 }
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n == 0 ? 0.0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // The P ranks: a backend, an allocator and a communicator each.
 class Ranks {

@@ -212,11 +212,6 @@ std::string ShapeName(const Row& r) {
                               : absl::StrCat("B=", r.batch, " ctx=", r.context);
 }
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // The model, its cache and block bookkeeping, and Forward over whole-sequence chunks.
 class Runner {

@@ -101,11 +101,6 @@ struct Row {
   uint64_t checksum = 0;
 };
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // Weight bytes a call must read: the gate, every expert that received a row, the shared experts.
 double WeightBytesTouched(const MoeConfig& c, int64_t experts_hit) {

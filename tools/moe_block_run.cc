@@ -35,11 +35,6 @@ struct Options {
   int64_t seed = -1;
 };
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 absl::Status Run(const Options& opt) {
   if (opt.preset.empty()) {

@@ -4,6 +4,7 @@
 #define MOE_TOOLS_TOOL_UTIL_H_
 
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -31,6 +32,9 @@ absl::string_view CombinePathName(CombinePath p);
 
 // Monotonic seconds.
 double NowSeconds();
+
+// The median of timings (the mean of the middle two for an even count); 0 for none.
+double Median(std::vector<double> v);
 
 // "Intel Xeon ..." from /proc/cpuinfo's first "model name", or "unknown".
 std::string CpuModelName();
