@@ -156,6 +156,10 @@ TEST(MoeServerTest, StartupFailuresExitNonZeroQuicklyWithOneLineNamingTheCause) 
        "xpu:0"},
       {"port in use", {"--model", kTinyModel, "--port", taken}, 1, "127.0.0.1:" + taken},
       {"bad flag", {"--model", kTinyModel, "--port", "70000"}, 2, "--port=70000"},
+      {"bad equal split", {"--model", kTinyModel, "--equal_split", "sometimes"}, 2,
+       "--equal_split=sometimes"},
+      {"expert parallel without mpirun", {"--model", kTinyModel, "--expert_parallel"}, 1,
+       "needs mpirun"},
   };
   for (const StartupCase& c : cases) {
     const auto start = std::chrono::steady_clock::now();
