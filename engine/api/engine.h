@@ -203,7 +203,7 @@ struct ModelInfo {
   std::vector<int32_t> eos_token_ids;
   std::string dtype;  // the run dtype
   int64_t weight_bytes = 0;
-  int64_t kv_cache_blocks = 0;
+  int64_t kv_cache_blocks = 0;  // this process's cache (expert parallel: per rank)
   int64_t block_size = 0;
   int expert_parallel_rank = 0;  // this engine's rank; 0 on one device
   int expert_parallel_size = 1;  // ranks the experts are split over; 1 on one device
@@ -221,8 +221,8 @@ struct EngineStats {
   // (a token counts once for each of its top-k experts), [num_layers][num_experts], empty for
   // dense layers; else empty. Counted where the counts reach the host anyway: every CPU step;
   // on a GPU only steps of more than 64 tokens (decode-sized steps keep the counts on the device
-  // so that they never wait for the routing, and are not counted). Expert parallel: the tokens
-  // of rank 0's own sequences only.
+  // so that they never wait for the routing, and are not counted). Expert parallel: every
+  // rank's tokens, every step (from the MoE layers' counts all-gather).
   std::vector<std::vector<int64_t>> expert_tokens;
 };
 

@@ -141,7 +141,8 @@ absl::StatusOr<std::unique_ptr<Engine::Impl>> Engine::Impl::Load(const std::stri
   info.weight_bytes = impl->model->weight_bytes();
   info.kv_cache_blocks = g.num_blocks;
   info.block_size = options.block_size;
-  impl->stats.kv_blocks_total = g.num_blocks;
+  // Expert parallel: every rank's pool (each rank's cache holds its own sequences).
+  impl->stats.kv_blocks_total = g.num_blocks * info.expert_parallel_size;
   impl->count_expert_tokens = options.count_expert_tokens;
   if (options.count_expert_tokens) impl->stats.expert_tokens = impl->model->expert_tokens();
   return impl;

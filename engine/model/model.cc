@@ -582,9 +582,13 @@ absl::Status Model::EnqueueEmptyStep() {
     return Tensor::Wrap(scratch_[slot]->data(), backend_->device(), options_.dtype,
                         {0, config_.hidden_size});
   };
-  for (auto& layer : layers_) {
-    if (layer->ep_moe == nullptr) continue;
-    MOE_RETURN_IF_ERROR(layer->ep_moe->Forward(none(kH), none(kY)).status());
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    EpMoeBlock* ep = layers_[i]->ep_moe.get();
+    if (ep == nullptr) continue;
+    MOE_RETURN_IF_ERROR(ep->Forward(none(kH), none(kY)).status());
+    // The other ranks' tokens of this step count here too.
+    const std::vector<int64_t>& counts = ep->last_trace().global_counts;
+    for (size_t e = 0; e < counts.size(); ++e) expert_tokens_[i][e] += counts[e];
   }
   return absl::OkStatus();
 }

@@ -156,6 +156,38 @@ INSTANTIATE_TEST_SUITE_P(Ranks, EpEngineTest,
                                            Case{2, EngineExpertParallel::EqualSplit::kNever},
                                            Case{4, EngineExpertParallel::EqualSplit::kAuto}));
 
+// Every rank's KV budget holds its own sequences only (one pool per rank): the group's blocks
+// are P times one device's, and the expert token counts are the whole group's, equal to one
+// device's for the same requests.
+TEST(EpEngineKvTest, GroupHoldsOneCachePerRankAndCountsEveryRanksTokens) {
+  EngineOptions base = SmallOptions();
+  base.count_expert_tokens = true;
+  auto one = Engine::Create(kModel, base);
+  ASSERT_TRUE(one.ok()) << one.status();
+  (*one)->Generate(Requests());
+  const EngineStats want = (*one)->Stats();
+  ASSERT_GT(want.kv_blocks_total, 0);
+  constexpr int kRanks = 3;
+  EngineStats got;
+  OnRanks(kRanks, absl::Seconds(60), [&](int r, Communicator* comm) {
+    EngineOptions o = base;
+    o.expert_parallel.comm = comm;
+    auto engine = Engine::Create(kModel, o);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    if (r != 0) {
+      EXPECT_TRUE((*engine)->ServeExpertParallel().ok());
+      return;
+    }
+    (*engine)->Generate(Requests());
+    got = (*engine)->Stats();
+    (*engine)->Shutdown();
+  });
+  EXPECT_EQ(got.kv_blocks_total, kRanks * want.kv_blocks_total);
+  EXPECT_EQ(got.kv_blocks_used, 0);
+  EXPECT_EQ(got.generated_tokens, want.generated_tokens);
+  EXPECT_EQ(got.expert_tokens, want.expert_tokens);
+}
+
 TEST(EpEngineIdleTest, RankZeroIdleLongerThanTheTimeout) {
   std::vector<absl::Status> served(2);
   std::vector<std::string> lines;
