@@ -95,6 +95,10 @@ void AddGenerateFlags(FlagParser* flags, GenerateOptions* o) {
                    "fail: report every bad line and exit 1 before generating anything.");
   flags->AddString("backend", &o->backend, "Engine backend: cpu (cuda, xpu where built in).");
   flags->AddString("dtype", &o->dtype, "Run dtype: auto (the checkpoint's), f32 or bf16.");
+  flags->AddBool(
+      "random-weights", &o->random_weights,
+      "Random weights (seed 0) instead of the checkpoint's; the model folder needs only\n"
+      "config.json. For throughput runs of real shapes (models/bench/...).");
   flags->AddBool("batch-invariant", &o->batch_invariant,
                  "Results bit for bit independent of the batching (every GEMM row-invariant;\n"
                  "the CPU is so anyway, a GPU loses prefill speed).");
@@ -194,6 +198,7 @@ EngineOptions ToEngineOptions(const GenerateOptions& o) {
   e.backend = o.backend;
   e.dtype = o.dtype;
   e.batch_invariant = o.batch_invariant;
+  e.random_weights = o.random_weights;
   e.max_batch_tokens = o.max_batch_tokens;
   e.max_seqs = o.max_seqs;
   e.kv_cache_bytes = o.kv_cache_mb << 20;

@@ -22,6 +22,7 @@ struct GenerateOptions {
   std::string backend;
   std::string dtype;
   bool batch_invariant = false;
+  bool random_weights = false;
   int64_t max_batch_tokens = 0;
   int64_t max_seqs = 0;
   int64_t kv_cache_mb = 0;

@@ -95,6 +95,17 @@ grep -q "line 7: " "${tmp}/err.txt"
 grep -q "2 bad line(s)" "${tmp}/err.txt"
 [[ ! -s "${tmp}/out.txt" ]]
 
+echo "== --random-weights: a folder with only config.json (and generation_config.json)"
+mkdir -p "${tmp}/shapes"
+cp "${model}/config.json" "${model}/generation_config.json" "${tmp}/shapes/"
+printf '%s\n' '{"prompt": [1, 2, 3], "max_new_tokens": 4}' '{"prompt": [9], "seed": 5}' \
+  >"${tmp}/two.jsonl"
+"${gen}" --model "${tmp}/shapes" --random-weights --input "${tmp}/two.jsonl" \
+  >"${tmp}/random.jsonl" 2>"${tmp}/err.txt"
+[[ "$(grep -c '"tokens"' "${tmp}/random.jsonl")" == 2 ]]
+"${gen}" --model "${tmp}/shapes" --random-weights --input "${tmp}/two.jsonl" 2>/dev/null |
+  cmp - "${tmp}/random.jsonl"
+
 echo "== exit codes"
 expect_exit 2 --input "${tmp}/in.jsonl"
 grep -q -- "--model is required" "${tmp}/err.txt"

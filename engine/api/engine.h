@@ -163,6 +163,10 @@ struct EngineOptions {
   // ModelOptions::batch_invariant: a request's tokens and log-probs do not depend on what else
   // is batched with it, bit for bit (the CPU is so anyway; costs prefill speed on a GPU).
   bool batch_invariant = false;
+  // ModelOptions::random_weights: weights drawn from random_seed instead of read from the
+  // checkpoint (the folder needs only config.json); for benchmarks of real shapes.
+  bool random_weights = false;
+  uint64_t random_seed = 0;
   int64_t max_batch_tokens = 2048;  // tokens per step (prefill chunks + decode tokens), >= 1
   int64_t max_seqs = 64;            // sequences per step, >= 1
   int64_t kv_cache_bytes = int64_t{1} << 30;  // budget for the paged KV cache, all layers

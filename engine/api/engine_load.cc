@@ -84,6 +84,8 @@ absl::StatusOr<std::unique_ptr<Engine::Impl>> Engine::Impl::Load(const std::stri
   ModelOptions model_options;
   model_options.dtype = dtype;
   model_options.batch_invariant = options.batch_invariant;
+  model_options.random_weights = options.random_weights;
+  model_options.random_seed = options.random_seed;
   model_options.on_load_progress = options.on_load_progress;
   Communicator* const comm = options.expert_parallel.comm;
   model_options.expert_parallel = {comm, ToEqualSplitMode(options.expert_parallel.equal_split)};
