@@ -25,8 +25,10 @@
 //      of step 1; FinishForward there: shared experts and the combine in ascending expert id,
 //      fp32, one rounding (MOE_SEMANTICS 4.2), as on one device.
 // Every row's expert output is computed by the same GEMM on the same values as on one device
-// (the CPU backend's GEMM bits depend only on a row's own values and the matrix), so the output
-// is bit-identical to MoeBlock::Forward over the concatenated tokens. One exception by
+// (each expert's segment holds the same rows in the same order as there, so a backend that
+// picks kernels by row count picks the same one; the router and shared-expert GEMMs are
+// row-invariant, GemmArgs::row_invariant), so the output is bit-identical to MoeBlock::Forward
+// over the concatenated tokens. One exception by
 // definition: MoeConfig::force_balanced routes by a token's index in its rank's batch (as
 // torchtitan's force_load_balance does per rank), which matches the single-device ids only when
 // every rank's first global token index times top_k is a multiple of num_experts.
