@@ -96,7 +96,7 @@ void AddServerFlags(tools::FlagParser* p, ServerFlags* f) {
 
 absl::Status CheckServerFlags(const ServerFlags& f) {
   if (f.model.empty()) return absl::InvalidArgumentError("--model is required");
-  if (f.equal_split != "auto" && f.equal_split != "always" && f.equal_split != "never") {
+  if (EngineExpertParallel::EqualSplit mode; !ParseEqualSplit(f.equal_split, &mode)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--equal_split=", f.equal_split, " is not auto, always or never"));
   }
@@ -139,10 +139,8 @@ EngineOptions ToEngineOptions(const ServerFlags& f) {
   o.backend = f.backend;
   o.dtype = f.dtype;
   o.batch_invariant = f.batch_invariant;
-  using EqualSplit = EngineExpertParallel::EqualSplit;
-  o.expert_parallel.equal_split = f.equal_split == "always"  ? EqualSplit::kAlways
-                                  : f.equal_split == "never" ? EqualSplit::kNever
-                                                             : EqualSplit::kAuto;
+  // Checked by CheckServerFlags; an unchecked bad value keeps the default.
+  ParseEqualSplit(f.equal_split, &o.expert_parallel.equal_split);
   o.max_batch_tokens = f.max_batch_tokens;
   o.max_seqs = f.max_seqs;
   o.kv_cache_bytes = f.kv_cache_mb << 20;

@@ -138,7 +138,7 @@ absl::Status CheckGenerateOptions(const GenerateOptions& o) {
   if (o.dtype != "auto" && o.dtype != "f32" && o.dtype != "bf16") {
     return FlagError("dtype", "auto, f32 or bf16", o.dtype);
   }
-  if (o.equal_split != "auto" && o.equal_split != "always" && o.equal_split != "never") {
+  if (EngineExpertParallel::EqualSplit mode; !ParseEqualSplit(o.equal_split, &mode)) {
     return FlagError("equal-split", "auto, always or never", o.equal_split);
   }
   const std::pair<const char*, int64_t> at_least_one[] = {
@@ -204,10 +204,8 @@ EngineOptions ToEngineOptions(const GenerateOptions& o) {
   e.kv_cache_bytes = o.kv_cache_mb << 20;
   e.block_size = o.block_size;
   e.threads = static_cast<int>(o.threads);
-  using EqualSplit = EngineExpertParallel::EqualSplit;
-  e.expert_parallel.equal_split = o.equal_split == "always"  ? EqualSplit::kAlways
-                                  : o.equal_split == "never" ? EqualSplit::kNever
-                                                             : EqualSplit::kAuto;
+  // Checked by CheckGenerateOptions; an unchecked bad value keeps the default.
+  ParseEqualSplit(o.equal_split, &e.expert_parallel.equal_split);
   return e;
 }
 

@@ -293,7 +293,7 @@ absl::Status Serve(const GenerateOptions& opt, Communicator* comm) {
 // Serve elsewhere. Returns the exit status; an error on any rank ends every rank (MPI_Abort),
 // since a peer may be waiting for it in a collective.
 int RunExpertParallel(int* argc, char*** argv, const GenerateOptions& opt) {
-  if (std::getenv("OMPI_COMM_WORLD_SIZE") == nullptr) {
+  if (!ExpertParallelLaunch::UnderMpirun()) {
     Report(
         "--expert-parallel needs mpirun (one process per rank): mpirun -np N moe_generate "
         "--expert-parallel ...; OMPI_COMM_WORLD_SIZE is not set");

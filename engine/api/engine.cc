@@ -22,6 +22,20 @@
 
 namespace moe {
 
+bool ParseEqualSplit(const std::string& name, EngineExpertParallel::EqualSplit* mode) {
+  using EqualSplit = EngineExpertParallel::EqualSplit;
+  if (name == "auto") {
+    *mode = EqualSplit::kAuto;
+  } else if (name == "always") {
+    *mode = EqualSplit::kAlways;
+  } else if (name == "never") {
+    *mode = EqualSplit::kNever;
+  } else {
+    return false;
+  }
+  return true;
+}
+
 const char* FinishReasonName(FinishReason reason) {
   switch (reason) {
     case FinishReason::kLength:
@@ -39,8 +53,8 @@ void Engine::Impl::Fail(RequestId id, const absl::Status& error,
   auto it = requests.find(id);
   if (it == requests.end()) return;
   Request& r = it->second;
-  r.status = absl::Status(error.code(),
-                          absl::StrCat("request ", id, ": step failed: ", error.message()));
+  r.status =
+      absl::Status(error.code(), absl::StrCat("request ", id, ": step failed: ", error.message()));
   r.result.finish_reason = FinishReason::kCancelled;
   ending.push_back(id);
   if (!r.on_token) return;
@@ -61,8 +75,7 @@ void Engine::Impl::Finish(RequestId id, FinishReason reason, absl::Status status
   r.done = true;
 }
 
-void Engine::Impl::Apply(const SequenceEvent& e,
-                         std::vector<PendingCallback>* callbacks) {
+void Engine::Impl::Apply(const SequenceEvent& e, std::vector<PendingCallback>* callbacks) {
   auto it = requests.find(e.seq_id);
   if (it == requests.end()) return;
   Request& r = it->second;

@@ -155,6 +155,9 @@ struct EngineExpertParallel {
   EqualSplit equal_split = EqualSplit::kAuto;
 };
 
+// "auto", "always" or "never" (the launchers' flag values) into *mode; false for anything else.
+bool ParseEqualSplit(const std::string& name, EngineExpertParallel::EqualSplit* mode);
+
 struct EngineOptions {
   std::string backend = "cpu";  // "cpu"; "cuda" and "xpu" once built in
   // Run dtype: "f32", "bf16", or "auto" = the checkpoint's dtype (bf16 for bf16 / f16

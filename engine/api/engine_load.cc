@@ -63,7 +63,8 @@ absl::StatusOr<std::unique_ptr<Engine::Impl>> Engine::Impl::Load(const std::stri
                                                                  const EngineOptions& options) {
   MOE_RETURN_IF_ERROR(CheckOptions(options));
   MOE_ASSIGN_OR_RETURN(Device device, ParseBackend(options.backend));
-  if (const Communicator* comm = options.expert_parallel.comm; comm != nullptr) {
+  Communicator* const comm = options.expert_parallel.comm;
+  if (comm != nullptr) {
     // Expert parallel: this rank's device is where its communicator's buffers live (e.g. GPU
     // local_rank for NCCL); a host-memory communicator serves the CPU backend only.
     if (comm->device().type != device.type) {
@@ -87,7 +88,6 @@ absl::StatusOr<std::unique_ptr<Engine::Impl>> Engine::Impl::Load(const std::stri
   model_options.random_weights = options.random_weights;
   model_options.random_seed = options.random_seed;
   model_options.on_load_progress = options.on_load_progress;
-  Communicator* const comm = options.expert_parallel.comm;
   model_options.expert_parallel = {comm, ToEqualSplitMode(options.expert_parallel.equal_split)};
   MOE_ASSIGN_OR_RETURN(impl->model, Model::Load(model_dir, model_options, impl->backend.get(),
                                                 impl->allocator.get()));

@@ -18,9 +18,11 @@ ExpertParallelLaunch::~ExpertParallelLaunch() {
   world_.reset();
 }
 
+bool ExpertParallelLaunch::UnderMpirun() { return std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr; }
+
 absl::StatusOr<std::unique_ptr<ExpertParallelLaunch>> ExpertParallelLaunch::Start(
     int* argc, char*** argv, const std::string& backend, absl::Duration timeout) {
-  if (std::getenv("OMPI_COMM_WORLD_SIZE") == nullptr) {
+  if (!UnderMpirun()) {
     return absl::FailedPreconditionError(
         "expert parallelism needs mpirun (one process per rank, e.g. mpirun -np 2 ...); "
         "OMPI_COMM_WORLD_SIZE is not set");

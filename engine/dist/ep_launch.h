@@ -26,6 +26,10 @@ class ExpertParallelLaunch {
                                                                      absl::Duration timeout);
   ~ExpertParallelLaunch();
 
+  // Whether this process was started by Open MPI's mpirun (OMPI_COMM_WORLD_SIZE is set), which
+  // Start needs: a launcher can refuse earlier with its own message.
+  static bool UnderMpirun();
+
   int rank() const { return mpi_->world_rank(); }
   // The communicator for EngineOptions::expert_parallel: NCCL on GPUs, else the MPI world.
   Communicator* group() const {

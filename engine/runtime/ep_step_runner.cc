@@ -30,6 +30,10 @@ absl::StatusOr<std::unique_ptr<EpStepRunner>> EpStepRunner::Create(Model* model,
 
 int EpStepRunner::ranks() const { return comm_->size(); }
 
+KvPartitions EpStepRunner::KvPools(int ranks) {
+  return {ranks, [ranks](int64_t seq) { return OwnerOf(seq, ranks); }};
+}
+
 int EpStepRunner::OwnerOf(int64_t key, int ranks) {
   const int64_t r = key % ranks;
   return static_cast<int>(r < 0 ? r + ranks : r);

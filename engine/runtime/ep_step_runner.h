@@ -27,6 +27,7 @@
 #include "engine/core/buffer.h"
 #include "engine/dist/communicator.h"
 #include "engine/model/model.h"
+#include "engine/runtime/kv_block_manager.h"
 #include "kernels/backend.h"
 
 namespace moe {
@@ -38,6 +39,8 @@ class EpStepRunner {
                                                               Allocator* allocator);
 
   static int OwnerOf(int64_t key, int ranks);
+  // Rank 0's KV block pools over `ranks` ranks: a sequence's blocks in its owner's pool.
+  static KvPartitions KvPools(int ranks);
   int ranks() const;
 
   // Rank 0: one step of the whole batch; row_keys[s] is sequence row s's key (its owner is

@@ -34,7 +34,7 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(Model* model, Backe
     // sequence in its owner's.
     const int ranks = options.expert_parallel->ranks();
     so.num_blocks = options.num_blocks * ranks;
-    so.partitions = {ranks, [ranks](int64_t seq) { return EpStepRunner::OwnerOf(seq, ranks); }};
+    so.partitions = EpStepRunner::KvPools(ranks);
   }
   so.max_blocks_per_seq = (max_tokens + options.block_size - 1) / options.block_size;
   MOE_ASSIGN_OR_RETURN(Scheduler scheduler, Scheduler::Create(so));

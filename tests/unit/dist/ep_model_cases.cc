@@ -99,9 +99,9 @@ absl::StatusOr<std::vector<std::vector<float>>> LogitSteps(Model* model, Backend
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, model->AllocateKvCache(kBlocks, kBlockSize));
   // Expert parallel: kBlocks on every rank, one pool per rank (ep_step_plan.h).
   const int ranks = runner != nullptr ? runner->ranks() : 1;
-  KvPartitions pools{ranks, [ranks](int64_t seq) { return EpStepRunner::OwnerOf(seq, ranks); }};
-  MOE_ASSIGN_OR_RETURN(KvBlockManager blocks,
-                       KvBlockManager::Create(kBlocks * ranks, kBlockSize, 16, std::move(pools)));
+  MOE_ASSIGN_OR_RETURN(
+      KvBlockManager blocks,
+      KvBlockManager::Create(kBlocks * ranks, kBlockSize, 16, EpStepRunner::KvPools(ranks)));
   const int64_t v = model->config().vocab_size;
   const std::vector<std::vector<int64_t>> seqs = {{1, 2, 3}, {1, 3}};
   const std::vector<std::vector<std::vector<int32_t>>> chunks = {
