@@ -420,12 +420,23 @@ struct KvWriteArgs {
 // sliding_window: the last sliding_window positions, p included). Position j lives in slot
 // block_tables[s, j / block_size] * block_size + j % block_size. Head h reads kv head
 // h / (heads / kv_heads). All math in fp32, in this fixed order (no dependence on the thread
-// count or on the other tokens of the batch):
+// count, the launch or the other tokens of the batch):
 //   score_j = scale * dot(q[t, h], k_j), dot over 8 lanes: dim d to lane d mod 8 in ascending
 //             d, lanes added as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))
-//   m = max_j score_j;  e_j = exp(score_j - m);  sum = sum of e_j in ascending j
-//   acc[d] = sum of e_j * v_j[d] in ascending j;  out[t, h, d] = round(acc[d] / sum)
-// with one rounding to dtype at the end. q is [tokens, heads * head_dim] (ld q_ld), out is
+// The visible positions fall into partitions of kAttentionPartition absolute positions
+// (partition i holds j in [i * 64, i * 64 + 63]), each reduced on its own, then merged:
+//   for each partition i the query sees (V_i its visible positions):
+//     m_i = max over V_i of score_j;  e_j = exp(score_j - m_i)
+//     sum_i = sum of e_j, acc_i[d] = sum of e_j * v_j[d], both in ascending j from 0.0
+//   m = max_i m_i;  then over the same partitions in ascending i, from 0.0:
+//     w_i = exp(m_i - m);  sum += w_i * sum_i;  acc[d] += w_i * acc_i[d]
+//   out[t, h, d] = round(acc[d] / sum)
+// every product and sum rounded to fp32 on its own (no fma), one rounding to dtype at the end.
+// A query that sees one partition gets w = 1 exactly, so the merge changes no bit of it; the
+// partitions let a long context's positions be reduced in parallel (split-KV decode) with the
+// same bits as one pass over them. Maxima ignore NaN scores (the max keeps m when a score is
+// NaN); a NaN score still makes its e_j, and so the output, NaN, and so does a partition whose
+// scores are all -inf (exp(-inf - -inf)). q is [tokens, heads * head_dim] (ld q_ld), out is
 // [tokens, heads * head_dim] (ld out_ld); V's head dim equals K's. q, the caches and out share
 // dtype (f32 or bf16); out must not overlap q or the caches. block_tables is
 // [num_seqs, max_blocks_per_seq] (entries beyond a sequence's length are not read).
@@ -433,6 +444,10 @@ struct KvWriteArgs {
 // is written: seq_ids[t] outside [0, num_seqs), positions[t] outside
 // [0, max_blocks_per_seq * block_size), a block_tables entry that a query reads outside
 // [0, num_blocks).
+
+// Positions per attention partition (see above).
+constexpr int64_t kAttentionPartition = 64;
+
 struct AttentionArgs {
   int64_t tokens = 0;
   int64_t heads = 0;
