@@ -1,24 +1,17 @@
-// One thread block per (token, head), computing exactly backend.h's order for that query:
-//   1. scores: 8 threads per position, thread l the sequential lane sum of dims l, l + 8, ...
-//      (a product, then a sum), the lanes added by three xor shuffles, which give
-//      ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)) since fp32 addition commutes;
-//   2. m: any reduction order gives the same max (fmaxf drops NaN scores as the CPU's
-//      compare does, and the sign of a zero m cannot change score - m's exp);
-//   3. e_j = ExpF(score_j - m) in parallel; sum and acc[d] are sequential in ascending j: every
-//      thread keeps the (same) sum, thread d owns acc[d] and walks the positions in order.
-// Scores live in shared memory a chunk of positions at a time; a query seeing more positions
-// than a chunk computes its scores twice (the max must be known before the first exp).
-//
-// Next steps for speed (the order is fixed, so flash-decoding's split over positions, which
-// adds partial sums in another order, is not allowed; parallelism comes from tokens x heads
-// and from dims):
-// - one block per (token, kv head) so the heads of a group share each K / V row read;
-//   likewise the tokens of a prefill chunk (as the CPU's groups) for K / V reuse in shared
-//   memory;
-// - 16-byte vector loads of K / V rows, K rows staged through shared memory;
-// - several dims per thread in registers (head_dim 128 with 32 or 64 threads) and more blocks
-//   per SM; a larger score chunk (opt-in shared memory) to avoid recomputing long contexts;
-// - a per-sequence check of block_tables instead of per token.
+// Split-KV attention in backend.h's partitioned order: one thread block per (token, head,
+// partition of kAttentionPartition positions), then a merge per (token, head).
+//   1. PartitionKernel: thread j scores position j of the partition with the contract's 8-lane
+//      dot (the lanes are its own 8 accumulators, filled from 16-byte loads of the K row, then
+//      added as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))); m_i is a block max (any
+//      order gives the same max; fmaxf drops NaN scores as the CPU's compare does, and the sign
+//      of a zero m_i cannot change an exp); e_j in parallel; sum_i and acc_i[d] are sequential
+//      in ascending j (every thread keeps the same sum_i; a thread owns two dims of acc_i and
+//      loads kVRows V rows ahead of its chain). A query that sees one partition writes out
+//      directly (w = 1 exactly, so that is the merged value); the others write (m_i, sum_i,
+//      acc_i) to the partials.
+//   2. MergeKernel: m = max_i m_i; w_i, sum and acc[d] in ascending i; out = acc / sum.
+// The partials hold a fixed number of floats, so the (token, head) pairs go in as many
+// launches as they need; nothing depends on that split, the launch or the other tokens.
 #include <algorithm>
 #include <cstdint>
 
@@ -36,10 +29,12 @@ using kernel_util::FromF32;
 using kernel_util::kNoError;
 using kernel_util::ToF32;
 
-constexpr int kThreads = 128;
+// One thread per position of a partition.
+constexpr int kThreads = static_cast<int>(kAttentionPartition);
 constexpr int kWarps = kThreads / 32;
-constexpr int kDotLanes = 8;
-constexpr int kGroups = kThreads / kDotLanes;  // positions scored at once
+constexpr int kMergeThreads = 128;
+// V rows whose loads a thread issues before adding their terms.
+constexpr int kVRows = 16;
 constexpr int64_t kMaxSharedBytes = 48 * 1024;
 constexpr int64_t kMaxGrid = int64_t{1} << 20;
 
@@ -62,7 +57,11 @@ struct Params {
   float scale;
   void* out;
   int64_t out_ld;
-  int64_t chunk;
+  // This launch's (token, head) pairs are item_begin + [0, items), item = t * heads + h; each
+  // has `slots` partition slots (blocks), slot s for the query's partition first + s.
+  int64_t item_begin;
+  int64_t slots;
+  float* partials;  // [items, slots, 2 + head_dim]: m_i, sum_i, acc_i
 };
 
 __device__ __forceinline__ int64_t FirstVisible(int64_t p, int64_t window) {
@@ -120,137 +119,258 @@ __device__ unsigned long long ErrorValue(const Params& p, unsigned long long key
 
 // ---- Attention -----------------------------------------------------------------------------
 
-// Scores of positions [first, first + n) into sc[0, n), and each position's element offset
-// of its K / V row (of this kv head) into off; the max of the scores into *m.
-template <typename T>
-__device__ __forceinline__ void ScoreChunk(const Params& p, const T* __restrict__ k_cache,
-                                           const int32_t* __restrict__ table, int64_t first,
-                                           int64_t n, const float* q_s, float* sc, int64_t* off,
-                                           float* m) {
-  const int group = threadIdx.x / kDotLanes;
-  const int lane = threadIdx.x % kDotLanes;
-  for (int64_t base = 0; base < n; base += kGroups) {
-    const int64_t jj = base + group;
-    const bool active = jj < n;
-    float l = 0.0f;
-    int64_t o = 0;
-    if (active) {
-      const int64_t j = first + jj;
-      o = (static_cast<int64_t>(table[j / p.block_size]) * p.block_size + j % p.block_size) *
-          p.kv_row;
-      const T* k = k_cache + o;
-      for (int64_t d = lane; d < p.head_dim; d += kDotLanes) {
-        l = __fadd_rn(l, __fmul_rn(q_s[d], ToF32(k[d])));
-      }
+// The partitions [first, last] a query at `pos` sees.
+__device__ __forceinline__ void Partitions(const Params& p, int64_t t, int64_t* first,
+                                           int64_t* last, int64_t* lo, int64_t* pos) {
+  *pos = p.positions[t];
+  *lo = FirstVisible(*pos, p.sliding_window);
+  *first = *lo / kAttentionPartition;
+  *last = *pos / kAttentionPartition;
+}
+
+// 8 consecutive elements from k (16-byte aligned when kVec) as floats.
+template <bool kVec>
+__device__ __forceinline__ void Load8(const float* k, float* v) {
+  if (kVec) {
+    const float4 a = reinterpret_cast<const float4*>(k)[0];
+    const float4 b = reinterpret_cast<const float4*>(k)[1];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  } else {
+#pragma unroll
+    for (int l = 0; l < 8; ++l) v[l] = k[l];
+  }
+}
+template <bool kVec>
+__device__ __forceinline__ void Load8(const bf16* k, float* v) {
+  if (kVec) {
+    const uint4 a = *reinterpret_cast<const uint4*>(k);
+    const uint32_t w[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      v[2 * i] = __uint_as_float(w[i] << 16);
+      v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
     }
-    l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 1));
-    l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 2));
-    l = __fadd_rn(l, __shfl_xor_sync(0xffffffffu, l, 4));
-    if (active) {
-      const float score = __fmul_rn(p.scale, l);
-      *m = fmaxf(*m, score);
-      if (lane == 0) {
-        sc[jj] = score;
-        off[jj] = o;
-      }
-    }
+  } else {
+#pragma unroll
+    for (int l = 0; l < 8; ++l) v[l] = ToF32(k[l]);
   }
 }
 
-template <typename T>
+// Elements d and d + 1 of a row (d + 1 only when `two`; one load of both when kPair).
+template <bool kPair>
+__device__ __forceinline__ void LoadPair(const float* v, bool two, float* a, float* b) {
+  if (kPair) {
+    const float2 x = *reinterpret_cast<const float2*>(v);
+    *a = x.x, *b = x.y;
+  } else {
+    *a = v[0];
+    *b = two ? v[1] : 0.0f;
+  }
+}
+template <bool kPair>
+__device__ __forceinline__ void LoadPair(const bf16* v, bool two, float* a, float* b) {
+  if (kPair) {
+    const uint32_t x = *reinterpret_cast<const uint32_t*>(v);
+    *a = __uint_as_float(x << 16), *b = __uint_as_float(x & 0xffff0000u);
+  } else {
+    *a = ToF32(v[0]);
+    *b = two ? ToF32(v[1]) : 0.0f;
+  }
+}
+
+// scale * the contract's dot of q_s and the K row k: lane l sums dims l, l + 8, ... in order.
+template <bool kVec, typename T>
+__device__ __forceinline__ float Score(const float* q_s, const T* k, int64_t hd, float scale) {
+  float lane[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  int64_t d = 0;
+#pragma unroll 4
+  for (; d + 8 <= hd; d += 8) {
+    float kv[8];
+    Load8<kVec>(k + d, kv);
+#pragma unroll
+    for (int l = 0; l < 8; ++l) lane[l] = __fadd_rn(lane[l], __fmul_rn(q_s[d + l], ToF32(kv[l])));
+  }
+  for (int l = 0; d < hd; ++d, ++l) lane[l] = __fadd_rn(lane[l], __fmul_rn(q_s[d], ToF32(k[d])));
+  const float dot = __fadd_rn(__fadd_rn(__fadd_rn(lane[0], lane[1]), __fadd_rn(lane[2], lane[3])),
+                              __fadd_rn(__fadd_rn(lane[4], lane[5]), __fadd_rn(lane[6], lane[7])));
+  return __fmul_rn(scale, dot);
+}
+
+// One (token, head, partition): scores, m_i, e_j, sum_i and acc_i (see the top of the file).
+// kVec: 16-byte loads of K rows (head_dim a multiple of 8, aligned cache); kPair: 2-element
+// loads of V (head_dim even).
+template <typename T, bool kVec, bool kPair>
 __global__ void __launch_bounds__(kThreads)
-    AttentionKernel(const Params p, unsigned long long* error) {
+    PartitionKernel(const Params p, unsigned long long* error) {
   const unsigned long long first_error = error[0];
   if (first_error != kNoError) {
     if (blockIdx.x == 0 && threadIdx.x == 0) error[1] = ErrorValue(p, first_error);
     return;
   }
-  extern __shared__ int64_t shared[];
-  int64_t* off = shared;                                // [chunk]
-  float* sc = reinterpret_cast<float*>(off + p.chunk);  // [chunk]
-  float* q_s = sc + p.chunk;                            // [head_dim]
-  float* acc_s = q_s + p.head_dim;                      // [head_dim]
-  float* red = acc_s + p.head_dim;                      // [kWarps]
+  const int64_t local = blockIdx.x / p.slots;
+  const int64_t slot = blockIdx.x % p.slots;
+  const int64_t item = p.item_begin + local;
+  const int64_t t = item / p.heads;
+  const int64_t h = item % p.heads;
+  int64_t first, last, lo, pos;
+  Partitions(p, t, &first, &last, &lo, &pos);
+  const int64_t part = first + slot;
+  if (part > last) return;
+  const int64_t j0 = part * kAttentionPartition > lo ? part * kAttentionPartition : lo;
+  const int n = static_cast<int>(Min64(pos, part * kAttentionPartition + kThreads - 1) - j0 + 1);
+
+  __shared__ int64_t off_s[kThreads];
+  __shared__ float e_s[kThreads];
+  __shared__ float red[kWarps];
+  extern __shared__ float q_s[];  // [head_dim]
   const int tid = threadIdx.x;
   const int64_t hd = p.head_dim;
-  const T* q = static_cast<const T*>(p.q);
-  T* out = static_cast<T*>(p.out);
-  for (int64_t item = blockIdx.x; item < p.tokens * p.heads; item += gridDim.x) {
-    const int64_t t = item / p.heads;
-    const int64_t h = item % p.heads;
-    const int64_t pos = p.positions[t];
-    const int64_t lo = FirstVisible(pos, p.sliding_window);
-    const int64_t span = pos - lo + 1;
+  const int64_t kv_offset = (h / p.heads_per_kv) * hd;
+  const T* k_cache = static_cast<const T*>(p.k_cache) + kv_offset;
+  const T* v_cache = static_cast<const T*>(p.v_cache) + kv_offset;
+  const T* q = static_cast<const T*>(p.q) + t * p.q_ld + h * hd;
+  for (int64_t d = tid; d < hd; d += kThreads) q_s[d] = ToF32(q[d]);
+  __syncthreads();
+
+  float score = 0.0f;
+  float m = __uint_as_float(0xff800000u);  // -inf
+  if (tid < n) {
+    const int64_t j = j0 + tid;
     const int32_t* table = p.block_tables + p.seq_ids[t] * p.max_blocks_per_seq;
-    const int64_t kv_offset = (h / p.heads_per_kv) * hd;
-    const T* k_cache = static_cast<const T*>(p.k_cache) + kv_offset;
-    const T* v_cache = static_cast<const T*>(p.v_cache) + kv_offset;
+    const int64_t o =
+        (static_cast<int64_t>(table[j / p.block_size]) * p.block_size + j % p.block_size) *
+        p.kv_row;
+    off_s[tid] = o;
+    score = Score<kVec>(q_s, k_cache + o, hd, p.scale);
+    m = fmaxf(m, score);
+  }
+  for (int x = 16; x >= 1; x /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, x));
+  if (tid % 32 == 0) red[tid / 32] = m;
+  __syncthreads();
+  m = red[0];
+  for (int w = 1; w < kWarps; ++w) m = fmaxf(m, red[w]);
+  if (tid < n) e_s[tid] = ExpF(__fsub_rn(score, m));
+  __syncthreads();
+  float sum = 0.0f;
+  for (int jj = 0; jj < n; ++jj) sum = __fadd_rn(sum, e_s[jj]);
 
-    __syncthreads();  // the previous item's reads of shared memory are done
-    for (int64_t d = tid; d < hd; d += kThreads) {
-      q_s[d] = ToF32(q[t * p.q_ld + h * hd + d]);
-      acc_s[d] = 0.0f;
-    }
-    __syncthreads();
-
-    float m = __uint_as_float(0xff800000u);  // -inf
-    for (int64_t c0 = 0; c0 < span; c0 += p.chunk) {
-      ScoreChunk(p, k_cache, table, lo + c0, Min64(p.chunk, span - c0), q_s, sc, off, &m);
-    }
-    for (int x = 16; x >= 1; x /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, x));
-    if (tid % 32 == 0) red[tid / 32] = m;
-    __syncthreads();
-    m = red[0];
-    for (int w = 1; w < kWarps; ++w) m = fmaxf(m, red[w]);
-
-    const bool recompute = span > p.chunk;
-    float sum = 0.0f;
-    for (int64_t c0 = 0; c0 < span; c0 += p.chunk) {
-      const int64_t n = Min64(p.chunk, span - c0);
-      if (recompute) {
-        __syncthreads();  // the previous chunk's weights are read
-        float unused = 0.0f;
-        ScoreChunk(p, k_cache, table, lo + c0, n, q_s, sc, off, &unused);
+  const bool single = first == last;
+  T* out = static_cast<T*>(p.out) + t * p.out_ld + h * hd;
+  float* partial = p.partials + (local * p.slots + slot) * (hd + 2);
+  if (!single && tid == 0) {
+    partial[0] = m;
+    partial[1] = sum;
+  }
+  for (int64_t d = 2 * tid; d < hd; d += 2 * kThreads) {
+    const bool two = d + 1 < hd;
+    float a0 = 0.0f, a1 = 0.0f;
+    for (int j = 0; j < n; j += kVRows) {
+      float v0[kVRows], v1[kVRows];
+#pragma unroll
+      for (int x = 0; x < kVRows; ++x) {
+        if (j + x < n) LoadPair<kPair>(v_cache + off_s[j + x] + d, two, &v0[x], &v1[x]);
       }
-      __syncthreads();
-      for (int64_t jj = tid; jj < n; jj += kThreads) sc[jj] = ExpF(__fsub_rn(sc[jj], m));
-      __syncthreads();
-      for (int64_t jj = 0; jj < n; ++jj) sum = __fadd_rn(sum, sc[jj]);
-      for (int64_t d = tid; d < hd; d += kThreads) {
-        float a = acc_s[d];
-        for (int64_t jj = 0; jj < n; ++jj) {
-          a = __fadd_rn(a, __fmul_rn(sc[jj], ToF32(v_cache[off[jj] + d])));
+#pragma unroll
+      for (int x = 0; x < kVRows; ++x) {
+        if (j + x < n) {
+          a0 = __fadd_rn(a0, __fmul_rn(e_s[j + x], v0[x]));
+          a1 = __fadd_rn(a1, __fmul_rn(e_s[j + x], v1[x]));
         }
-        acc_s[d] = a;
       }
     }
-    for (int64_t d = tid; d < hd; d += kThreads) {
-      out[t * p.out_ld + h * hd + d] = FromF32<T>(__fdiv_rn(acc_s[d], sum));
+    if (single) {
+      out[d] = FromF32<T>(__fdiv_rn(a0, sum));
+      if (two) out[d + 1] = FromF32<T>(__fdiv_rn(a1, sum));
+    } else {
+      partial[2 + d] = a0;
+      if (two) partial[3 + d] = a1;
     }
   }
 }
 
+// One (token, head) that sees more than one partition: the merge in ascending i.
 template <typename T>
-absl::Status LaunchAttentionKernel(const Params& p, size_t shared_bytes, uint64_t* error,
-                                   cudaStream_t stream) {
-  const int64_t items = p.tokens * p.heads;
-  AttentionKernel<T>
-      <<<static_cast<unsigned>(std::min(items, kMaxGrid)), kThreads, shared_bytes, stream>>>(
-          p, reinterpret_cast<unsigned long long*>(error));
+__global__ void __launch_bounds__(kMergeThreads)
+    MergeKernel(const Params p, const unsigned long long* error) {
+  if (error[0] != kNoError) return;
+  const int64_t local = blockIdx.x;
+  const int64_t item = p.item_begin + local;
+  const int64_t t = item / p.heads;
+  const int64_t h = item % p.heads;
+  int64_t first, last, lo, pos;
+  Partitions(p, t, &first, &last, &lo, &pos);
+  if (first == last) return;  // written by PartitionKernel
+  const int64_t hd = p.head_dim;
+  const int64_t parts = last - first + 1;
+  const float* partial = p.partials + local * p.slots * (hd + 2);
+  float m = __uint_as_float(0xff800000u);
+  for (int64_t i = 0; i < parts; ++i) m = fmaxf(m, partial[i * (hd + 2)]);
+  T* out = static_cast<T*>(p.out) + t * p.out_ld + h * hd;
+  for (int64_t d = threadIdx.x; d < hd; d += kMergeThreads) {
+    float sum = 0.0f, acc = 0.0f;
+    for (int64_t i = 0; i < parts; ++i) {
+      const float* part = partial + i * (hd + 2);
+      const float w = ExpF(__fsub_rn(part[0], m));
+      sum = __fadd_rn(sum, __fmul_rn(w, part[1]));
+      acc = __fadd_rn(acc, __fmul_rn(w, part[2 + d]));
+    }
+    out[d] = FromF32<T>(__fdiv_rn(acc, sum));
+  }
+}
+
+template <typename T, bool kVec, bool kPair>
+absl::Status LaunchPartitions(const Params& p, int64_t items, uint64_t* error,
+                              cudaStream_t stream) {
+  auto* words = reinterpret_cast<unsigned long long*>(error);
+  const size_t q_bytes = static_cast<size_t>(p.head_dim) * sizeof(float);
+  PartitionKernel<T, kVec, kPair>
+      <<<static_cast<unsigned>(items * p.slots), kThreads, q_bytes, stream>>>(p, words);
   MOE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  if (p.slots > 1) {
+    MergeKernel<T><<<static_cast<unsigned>(items), kMergeThreads, 0, stream>>>(p, words);
+    MOE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  }
   return absl::OkStatus();
+}
+
+template <typename T>
+absl::Status LaunchTyped(const Params& p, int64_t items, bool vec, bool pair, uint64_t* error,
+                         cudaStream_t stream) {
+  if (vec) return LaunchPartitions<T, true, true>(p, items, error, stream);
+  if (pair) return LaunchPartitions<T, false, true>(p, items, error, stream);
+  return LaunchPartitions<T, false, false>(p, items, error, stream);
 }
 
 }  // namespace
 
-absl::Status LaunchAttentionChunked(const AttentionArgs& args, int64_t score_chunk, uint64_t* error,
-                                    cudaStream_t stream) {
+int64_t AttentionPartitionSlots(const AttentionArgs& args) {
+  const int64_t max_positions = args.max_blocks_per_seq * args.block_size;
+  int64_t slots = (max_positions + kAttentionPartition - 1) / kAttentionPartition;
+  if (args.sliding_window > 0) {
+    // A run of at most `window` positions starting anywhere in a partition.
+    slots = std::min(slots, (args.sliding_window + kAttentionPartition - 2) / kAttentionPartition + 1);
+  }
+  return std::max<int64_t>(slots, 1);
+}
+
+absl::Status LaunchAttention(const AttentionArgs& args, float* partials, int64_t partial_floats,
+                             uint64_t* error, cudaStream_t stream) {
   if (error == nullptr) {
     return absl::InvalidArgumentError("attention (cuda): error is null");
   }
-  if (score_chunk < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("attention (cuda): score_chunk=", score_chunk, " is less than 1"));
+  const int64_t slots = AttentionPartitionSlots(args);
+  const int64_t item_floats = slots * (args.head_dim + 2);
+  if (slots > 1 && (partials == nullptr || partial_floats < item_floats)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "attention (cuda): the partials hold ", partials == nullptr ? 0 : partial_floats,
+        " floats; one (token, head) of ", slots, " partitions of head_dim=", args.head_dim,
+        " needs ", item_floats));
+  }
+  const int64_t q_bytes = args.head_dim * static_cast<int64_t>(sizeof(float));
+  if (q_bytes + 1024 > kMaxSharedBytes) {  // 1 KiB: the kernel's own shared arrays
+    return absl::UnimplementedError(absl::StrCat("attention (cuda): head_dim=", args.head_dim,
+                                                 " needs more than ", kMaxSharedBytes,
+                                                 " bytes of shared memory"));
   }
   MOE_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(error, 0xff, 2 * sizeof(uint64_t), stream));
   if (args.tokens <= 0) return absl::OkStatus();
@@ -262,17 +382,6 @@ absl::Status LaunchAttentionChunked(const AttentionArgs& args, int64_t score_chu
                                    reinterpret_cast<unsigned long long*>(error));
   MOE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
 
-  // No query sees more than max_blocks_per_seq * block_size positions, nor more than the window.
-  int64_t chunk = std::min(score_chunk, args.max_blocks_per_seq * args.block_size);
-  if (args.sliding_window > 0) chunk = std::min(chunk, args.sliding_window);
-  const int64_t fixed_bytes = (2 * args.head_dim + kWarps) * static_cast<int64_t>(sizeof(float));
-  const int64_t per_position = sizeof(int64_t) + sizeof(float);
-  chunk = std::min(chunk, (kMaxSharedBytes - fixed_bytes) / per_position);
-  if (chunk < 1) {
-    return absl::UnimplementedError(absl::StrCat("attention (cuda): head_dim=", args.head_dim,
-                                                 " needs more than ", kMaxSharedBytes,
-                                                 " bytes of shared memory"));
-  }
   Params p;
   p.q = args.q;
   p.q_ld = args.q_ld;
@@ -292,14 +401,25 @@ absl::Status LaunchAttentionChunked(const AttentionArgs& args, int64_t score_chu
   p.scale = args.scale;
   p.out = args.out;
   p.out_ld = args.out_ld;
-  p.chunk = chunk;
-  const size_t shared_bytes = static_cast<size_t>(chunk * per_position + fixed_bytes);
-  return args.dtype == DType::kF32 ? LaunchAttentionKernel<float>(p, shared_bytes, error, stream)
-                                   : LaunchAttentionKernel<bf16>(p, shared_bytes, error, stream);
-}
-
-absl::Status LaunchAttention(const AttentionArgs& args, uint64_t* error, cudaStream_t stream) {
-  return LaunchAttentionChunked(args, kAttentionScoreChunk, error, stream);
+  p.slots = slots;
+  p.partials = partials;
+  const bool aligned = reinterpret_cast<uintptr_t>(args.k_cache) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(args.v_cache) % 16 == 0;
+  const bool vec = aligned && args.head_dim % 8 == 0;
+  const bool pair = aligned && args.head_dim % 2 == 0;
+  // As many (token, head) pairs per launch as the partials hold (all of them for one slot),
+  // and no more blocks than a 1-D grid takes.
+  const int64_t total = args.tokens * args.heads;
+  int64_t per_launch = slots > 1 ? partial_floats / item_floats : total;
+  per_launch = std::min(per_launch, (int64_t{1} << 31) / slots - 1);
+  for (int64_t begin = 0; begin < total; begin += per_launch) {
+    p.item_begin = begin;
+    const int64_t items = std::min(per_launch, total - begin);
+    MOE_RETURN_IF_ERROR(args.dtype == DType::kF32
+                            ? LaunchTyped<float>(p, items, vec, pair, error, stream)
+                            : LaunchTyped<bf16>(p, items, vec, pair, error, stream));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status AttentionDataError(const AttentionArgs& args, const uint64_t host_error[2]) {

@@ -1,14 +1,15 @@
 // Paged causal GQA attention on a CUDA device (backend.h's AttentionArgs), bit for bit the CPU
 // backend's results (kernels/cpu/attention.cc) for every input whose scores are not NaN: the
-// contract's fp32 order for each (token, head), every operation correctly rounded (no fma
-// contraction; the exp is the CPU's ExpF, step for step), one rounding to bf16 at the end.
+// contract's fp32 order for each (token, head), partitions and merge included, every operation
+// correctly rounded (no fma contraction; the exp is the CPU's ExpF, step for step), one
+// rounding to bf16 at the end.
 //
 // Args are validated by Backend (kernels/backend.cc); pointers are device memory of the
 // current device; enqueued on `stream` (asynchronous); allocates nothing; deterministic (no
 // float atomics; no dependence on the launch configuration or on the other tokens).
 //
-// Data errors are checked on the device before anything is written, in two kernels: the first
-// finds the first bad (token, field), the second computes only when there is none, so a bad
+// Data errors are checked on the device before anything is written: a first kernel finds the
+// first bad (token, field), the attention kernels compute only when there is none, so a bad
 // seq id, position or block table entry leaves `out` untouched, as on the CPU.
 //
 // `error` is device memory of 2 uint64 words, overwritten. Word 0 is ~0 when all is well, else
@@ -31,16 +32,16 @@
 
 namespace moe::cuda {
 
-// Scores held in shared memory at once by LaunchAttention: a query that sees more positions
-// computes its scores twice (once for the max, once for the weights).
-constexpr int64_t kAttentionScoreChunk = 2048;
+// Partition slots (thread blocks) per (token, head): enough for the partitions any query of
+// `args` can see (max_blocks_per_seq * block_size positions, or a sliding window of them).
+int64_t AttentionPartitionSlots(const AttentionArgs& args);
 
-absl::Status LaunchAttention(const AttentionArgs& args, uint64_t* error, cudaStream_t stream);
-
-// LaunchAttention holding at most `score_chunk` (>= 1) scores in shared memory at once, the same
-// bits for any value; for the tests of the chunked path. InvalidArgument for score_chunk < 1.
-absl::Status LaunchAttentionChunked(const AttentionArgs& args, int64_t score_chunk, uint64_t* error,
-                                    cudaStream_t stream);
+// `partials` is device scratch of `partial_floats` floats, needed when
+// AttentionPartitionSlots(args) > 1 (null allowed otherwise): at least slots * (head_dim + 2),
+// else InvalidArgument naming both. The (token, head) pairs go in as many launches as the
+// partials need; the bits do not depend on partial_floats.
+absl::Status LaunchAttention(const AttentionArgs& args, float* partials, int64_t partial_floats,
+                             uint64_t* error, cudaStream_t stream);
 
 // OK when host_error[0] is ~0, else InvalidArgument with the CPU backend's message:
 // "attention: seq_ids[<t>]=<s> is outside [0, num_seqs=<n>)",

@@ -62,6 +62,15 @@ absl::StatusOr<cuda::CublasLtGemm*> CudaBackend::Gemms() {
   return gemm_.get();
 }
 
+absl::StatusOr<float*> CudaBackend::AttentionPartials() {
+  if (attention_partials_ == nullptr) {
+    MOE_RETURN_IF_ERROR(CheckNotRecording("attention's first split-KV launch"));
+    MOE_ASSIGN_OR_RETURN(void* p, AllocateOnStream(kAttentionPartialFloats * sizeof(float)));
+    attention_partials_ = static_cast<float*>(p);
+  }
+  return attention_partials_;
+}
+
 absl::Status CudaBackend::Init() {
   MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(index_));
   cudaDeviceProp prop;
@@ -114,6 +123,7 @@ CudaBackend::~CudaBackend() {
   if (cudaSetDevice(index_) != cudaSuccess) return;
   if (stream_ != nullptr) {
     if (op_error_ != nullptr) (void)cudaFreeAsync(op_error_, stream_);
+    if (attention_partials_ != nullptr) (void)cudaFreeAsync(attention_partials_, stream_);
     (void)cudaStreamSynchronize(stream_);
   }
   gemm_.reset();

@@ -143,6 +143,11 @@ class CudaBackend final : public Backend {
   // The cuBLASLt GEMM runner, made on first use (its handle and 32 MiB workspace cost nothing
   // for code that never multiplies).
   absl::StatusOr<cuda::CublasLtGemm*> Gemms();
+  // The split-KV partials of Attention (kernels/cuda/attention.h), made on first use; a fixed
+  // size, so an op graph that recorded them never sees them move. 64 MiB: a decode step of 64
+  // tokens x 32 heads x 4096 positions (head_dim 128) in one launch.
+  static constexpr int64_t kAttentionPartialFloats = int64_t{16} << 20;
+  absl::StatusOr<float*> AttentionPartials();
   // Unimplemented "<op>: not built for cuda yet".
   static absl::Status NotBuilt(absl::string_view op);
   absl::StatusOr<void*> AllocateOnStream(size_t bytes);
@@ -200,6 +205,7 @@ class CudaBackend final : public Backend {
   uint64_t* op_error_host_ = nullptr;  // pinned, 2 * kErrorSlots words
   std::vector<PendingCheck> pending_checks_;
   std::unique_ptr<cuda::CublasLtGemm> gemm_;
+  float* attention_partials_ = nullptr;  // device, kAttentionPartialFloats
 };
 
 }  // namespace moe

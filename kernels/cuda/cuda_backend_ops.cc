@@ -128,8 +128,15 @@ absl::Status CudaBackend::RunKvWrite(const KvWriteArgs& a) {
                  [a](const uint64_t* words) { return cuda::KvWriteDataError(a, words); });
 }
 absl::Status CudaBackend::RunAttention(const AttentionArgs& a) {
-  return Checked([&](uint64_t* words) { return cuda::LaunchAttention(a, words, stream_); },
-                 [a](const uint64_t* words) { return cuda::AttentionDataError(a, words); });
+  float* partials = nullptr;
+  if (cuda::AttentionPartitionSlots(a) > 1) {
+    MOE_ASSIGN_OR_RETURN(partials, AttentionPartials());
+  }
+  return Checked(
+      [&](uint64_t* words) {
+        return cuda::LaunchAttention(a, partials, kAttentionPartialFloats, words, stream_);
+      },
+      [a](const uint64_t* words) { return cuda::AttentionDataError(a, words); });
 }
 // Sample's results go to the host right after it anyway: it reports at once, with the pending
 // errors of the ops before it first.

@@ -3,8 +3,9 @@
 // prefill chunks, whole prompts, decode tokens and scattered positions of several sequences,
 // contexts up to ~600, leading dims past the row (whose padding must stay untouched), block
 // table entries that no query reads set out of range, large scores (exp at its clamps), and
-// the chunked score path with chunks of 1, 7 and 64 positions. Data errors at the exact limits:
-// the CPU backend's message, and the output left untouched.
+// split-KV partials that hold one (token, head), 7 of them, or all (as many launches as that
+// takes, the same bits). Data errors at the exact limits: the CPU backend's message, and the
+// output left untouched.
 // Without a CUDA device the GPU cases are skipped with the reason.
 #include "kernels/cuda/attention.h"
 
@@ -154,15 +155,16 @@ Batch MakeBatch(const Shape& s, DType dtype, float lo, float hi, float scale,
 class CudaAttentionTest : public ::moe::cuda::testing::CudaOpTest {
  protected:
 
-  // The CPU backend's and this launcher's results (score_chunk 0: LaunchAttention) must agree
-  // bit for bit, Status included; on an error the output stays as it was.
-  void Check(const Batch& b, int64_t score_chunk = 0) {
+  // The CPU backend's and this launcher's results must agree bit for bit, Status included; on
+  // an error the output stays as it was. partial_items: the (token, head) pairs the partials
+  // hold (0: all).
+  void Check(const Batch& b, int64_t partial_items = 0) {
     SCOPED_TRACE(::testing::Message()
                  << "attention tokens=" << b.tokens() << " heads=" << b.heads << " kv_heads="
                  << b.kv_heads << " head_dim=" << b.head_dim << " block_size=" << b.block_size
                  << " window=" << b.window << " num_seqs=" << b.num_seqs
                  << " max_blocks_per_seq=" << b.max_blocks_per_seq << " scale=" << b.scale
-                 << " dtype=" << DTypeName(b.dtype) << " score_chunk=" << score_chunk);
+                 << " dtype=" << DTypeName(b.dtype) << " partial_items=" << partial_items);
     const Bytes init(b.tokens() * b.out_ld() * DTypeSize(b.dtype), 0x7b);
     Bytes want = init;
     AttentionArgs args;
@@ -197,9 +199,12 @@ class CudaAttentionTest : public ::moe::cuda::testing::CudaOpTest {
     args.seq_ids = dseqs.as<int32_t>();
     args.positions = dpos.as<int32_t>();
     args.out = dout.get();
-    const absl::Status launch =
-        score_chunk == 0 ? LaunchAttention(args, derr.as<uint64_t>(), stream_)
-                         : LaunchAttentionChunked(args, score_chunk, derr.as<uint64_t>(), stream_);
+    const int64_t item_floats = AttentionPartitionSlots(args) * (b.head_dim + 2);
+    const int64_t partial_floats =
+        item_floats * (partial_items > 0 ? partial_items : b.tokens() * b.heads);
+    DeviceBuffer dpartials(Bytes(partial_floats * sizeof(float), 0x5a));
+    const absl::Status launch = LaunchAttention(args, dpartials.as<float>(), partial_floats,
+                                                derr.as<uint64_t>(), stream_);
     ASSERT_TRUE(launch.ok()) << launch;
     EXPECT_EQ(FinishAttention(args, derr.as<uint64_t>(), stream_), cpu);
     ExpectSameBits(dout.ToHost(), want, b.dtype);
@@ -214,6 +219,8 @@ const Shape kShapes[] = {
     {8, 1, 128, 16, 0, 4, 600},   {6, 3, 33, 4, 17, 3, 300},   {2, 2, 96, 1, 1, 2, 50},
     {8, 2, 128, 16, 100, 3, 600}, {3, 1, 8, 16, 0, 5, 40},     {5, 5, 100, 4, 250, 2, 600},
     {7, 7, 12, 1, 3, 3, 90},      {4, 4, 17, 16, 600, 2, 600}, {2, 1, 128, 4, 64, 6, 150},
+    // Long contexts (many partitions), MLA's head_dim 192, a window that starts mid-partition.
+    {4, 1, 128, 16, 0, 2, 3000},  {2, 2, 192, 16, 0, 2, 1000}, {3, 1, 36, 8, 200, 2, 900},
 };
 
 TEST_F(CudaAttentionTest, RandomMatchesCpu) {
@@ -240,7 +247,7 @@ TEST_F(CudaAttentionTest, LargeScoresMatchCpu) {
   }
 }
 
-TEST_F(CudaAttentionTest, ChunkedScoresMatchCpu) {
+TEST_F(CudaAttentionTest, SmallPartialsMatchCpu) {
   const uint64_t seed = moe::testing::TestSeed();
   SCOPED_TRACE(::testing::Message() << "MOE_TEST_SEED=" << seed);
   std::mt19937_64 rng(seed);
@@ -249,17 +256,28 @@ TEST_F(CudaAttentionTest, ChunkedScoresMatchCpu) {
                            Shape{2, 2, 9, 1, 0, 2, 70}}) {
       const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
       const Batch b = MakeBatch(s, dtype, -1.0f, 1.0f, scale, rng);
-      for (int64_t chunk : {1, 7, 64}) Check(b, chunk);
+      for (int64_t items : {1, 7}) Check(b, items);
     }
   }
 }
 
 // Run everywhere: refused before any CUDA call.
-TEST(CudaAttentionChunkTest, ScoreChunkBelowOneIsInvalid) {
+TEST(CudaAttentionPartialsTest, TooFewPartialsAreInvalid) {
   AttentionArgs args;
+  args.head_dim = 128;
+  args.block_size = 16;
+  args.max_blocks_per_seq = 8;  // 128 positions: 2 partitions
   uint64_t words[2] = {0, 0};
-  EXPECT_EQ(LaunchAttentionChunked(args, 0, words, nullptr),
-            absl::InvalidArgumentError("attention (cuda): score_chunk=0 is less than 1"));
+  EXPECT_EQ(AttentionPartitionSlots(args), 2);
+  EXPECT_EQ(LaunchAttention(args, nullptr, 0, words, nullptr),
+            absl::InvalidArgumentError("attention (cuda): the partials hold 0 floats; one (token, "
+                                       "head) of 2 partitions of head_dim=128 needs 260"));
+  args.sliding_window = 64;  // 64 positions at any offset: 2 partitions still
+  EXPECT_EQ(AttentionPartitionSlots(args), 2);
+  args.sliding_window = 1;
+  EXPECT_EQ(AttentionPartitionSlots(args), 1);
+  EXPECT_EQ(LaunchAttention(args, nullptr, 0, nullptr, nullptr),
+            absl::InvalidArgumentError("attention (cuda): error is null"));
 }
 
 // Two sequences of 3 blocks of 4 positions (max position 11), blocks [0, 6).
