@@ -1,8 +1,8 @@
-"""Finds the CUDA toolkit (nvcc, cudart, cublasLt, nccl) under $CUDA_PATH or /usr/local/cuda.
+"""Finds the CUDA toolkit (nvcc, cudart, cublasLt, cublas, nccl) under $CUDA_PATH or /usr/local/cuda.
 
 Generates @local_cuda with:
   defs.bzl   CUDA_AVAILABLE (bool), NVCC (absolute path), CUDA_ROOT, CUDA_MISSING (why not)
-  BUILD      :cuda_headers, :cudart, :cublaslt, :nccl (only when CUDA is available)
+  BUILD      :cuda_headers, :cudart, :cublaslt, :cublas, :nccl (only when CUDA is available)
 Without nvcc (or without the runtime's header and library) the repository is still valid,
 CUDA_AVAILABLE is False, and the cuda_* macros in //build:cuda.bzl leave their targets out
 with a message.
@@ -45,6 +45,12 @@ cc_library(
 cc_library(
     name = "cublaslt",
     linkopts = ["-L{root}/lib64", "-lcublasLt"],
+    deps = [":cudart"],
+)
+
+cc_library(
+    name = "cublas",
+    linkopts = ["-L{root}/lib64", "-lcublas", "-lcublasLt"],
     deps = [":cudart"],
 )
 
