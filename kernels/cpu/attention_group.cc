@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "kernels/cpu/attention_tiles.h"
@@ -96,9 +97,24 @@ void PrepareRows(const AttentionArgs& a, const T* cache, const int32_t* table, i
 // What the passes share about a group.
 struct Group {
   int64_t rows, rows8, hd8, span;
+  int64_t base;   // the absolute position of relative position 0
+  int64_t p0;     // the partition of position `base`
+  int64_t parts;  // partitions p0 .. p0 + parts - 1 hold the group's positions
   const float** chunk_rows;  // [kAttentionChunk] the K or V rows of the current chunk
   RowPrefetch* prefetch;
 };
+
+// Partition p0 + i's positions, relative to the group's first.
+int64_t PartBegin(const Group& g, int64_t i) {
+  return std::max<int64_t>(0, (g.p0 + i) * kAttentionPartition - g.base);
+}
+int64_t PartEnd(const Group& g, int64_t i) {
+  return std::min<int64_t>(g.span - 1, (g.p0 + i + 1) * kAttentionPartition - 1 - g.base);
+}
+// Whether row r sees a position of partition p0 + i.
+bool Sees(const AttentionScratch& w, const Group& g, int64_t r, int64_t i) {
+  return w.lo[r] <= PartEnd(g, i) && w.hi[r] >= PartBegin(g, i);
+}
 
 // Scores of rows [r0, r0 + RQ) (r0 even: the start of a query pair) for positions
 // [j_begin, j_end] of the chunk starting at c0 (positions relative to the group's first).
@@ -125,7 +141,7 @@ void AccumulateRows(const AttentionScratch& w, const Group& g, int64_t c0, int64
                     int64_t j_begin, int64_t j_end) {
   constexpr int kDims = 8 / RQ;
   const float* e = w.s + c0 * g.rows8 + r0;
-  float* acc = w.acc + r0 * g.hd8;
+  float* acc = w.pacc + r0 * g.hd8;
   int64_t d = 0;
   for (; d + 8 * kDims <= g.hd8; d += 8 * kDims) {
     g.prefetch->Step();
@@ -160,7 +176,7 @@ MOE_AVX512 void AccumulateRows512(const AttentionScratch& w, const Group& g, int
                                   int64_t j_begin, int64_t j_end) {
   constexpr int kDims = RQ == 4 ? 4 : 8;  // 16-float registers: 16 or 8 accumulators
   const float* e = w.s + c0 * g.rows8 + r0;
-  float* acc = w.acc + r0 * g.hd8;
+  float* acc = w.pacc + r0 * g.hd8;
   int64_t d = 0;
   for (; d + 16 * kDims <= g.hd8; d += 16 * kDims) {
     g.prefetch->Step();
@@ -176,14 +192,16 @@ MOE_AVX512 void AccumulateRows512(const AttentionScratch& w, const Group& g, int
   }
 }
 
-// The softmax of rows [r16, r16 + 16) over their positions.
-MOE_AVX512 void Softmax16Rows(const AttentionScratch& w, const Group& g, int64_t r16) {
-  int64_t j_begin = g.span, j_end = -1;
+// The softmax of rows [r16, r16 + 16) over their positions in [pb, pe] (partition i).
+MOE_AVX512 void Softmax16Rows(const AttentionScratch& w, const Group& g, int64_t i, int64_t pb,
+                              int64_t pe, int64_t r16) {
+  int64_t j_begin = pe + 1, j_end = pb - 1;
   for (int64_t r = r16; r < std::min(r16 + 16, g.rows); ++r) {
-    j_begin = std::min<int64_t>(j_begin, w.lo[r]);
-    j_end = std::max<int64_t>(j_end, w.hi[r]);
+    j_begin = std::min<int64_t>(j_begin, std::max<int64_t>(w.lo[r], pb));
+    j_end = std::max<int64_t>(j_end, std::min<int64_t>(w.hi[r], pe));
   }
-  SoftmaxColumns16(w.s + r16, g.rows8, w.lo + r16, w.hi + r16, j_begin, j_end, w.sum + r16);
+  SoftmaxColumns16(w.s + r16, g.rows8, w.lo + r16, w.hi + r16, j_begin, j_end,
+                   w.pm + i * g.rows8 + r16, w.psum + i * g.rows8 + r16);
 }
 #endif
 
@@ -242,26 +260,60 @@ void ScorePass(const AttentionArgs& a, const T* k_cache, const T* v_cache, const
   }
 }
 
-// Pass 2: the softmax, 16 (AVX-512) or 8 rows at a time.
+// Pass 2: each partition's softmax, 16 (AVX-512) or 8 rows at a time; then each row's merge:
+// m = the max of its partitions' m_i, w_i = exp(m_i - m) (into pm) and sum = sum of w_i * sum_i
+// in ascending i.
 template <bool kAvx512>
 void SoftmaxPass(const AttentionScratch& w, const Group& g) {
-  int64_t r8 = 0;
+  for (int64_t i = 0; i < g.parts; ++i) {
+    const int64_t pb = PartBegin(g, i), pe = PartEnd(g, i);
+    int64_t r8 = 0;
 #if defined(MOE_HAVE_AVX512_TILES)
-  if (kAvx512) {
-    for (; r8 + 16 <= g.rows8; r8 += 16) Softmax16Rows(w, g, r8);
-  }
-#endif
-  for (; r8 < g.rows8; r8 += 8) {
-    // [j_begin, j_end] the union of the rows' positions, [all_begin, all_end] their common part.
-    int64_t j_begin = g.span, j_end = -1, all_begin = 0, all_end = g.span;
-    for (int64_t r = r8; r < std::min(r8 + 8, g.rows); ++r) {
-      j_begin = std::min<int64_t>(j_begin, w.lo[r]);
-      j_end = std::max<int64_t>(j_end, w.hi[r]);
-      all_begin = std::max<int64_t>(all_begin, w.lo[r]);
-      all_end = std::min<int64_t>(all_end, w.hi[r]);
+    if (kAvx512) {
+      for (; r8 + 16 <= g.rows8; r8 += 16) Softmax16Rows(w, g, i, pb, pe, r8);
     }
-    SoftmaxColumns8(w.s + r8, g.rows8, w.lo + r8, w.hi + r8, j_begin, j_end, all_begin, all_end,
-                    w.sum + r8);
+#endif
+    for (; r8 < g.rows8; r8 += 8) {
+      // [j_begin, j_end] the union of the rows' positions in the partition, [all_begin,
+      // all_end] their common part.
+      int64_t j_begin = pe + 1, j_end = pb - 1, all_begin = pb, all_end = pe;
+      for (int64_t r = r8; r < std::min(r8 + 8, g.rows); ++r) {
+        j_begin = std::min<int64_t>(j_begin, std::max<int64_t>(w.lo[r], pb));
+        j_end = std::max<int64_t>(j_end, std::min<int64_t>(w.hi[r], pe));
+        all_begin = std::max<int64_t>(all_begin, w.lo[r]);
+        all_end = std::min<int64_t>(all_end, w.hi[r]);
+      }
+      SoftmaxColumns8(w.s + r8, g.rows8, w.lo + r8, w.hi + r8, j_begin, j_end, all_begin,
+                      all_end, w.pm + i * g.rows8 + r8, w.psum + i * g.rows8 + r8);
+    }
+  }
+  for (int64_t r = 0; r < g.rows; ++r) {
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < g.parts; ++i) {
+      if (Sees(w, g, r, i)) m = std::max(m, w.pm[i * g.rows8 + r]);
+    }
+    float sum = 0.0f;
+    for (int64_t i = 0; i < g.parts; ++i) {
+      if (!Sees(w, g, r, i)) continue;
+      const float weight = ExpF(w.pm[i * g.rows8 + r] - m);
+      w.pm[i * g.rows8 + r] = weight;
+      sum += weight * w.psum[i * g.rows8 + r];
+    }
+    w.sum[r] = sum;
+  }
+}
+
+// acc += w_i * acc_i for the rows that see partition p0 + i, which ends here; acc_i = 0 again.
+void MergePartition(const AttentionScratch& w, const Group& g, int64_t i) {
+  for (int64_t r = 0; r < g.rows; ++r) {
+    float* pacc = w.pacc + r * g.hd8;
+    if (Sees(w, g, r, i)) {
+      const float weight = w.pm[i * g.rows8 + r];
+      float* acc = w.acc + r * g.hd8;
+#pragma omp simd
+      for (int64_t d = 0; d < g.hd8; ++d) acc[d] += weight * pacc[d];
+    }
+    std::memset(pacc, 0, g.hd8 * sizeof(float));
   }
 }
 
@@ -271,8 +323,10 @@ template <typename T, bool kAvx512>
 void ValuePass(const AttentionArgs& a, const T* v_cache, const int32_t* table, int64_t base,
                bool in_place, const AttentionScratch& w, const Group& g) {
   std::memset(w.acc, 0, g.rows * g.hd8 * sizeof(float));
-  for (int64_t c0 = 0; c0 < g.span; c0 += kAttentionChunk) {
-    const int64_t c1 = std::min(g.span, c0 + kAttentionChunk) - 1;
+  std::memset(w.pacc, 0, g.rows * g.hd8 * sizeof(float));
+  for (int64_t c0 = 0, c1 = 0; c0 < g.span; c0 = c1 + 1) {
+    // The chunk ends before the next absolute multiple of kAttentionChunk.
+    c1 = std::min(g.span, ((base + c0) / kAttentionChunk + 1) * kAttentionChunk - base) - 1;
     if (c1 + 1 < g.span) {
       g.prefetch->Set(a, v_cache, table, base + c1 + 1, std::min(kAttentionChunk, g.span - c1 - 1));
     } else {
@@ -318,6 +372,9 @@ void ValuePass(const AttentionArgs& a, const T* v_cache, const int32_t* table, i
       r0 += rq;
     }
     g.prefetch->Finish();
+    if (c1 + 1 == g.span || (base + c1 + 1) % kAttentionPartition == 0) {
+      MergePartition(w, g, (base + c1) / kAttentionPartition - g.p0);
+    }
   }
 }
 
@@ -338,6 +395,9 @@ void AttendGroupWith(const AttentionArgs& a, int64_t t0, int64_t tokens, int64_t
   g.rows8 = RoundUp8(g.rows);
   g.hd8 = RoundUp8(hd);
   g.span = a.positions[t0 + tokens - 1] - base + 1;
+  g.base = base;
+  g.p0 = base / kAttentionPartition;
+  g.parts = (base + g.span - 1) / kAttentionPartition - g.p0 + 1;
   g.chunk_rows = chunk_rows;
   g.prefetch = &prefetch;
   // f32 rows are read in place, unless there are enough query rows for a contiguous copy to
@@ -399,8 +459,10 @@ void AttendGroupWith(const AttentionArgs& a, int64_t t0, int64_t tokens, int64_t
 
 int64_t AttentionScratchFloats(int64_t max_rows, int64_t max_span, int64_t head_dim) {
   const int64_t hd8 = RoundUp8(head_dim);
-  return 2 * RoundUp16((max_rows + 1) * hd8) + RoundUp16(max_span * RoundUp8(max_rows)) +
-         RoundUp16(kAttentionChunk * hd8) + RoundUp16(RoundUp8(max_rows)) + 16;
+  const int64_t rows8 = RoundUp8(max_rows);
+  return 3 * RoundUp16((max_rows + 1) * hd8) + RoundUp16(max_span * rows8) +
+         RoundUp16(kAttentionChunk * hd8) + RoundUp16(rows8) +
+         2 * RoundUp16(AttentionMaxPartitions(max_span) * rows8) + 16;
 }
 
 int64_t AttentionScratchInts(int64_t max_rows) { return 2 * RoundUp8(max_rows); }
@@ -416,6 +478,9 @@ AttentionScratch CarveAttentionScratch(float* floats, int32_t* ints, int64_t max
   w.s = w.acc + RoundUp16((max_rows + 1) * hd8);
   w.kv = w.s + RoundUp16(max_span * rows8);
   w.sum = w.kv + RoundUp16(kAttentionChunk * hd8);
+  w.pacc = w.sum + RoundUp16(rows8);
+  w.pm = w.pacc + RoundUp16((max_rows + 1) * hd8);
+  w.psum = w.pm + RoundUp16(AttentionMaxPartitions(max_span) * rows8);
   w.lo = ints;
   w.hi = ints + rows8;
   return w;

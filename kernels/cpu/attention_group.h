@@ -8,8 +8,13 @@
 //   1. scores: the K rows, a chunk of kAttentionChunk positions at a time (converted to fp32,
 //      or read in place), against every row of the group with the register tiles of
 //      attention_tiles.h, into a [span, rows8] score matrix;
-//   2. softmax: max, exp and sum of every row over its own positions, 8 or 16 rows per vector;
-//   3. the weighted V sum, a chunk of V rows at a time for every row; then out = acc / sum.
+//   2. softmax: for each partition of kAttentionPartition absolute positions (backend.h), max,
+//      exp and sum of every row over its own positions there, 8 or 16 rows per vector; then
+//      each row's merge: m over its partitions, their weights w_i and the merged sum;
+//   3. the weighted V sums, a chunk of V rows at a time for every row, into a per-partition
+//      sum that is merged (acc += w_i * acc_i) where its partition ends (chunks end at
+//      positions that are multiples of kAttentionChunk, so none crosses a partition); then
+//      out = acc / sum.
 // Every (token, head) gets exactly the fp32 operations of AttentionArgs' contract in its order,
 // over its own positions only: the grouping changes which values share a register, never the
 // operations that make a value, so neither the grouping nor the thread count changes a bit.
@@ -25,8 +30,12 @@ namespace moe {
 namespace cpu_kernels {
 
 // K or V rows converted at a time: 32 rows of head_dim 128 (16 KiB) stay in L1 while every row
-// tile of the group reads them.
+// tile of the group reads them. Divides kAttentionPartition.
 constexpr int64_t kAttentionChunk = 32;
+static_assert(kAttentionPartition % kAttentionChunk == 0, "value chunks within partitions");
+
+// Partitions a group of `span` positions can touch.
+inline int64_t AttentionMaxPartitions(int64_t span) { return span / kAttentionPartition + 2; }
 
 // The first position a query at p sees.
 inline int64_t AttentionFirstVisible(int64_t p, int64_t window) {
@@ -42,7 +51,10 @@ struct AttentionScratch {
   float* acc;   // [rows, hd8] the weighted V sums
   float* s;     // [span, rows8] scores, then exp(score - m)
   float* kv;    // [kAttentionChunk, hd8] converted K or V rows
-  float* sum;   // [rows8]
+  float* sum;   // [rows8] the merged sums
+  float* pm;    // [partitions, rows8] each partition's m_i, then its merge weight w_i
+  float* psum;  // [partitions, rows8] each partition's sum_i
+  float* pacc;  // [rows, hd8] the current partition's weighted V sums
   int32_t* lo;  // [rows8] each row's first and last position, relative to the group's first
   int32_t* hi;  // visible one; lo > hi for padding rows
 };

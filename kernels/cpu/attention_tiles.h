@@ -117,10 +117,11 @@ MOE_CPU_INLINE void AccumulateV(const float* e, int64_t e_ld, const float* const
 //   s = exp(s - m) for every j in range (also outside a lane's own positions, where the value is
 //       never read)
 //   sum = sum of exp(s - m) over the lane's positions in ascending j (from 0)
-// Every lane is valid for j in [all_begin, all_end], where no masks are needed.
+// and writes m and sum per lane. Every lane is valid for j in [all_begin, all_end], where no
+// masks are needed.
 MOE_CPU_INLINE void SoftmaxColumns8(float* s, int64_t ld, const int32_t* lo, const int32_t* hi,
                                     int64_t j_begin, int64_t j_end, int64_t all_begin,
-                                    int64_t all_end, float* sum) {
+                                    int64_t all_end, float* m_out, float* sum) {
   alignas(32) float m[8];
   all_begin = std::max(all_begin, j_begin);
   all_end = std::min(all_end, j_end);
@@ -164,6 +165,7 @@ MOE_CPU_INLINE void SoftmaxColumns8(float* s, int64_t ld, const int32_t* lo, con
     sv = _mm256_add_ps(sv, e);
   }
   _mm256_storeu_ps(sum, sv);
+  for (int l = 0; l < 8; ++l) m_out[l] = m[l];
 #else
   for (int l = 0; l < 8; ++l) {
     m[l] = -std::numeric_limits<float>::infinity();
@@ -175,6 +177,7 @@ MOE_CPU_INLINE void SoftmaxColumns8(float* s, int64_t ld, const int32_t* lo, con
     for (int l = 0; l < 8; ++l) s[j * ld + l] = ExpF(s[j * ld + l] - m[l]);
   }
   for (int l = 0; l < 8; ++l) {
+    m_out[l] = m[l];
     sum[l] = 0.0f;
     for (int64_t j = std::max<int64_t>(j_begin, lo[l]); j <= std::min<int64_t>(j_end, hi[l]); ++j) {
       sum[l] += s[j * ld + l];

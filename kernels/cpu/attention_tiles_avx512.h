@@ -139,7 +139,7 @@ MOE_AVX512_INLINE __mmask16 Valid16(__m512i lo, __m512i hi, int64_t j) {
 
 // SoftmaxColumns8 of attention_tiles.h for 16 lanes (query rows) at once, s[j * ld + lane].
 MOE_AVX512_INLINE void SoftmaxColumns16(float* s, int64_t ld, const int32_t* lo, const int32_t* hi,
-                                        int64_t j_begin, int64_t j_end, float* sum) {
+                                        int64_t j_begin, int64_t j_end, float* m_out, float* sum) {
   const __m512i lo_v = _mm512_loadu_si512(lo);
   const __m512i hi_v = _mm512_loadu_si512(hi);
   // max_ps(x, m) = x > m ? x : m, which is std::max(m, x) = m < x ? x : m (NaN x and ties keep
@@ -154,6 +154,7 @@ MOE_AVX512_INLINE void SoftmaxColumns16(float* s, int64_t ld, const int32_t* lo,
     _mm512_storeu_ps(s + j * ld, e);
     sv = _mm512_mask_add_ps(sv, Valid16(lo_v, hi_v, j), sv, e);
   }
+  _mm512_storeu_ps(m_out, m);
   _mm512_storeu_ps(sum, sv);
 }
 

@@ -20,7 +20,7 @@
 #                   libcudart.so.13 (small, so ours always travels). lib/compat/ holds our
 #                   libstdc++ and libgcc_s, used there only if the machine's are too old.
 #   MANIFEST.txt    what is in the payload, with sizes
-# Never carried: libcuda / libnvidia-* (the driver's own), glibc, and libraries over 64 MiB
+# Never carried: libcuda / libnvidia-* (the driver's own), glibc, libcublas / libnccl, and libraries over 64 MiB
 # (libcublasLt.so.13 is ~540 MB, libnccl ~220 MB): run.sh finds those on the GPU machine
 # (which has CUDA 13) and says which are missing.
 #
@@ -102,7 +102,9 @@ for label in "${LABELS[@]}"; do
     [[ -n "${SEEN[$name]:-}" ]] && continue
     SEEN[$name]=1
     size=$(stat -L -c %s "$path")
-    if (( size > 64 * 1024 * 1024 )); then
+    # The toolkit's math and comms libraries are on the GPU machine (CUDA 13) and too large
+    # to carry (libcublas ~55 MB packed, libcublasLt ~540 MB, libnccl ~220 MB).
+    if (( size > 64 * 1024 * 1024 )) || [[ "$name" == libcublas* || "$name" == libnccl* ]]; then
       echo "collect: not carrying $name ($((size / 1048576)) MiB); the GPU machine must have it" >&2
       echo "$name" >>"$STAGE/lib/EXPECTED_ON_DEVICE"
       continue

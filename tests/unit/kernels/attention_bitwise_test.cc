@@ -1,7 +1,9 @@
-// The CPU Attention kernel against its earlier scalar form, bit for bit. backend.h fixes the
-// fp32 operations of attention and their order; the scalar kernel below (one (token, head) pair
-// at a time, kept here verbatim as the oracle) computes exactly them, and the vectorised kernel
-// that groups query heads and tokens must give the same bytes on every shape: f32 and bf16,
+// The CPU Attention kernel against a scalar form of backend.h's contract, bit for bit.
+// backend.h fixes the fp32 operations of attention and their order (scores, partitions of
+// kAttentionPartition positions, their merge); the scalar oracle below (one (token, head) pair
+// at a time, each partition then the merge, one operation per statement) computes exactly
+// them, and the vectorised kernel that groups query heads and tokens must give the same bytes on
+// every shape: f32 and bf16,
 // head dims that are and are not multiples of 8, every GQA ratio up to 8, sliding windows,
 // ragged mixes of prefill chunks, decode tokens and scattered positions in any token order,
 // block sizes 1 to 16, contexts from 1 to 1500 positions, scales that make exp underflow,
@@ -32,8 +34,8 @@ namespace {
 
 using ::moe::testing::TestSeed;
 
-// The scalar kernel of kernels/cpu/attention.cc as it was before vectorisation (commit 168d574),
-// copied verbatim, and a loop over every (token, head) pair.
+// The contract's operations for one (token, head) pair (its dot as the scalar kernel of
+// kernels/cpu/attention.cc before vectorisation, commit 168d574), and a loop over every pair.
 namespace oracle {
 
 using cpu_kernels::LoadBf16;
@@ -78,26 +80,39 @@ void AttendOne(const AttentionArgs& a, int64_t t, int64_t h) {
 
   cpu_kernels::Scratch<float, 256> q(hd);
   cpu_kernels::Scratch<float, 256> acc(hd);
+  cpu_kernels::Scratch<float, 256> part_acc(hd);
   cpu_kernels::Scratch<float, 2048> score(n);
   const T* q_src = static_cast<const T*>(a.q) + t * a.q_ld + h * hd;
   for (int64_t d = 0; d < hd; ++d) q[d] = Load(q_src + d);
 
+  for (int64_t j = 0; j < n; ++j) score[j] = a.scale * Dot8(q.data(), k_cache + row_of(lo + j), hd);
+  // Partitions of kAttentionPartition absolute positions: [first, last] of each, relative to lo.
+  const int64_t part_first = lo / kAttentionPartition, part_last = p / kAttentionPartition;
+  auto begin_of = [&](int64_t i) { return std::max(lo, i * kAttentionPartition) - lo; };
+  auto end_of = [&](int64_t i) { return std::min(p, (i + 1) * kAttentionPartition - 1) - lo; };
+  std::vector<float> part_m;
+  for (int64_t i = part_first; i <= part_last; ++i) {
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t j = begin_of(i); j <= end_of(i); ++j) m = std::max(m, score[j]);
+    part_m.push_back(m);
+  }
   float m = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < n; ++j) {
-    score[j] = a.scale * Dot8(q.data(), k_cache + row_of(lo + j), hd);
-    m = std::max(m, score[j]);
-  }
+  for (float mi : part_m) m = std::max(m, mi);
   float sum = 0.0f;
-  for (int64_t j = 0; j < n; ++j) {
-    score[j] = cpu_kernels::ExpF(score[j] - m);
-    sum += score[j];
-  }
   for (int64_t d = 0; d < hd; ++d) acc[d] = 0.0f;
-  for (int64_t j = 0; j < n; ++j) {
-    const T* v = v_cache + row_of(lo + j);
-    const float e = score[j];
-#pragma omp simd
-    for (int64_t d = 0; d < hd; ++d) acc[d] += e * Load(v + d);
+  for (int64_t i = part_first; i <= part_last; ++i) {
+    const float mi = part_m[i - part_first];
+    float part_sum = 0.0f;
+    for (int64_t d = 0; d < hd; ++d) part_acc[d] = 0.0f;
+    for (int64_t j = begin_of(i); j <= end_of(i); ++j) {
+      const float e = cpu_kernels::ExpF(score[j] - mi);
+      part_sum += e;
+      const T* v = v_cache + row_of(lo + j);
+      for (int64_t d = 0; d < hd; ++d) part_acc[d] += e * Load(v + d);
+    }
+    const float w = cpu_kernels::ExpF(mi - m);
+    sum += w * part_sum;
+    for (int64_t d = 0; d < hd; ++d) acc[d] += w * part_acc[d];
   }
   T* out = static_cast<T*>(a.out) + t * a.out_ld + h * hd;
   for (int64_t d = 0; d < hd; ++d) Store(acc[d] / sum, out + d);
@@ -407,6 +422,48 @@ TEST_F(AttentionBitwiseTest, EdgeValues) {
     // Products beyond the fp32 range: infinite scores, inf - inf = NaN.
     c.qk_range = 1e20f;
     Check(c, rng, both_);
+  }
+}
+
+// Partition boundaries (kAttentionPartition = 64): contexts just below, at and above multiples
+// of 64; windows whose first visible position is not a multiple of 64; prefill chunks that
+// start mid-partition (a group's first chunk is short); score gaps that make some partitions'
+// weights underflow to 0; and infinite scores over several partitions.
+TEST_F(AttentionBitwiseTest, Partitions) {
+  std::mt19937_64 rng(TestSeed());
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (int64_t window : {0, 100, 64, 65, 200}) {
+      Case c;
+      c.dtype = dtype;
+      c.heads = 8;
+      c.kv_heads = 2;
+      c.head_dim = 40;
+      c.block_size = 16;
+      c.window = window;
+      c.scale = 0.16f;
+      c.lengths = {63, 64, 65, 127, 128, 129, 300, 1000};
+      for (int32_t s = 0; s < 8; ++s) {
+        c.queries.push_back({s, static_cast<int32_t>(c.lengths[s] - 1)});
+      }
+      for (int32_t p = 100; p < 300; ++p) c.queries.push_back({6, p});  // a chunk from 100
+      for (int32_t p = 190; p < 200; ++p) c.queries.push_back({7, p});
+      Check(c, rng, both_);
+      if (HasFatalFailure()) return;
+    }
+    for (float qk_range : {8.0f, 1e20f}) {
+      Case c;
+      c.dtype = dtype;
+      c.heads = 4;
+      c.kv_heads = 4;
+      c.head_dim = 16;
+      c.scale = 40.0f;
+      c.qk_range = qk_range;
+      c.lengths = {300, 200};
+      for (int32_t p = 37; p < 300; ++p) c.queries.push_back({0, p});
+      c.queries.push_back({1, 199});
+      Check(c, rng, both_);
+      if (HasFatalFailure()) return;
+    }
   }
 }
 
