@@ -1,17 +1,19 @@
-// Split-KV attention in backend.h's partitioned order: one thread block per (token, head,
-// partition of kAttentionPartition positions), then a merge per (token, head).
-//   1. PartitionKernel: thread j scores position j of the partition with the contract's 8-lane
-//      dot (the lanes are its own 8 accumulators, filled from 16-byte loads of the K row, then
-//      added as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))); m_i is a block max (any
-//      order gives the same max; fmaxf drops NaN scores as the CPU's compare does, and the sign
-//      of a zero m_i cannot change an exp); e_j in parallel; sum_i and acc_i[d] are sequential
-//      in ascending j (every thread keeps the same sum_i; a thread owns two dims of acc_i and
-//      loads kVRows V rows ahead of its chain). A query that sees one partition writes out
-//      directly (w = 1 exactly, so that is the merged value); the others write (m_i, sum_i,
-//      acc_i) to the partials.
+// Split-KV attention in backend.h's partitioned order: one thread block per (token, query
+// heads, partition of kAttentionPartition positions), then a merge per (token, head).
+//   1. PartitionKernel<kHeads>: a block takes up to kHeads query heads of one kv head (1, or
+//      kGroupHeads when the blocks are enough to fill the GPU: the heads then share each K / V
+//      row read). Thread j scores position j of the partition for every head with the
+//      contract's 8-lane dot (the lanes are its own 8 accumulators per head, filled from
+//      16-byte loads of the K row, then added as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) +
+//      (l6 + l7))); m_i is a block max per head (any order gives the same max; fmaxf drops NaN
+//      scores as the CPU's compare does, and the sign of a zero m_i cannot change an exp); e_j
+//      in parallel; sum_i (thread g for head g) and acc_i[d] are sequential in ascending j (a
+//      thread owns two dims of every head's acc_i and loads kVRows V rows ahead of its chains).
+//      A query that sees one partition writes out directly (w = 1 exactly, so that is the
+//      merged value); the others write (m_i, sum_i, acc_i) to the partials.
 //   2. MergeKernel: m = max_i m_i; w_i, sum and acc[d] in ascending i; out = acc / sum.
-// The partials hold a fixed number of floats, so the (token, head) pairs go in as many
-// launches as they need; nothing depends on that split, the launch or the other tokens.
+// The partials hold a fixed number of floats, so the blocks go in as many launches as they
+// need; nothing depends on that split, on kHeads, the launch or the other tokens.
 #include <algorithm>
 #include <cstdint>
 
@@ -35,6 +37,11 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMergeThreads = 128;
 // V rows whose loads a thread issues before adding their terms.
 constexpr int kVRows = 16;
+// Query heads per block when a kv head's heads share the K / V reads.
+constexpr int kGroupHeads = 8;
+// Blocks (token x kv head x partition slot) from which that pays: measured on H100 with
+// Qwen3-30B-A3B's 32 / 4 heads (tools/attention_bench).
+constexpr int64_t kGroupedMinBlocks = 512;
 constexpr int64_t kMaxSharedBytes = 48 * 1024;
 constexpr int64_t kMaxGrid = int64_t{1} << 20;
 
@@ -45,6 +52,7 @@ struct Params {
   const void* v_cache;
   int64_t tokens;
   int64_t heads;
+  int64_t kv_heads;
   int64_t heads_per_kv;
   int64_t head_dim;
   int64_t kv_row;  // kv_heads * head_dim
@@ -178,92 +186,155 @@ __device__ __forceinline__ void LoadPair(const bf16* v, bool two, float* a, floa
   }
 }
 
-// scale * the contract's dot of q_s and the K row k: lane l sums dims l, l + 8, ... in order.
-template <bool kVec, typename T>
-__device__ __forceinline__ float Score(const float* q_s, const T* k, int64_t hd, float scale) {
-  float lane[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+// scale * the contract's dot of query rows q_s[g] (g < heads) and the K row k, into score[g]:
+// lane l sums dims l, l + 8, ... in order, each K value loaded once for all the rows.
+template <int kHeads, bool kVec, typename T>
+__device__ __forceinline__ void Scores(const float* q_s, int64_t hd, int heads, const T* k,
+                                       float scale, float* score) {
+  float lane[kHeads][8];
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g) {
+#pragma unroll
+    for (int l = 0; l < 8; ++l) lane[g][l] = 0.0f;
+  }
   int64_t d = 0;
-#pragma unroll 4
   for (; d + 8 <= hd; d += 8) {
     float kv[8];
     Load8<kVec>(k + d, kv);
 #pragma unroll
-    for (int l = 0; l < 8; ++l) lane[l] = __fadd_rn(lane[l], __fmul_rn(q_s[d + l], ToF32(kv[l])));
+    for (int g = 0; g < kHeads; ++g) {
+      if (g < heads) {
+#pragma unroll
+        for (int l = 0; l < 8; ++l) {
+          lane[g][l] = __fadd_rn(lane[g][l], __fmul_rn(q_s[g * hd + d + l], kv[l]));
+        }
+      }
+    }
   }
-  for (int l = 0; d < hd; ++d, ++l) lane[l] = __fadd_rn(lane[l], __fmul_rn(q_s[d], ToF32(k[d])));
-  const float dot = __fadd_rn(__fadd_rn(__fadd_rn(lane[0], lane[1]), __fadd_rn(lane[2], lane[3])),
-                              __fadd_rn(__fadd_rn(lane[4], lane[5]), __fadd_rn(lane[6], lane[7])));
-  return __fmul_rn(scale, dot);
+  if (d < hd) {  // a last, partial step: dim d + l to lane l (indices fixed, so registers)
+#pragma unroll
+    for (int l = 0; l < 8; ++l) {
+      if (d + l < hd) {
+        const float kd = ToF32(k[d + l]);
+#pragma unroll
+        for (int g = 0; g < kHeads; ++g) {
+          if (g < heads) lane[g][l] = __fadd_rn(lane[g][l], __fmul_rn(q_s[g * hd + d + l], kd));
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g) {
+    const float dot =
+        __fadd_rn(__fadd_rn(__fadd_rn(lane[g][0], lane[g][1]), __fadd_rn(lane[g][2], lane[g][3])),
+                  __fadd_rn(__fadd_rn(lane[g][4], lane[g][5]), __fadd_rn(lane[g][6], lane[g][7])));
+    score[g] = __fmul_rn(scale, dot);
+  }
 }
 
-// One (token, head, partition): scores, m_i, e_j, sum_i and acc_i (see the top of the file).
-// kVec: 16-byte loads of K rows (head_dim a multiple of 8, aligned cache); kPair: 2-element
-// loads of V (head_dim even).
-template <typename T, bool kVec, bool kPair>
+// Where a block's (token, query heads, partition) are: blocks run over units (t, kv head, head
+// block), each with p.slots partition slots; a unit holds query heads h0 .. h0 + count - 1 of
+// one kv head (kHeads of them, fewer in a group's last unit).
+template <int kHeads>
+struct Unit {
+  int64_t t, kvh, h0, slot;
+  int count;
+  __device__ Unit(const Params& p, int64_t unit_begin, int64_t block) {
+    const int64_t head_blocks = (p.heads_per_kv + kHeads - 1) / kHeads;
+    const int64_t u = unit_begin + block / p.slots;
+    slot = block % p.slots;
+    t = u / (p.kv_heads * head_blocks);
+    const int64_t rem = u % (p.kv_heads * head_blocks);
+    kvh = rem / head_blocks;
+    const int64_t first = (rem % head_blocks) * kHeads;
+    h0 = kvh * p.heads_per_kv + first;
+    count = static_cast<int>(Min64(kHeads, p.heads_per_kv - first));
+  }
+};
+
+// One partition of `count` query heads of one kv head for one token: scores, m_i, e_j, sum_i
+// and acc_i (see the top of the file), every K and V row read once for all the heads. kVec:
+// 16-byte loads of K rows (head_dim a multiple of 8, aligned cache); kPair: 2-element loads of
+// V (head_dim even).
+template <int kHeads, typename T, bool kVec, bool kPair>
 __global__ void __launch_bounds__(kThreads)
-    PartitionKernel(const Params p, unsigned long long* error) {
+    PartitionKernel(const Params p, int64_t unit_begin, unsigned long long* error) {
   const unsigned long long first_error = error[0];
   if (first_error != kNoError) {
     if (blockIdx.x == 0 && threadIdx.x == 0) error[1] = ErrorValue(p, first_error);
     return;
   }
-  const int64_t local = blockIdx.x / p.slots;
-  const int64_t slot = blockIdx.x % p.slots;
-  const int64_t item = p.item_begin + local;
-  const int64_t t = item / p.heads;
-  const int64_t h = item % p.heads;
+  const Unit<kHeads> u(p, unit_begin, blockIdx.x);
   int64_t first, last, lo, pos;
-  Partitions(p, t, &first, &last, &lo, &pos);
-  const int64_t part = first + slot;
+  Partitions(p, u.t, &first, &last, &lo, &pos);
+  const int64_t part = first + u.slot;
   if (part > last) return;
   const int64_t j0 = part * kAttentionPartition > lo ? part * kAttentionPartition : lo;
   const int n = static_cast<int>(Min64(pos, part * kAttentionPartition + kThreads - 1) - j0 + 1);
 
   __shared__ int64_t off_s[kThreads];
-  __shared__ float e_s[kThreads];
-  __shared__ float red[kWarps];
-  extern __shared__ float q_s[];  // [head_dim]
+  __shared__ float e_s[kHeads][kThreads];
+  __shared__ float red[kWarps][kHeads];
+  extern __shared__ float q_s[];  // [count][head_dim]
   const int tid = threadIdx.x;
   const int64_t hd = p.head_dim;
-  const int64_t kv_offset = (h / p.heads_per_kv) * hd;
-  const T* k_cache = static_cast<const T*>(p.k_cache) + kv_offset;
-  const T* v_cache = static_cast<const T*>(p.v_cache) + kv_offset;
-  const T* q = static_cast<const T*>(p.q) + t * p.q_ld + h * hd;
-  for (int64_t d = tid; d < hd; d += kThreads) q_s[d] = ToF32(q[d]);
+  const T* k_cache = static_cast<const T*>(p.k_cache) + u.kvh * hd;
+  const T* v_cache = static_cast<const T*>(p.v_cache) + u.kvh * hd;
+  const T* q = static_cast<const T*>(p.q) + u.t * p.q_ld + u.h0 * hd;
+  for (int64_t i = tid; i < u.count * hd; i += kThreads) q_s[i] = ToF32(q[i]);
   __syncthreads();
 
-  float score = 0.0f;
-  float m = __uint_as_float(0xff800000u);  // -inf
+  float score[kHeads];
+  float m[kHeads];
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g) m[g] = __uint_as_float(0xff800000u);  // -inf
   if (tid < n) {
     const int64_t j = j0 + tid;
-    const int32_t* table = p.block_tables + p.seq_ids[t] * p.max_blocks_per_seq;
+    const int32_t* table = p.block_tables + p.seq_ids[u.t] * p.max_blocks_per_seq;
     const int64_t o =
         (static_cast<int64_t>(table[j / p.block_size]) * p.block_size + j % p.block_size) *
         p.kv_row;
     off_s[tid] = o;
-    score = Score<kVec>(q_s, k_cache + o, hd, p.scale);
-    m = fmaxf(m, score);
+    Scores<kHeads, kVec>(q_s, hd, u.count, k_cache + o, p.scale, score);
+#pragma unroll
+    for (int g = 0; g < kHeads; ++g) m[g] = fmaxf(m[g], score[g]);
   }
-  for (int x = 16; x >= 1; x /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, x));
-  if (tid % 32 == 0) red[tid / 32] = m;
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g) {
+    for (int x = 16; x >= 1; x /= 2) m[g] = fmaxf(m[g], __shfl_xor_sync(0xffffffffu, m[g], x));
+    if (tid % 32 == 0) red[tid / 32][g] = m[g];
+  }
   __syncthreads();
-  m = red[0];
-  for (int w = 1; w < kWarps; ++w) m = fmaxf(m, red[w]);
-  if (tid < n) e_s[tid] = ExpF(__fsub_rn(score, m));
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g) {
+    m[g] = red[0][g];
+    for (int w = 1; w < kWarps; ++w) m[g] = fmaxf(m[g], red[w][g]);
+    if (tid < n && g < u.count) e_s[g][tid] = ExpF(__fsub_rn(score[g], m[g]));
+  }
   __syncthreads();
-  float sum = 0.0f;
-  for (int jj = 0; jj < n; ++jj) sum = __fadd_rn(sum, e_s[jj]);
 
   const bool single = first == last;
-  T* out = static_cast<T*>(p.out) + t * p.out_ld + h * hd;
-  float* partial = p.partials + (local * p.slots + slot) * (hd + 2);
-  if (!single && tid == 0) {
-    partial[0] = m;
-    partial[1] = sum;
+  const int64_t item0 = u.t * p.heads + u.h0 - p.item_begin;  // this unit's first partial
+  // Thread g adds head g's e_j in ascending j (the heads' chains side by side).
+  __shared__ float sum_s[kHeads];
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g) {
+    if (tid != g || g >= u.count) continue;
+    float sum = 0.0f;
+    for (int jj = 0; jj < n; ++jj) sum = __fadd_rn(sum, e_s[g][jj]);
+    sum_s[g] = sum;
+    if (!single) {
+      float* partial = p.partials + ((item0 + g) * p.slots + u.slot) * (hd + 2);
+      partial[0] = m[g];
+      partial[1] = sum;
+    }
   }
+  if (single) __syncthreads();  // the outputs below divide by sum_s
   for (int64_t d = 2 * tid; d < hd; d += 2 * kThreads) {
     const bool two = d + 1 < hd;
-    float a0 = 0.0f, a1 = 0.0f;
+    float a0[kHeads], a1[kHeads];
+#pragma unroll
+    for (int g = 0; g < kHeads; ++g) a0[g] = a1[g] = 0.0f;
     for (int j = 0; j < n; j += kVRows) {
       float v0[kVRows], v1[kVRows];
 #pragma unroll
@@ -273,17 +344,28 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int x = 0; x < kVRows; ++x) {
         if (j + x < n) {
-          a0 = __fadd_rn(a0, __fmul_rn(e_s[j + x], v0[x]));
-          a1 = __fadd_rn(a1, __fmul_rn(e_s[j + x], v1[x]));
+#pragma unroll
+          for (int g = 0; g < kHeads; ++g) {
+            if (g < u.count) {
+              a0[g] = __fadd_rn(a0[g], __fmul_rn(e_s[g][j + x], v0[x]));
+              a1[g] = __fadd_rn(a1[g], __fmul_rn(e_s[g][j + x], v1[x]));
+            }
+          }
         }
       }
     }
-    if (single) {
-      out[d] = FromF32<T>(__fdiv_rn(a0, sum));
-      if (two) out[d + 1] = FromF32<T>(__fdiv_rn(a1, sum));
-    } else {
-      partial[2 + d] = a0;
-      if (two) partial[3 + d] = a1;
+#pragma unroll
+    for (int g = 0; g < kHeads; ++g) {
+      if (g >= u.count) continue;
+      if (single) {
+        T* out = static_cast<T*>(p.out) + u.t * p.out_ld + (u.h0 + g) * hd;
+        out[d] = FromF32<T>(__fdiv_rn(a0[g], sum_s[g]));
+        if (two) out[d + 1] = FromF32<T>(__fdiv_rn(a1[g], sum_s[g]));
+      } else {
+        float* partial = p.partials + ((item0 + g) * p.slots + u.slot) * (hd + 2);
+        partial[2 + d] = a0[g];
+        if (two) partial[3 + d] = a1[g];
+      }
     }
   }
 }
@@ -318,13 +400,14 @@ __global__ void __launch_bounds__(kMergeThreads)
   }
 }
 
-template <typename T, bool kVec, bool kPair>
-absl::Status LaunchPartitions(const Params& p, int64_t items, uint64_t* error,
-                              cudaStream_t stream) {
+template <int kHeads, typename T, bool kVec, bool kPair>
+absl::Status LaunchPartitions(const Params& p, int64_t unit_begin, int64_t units, int64_t items,
+                              uint64_t* error, cudaStream_t stream) {
   auto* words = reinterpret_cast<unsigned long long*>(error);
-  const size_t q_bytes = static_cast<size_t>(p.head_dim) * sizeof(float);
-  PartitionKernel<T, kVec, kPair>
-      <<<static_cast<unsigned>(items * p.slots), kThreads, q_bytes, stream>>>(p, words);
+  const size_t q_bytes = static_cast<size_t>(kHeads * p.head_dim) * sizeof(float);
+  PartitionKernel<kHeads, T, kVec, kPair>
+      <<<static_cast<unsigned>(units * p.slots), kThreads, q_bytes, stream>>>(p, unit_begin,
+                                                                            words);
   MOE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   if (p.slots > 1) {
     MergeKernel<T><<<static_cast<unsigned>(items), kMergeThreads, 0, stream>>>(p, words);
@@ -333,12 +416,41 @@ absl::Status LaunchPartitions(const Params& p, int64_t items, uint64_t* error,
   return absl::OkStatus();
 }
 
-template <typename T>
-absl::Status LaunchTyped(const Params& p, int64_t items, bool vec, bool pair, uint64_t* error,
-                         cudaStream_t stream) {
-  if (vec) return LaunchPartitions<T, true, true>(p, items, error, stream);
-  if (pair) return LaunchPartitions<T, false, true>(p, items, error, stream);
-  return LaunchPartitions<T, false, false>(p, items, error, stream);
+template <int kHeads, typename T>
+absl::Status LaunchTyped(const Params& p, int64_t unit_begin, int64_t units, int64_t items,
+                         bool vec, bool pair, uint64_t* error, cudaStream_t stream) {
+  if (vec) return LaunchPartitions<kHeads, T, true, true>(p, unit_begin, units, items, error, stream);
+  if (pair) return LaunchPartitions<kHeads, T, false, true>(p, unit_begin, units, items, error, stream);
+  return LaunchPartitions<kHeads, T, false, false>(p, unit_begin, units, items, error, stream);
+}
+
+// The blocks of all units in as many launches as the partials need, kHeads query heads a unit.
+template <int kHeads>
+absl::Status LaunchUnits(Params p, DType dtype, int64_t partial_floats, bool vec, bool pair,
+                         uint64_t* error, cudaStream_t stream) {
+  const int64_t head_blocks = (p.heads_per_kv + kHeads - 1) / kHeads;
+  const int64_t units_per_token = p.kv_heads * head_blocks;
+  const int64_t total = p.tokens * units_per_token;
+  const int64_t unit_floats = kHeads * p.slots * (p.head_dim + 2);
+  int64_t per_launch = p.slots > 1 ? partial_floats / unit_floats : total;
+  per_launch = std::max<int64_t>(1, std::min(per_launch, (int64_t{1} << 31) / p.slots - 1));
+  // The first (token, head) item of unit u; the units of a range cover consecutive items.
+  auto first_item = [&](int64_t u) {
+    const int64_t t = u / units_per_token, rem = u % units_per_token;
+    return t * p.heads + (rem / head_blocks) * p.heads_per_kv + (rem % head_blocks) * kHeads;
+  };
+  for (int64_t begin = 0; begin < total; begin += per_launch) {
+    const int64_t units = std::min(per_launch, total - begin);
+    p.item_begin = first_item(begin);
+    const int64_t items =
+        (begin + units == total ? p.tokens * p.heads : first_item(begin + units)) - p.item_begin;
+    const absl::Status launched =
+        dtype == DType::kF32
+            ? LaunchTyped<kHeads, float>(p, begin, units, items, vec, pair, error, stream)
+            : LaunchTyped<kHeads, bf16>(p, begin, units, items, vec, pair, error, stream);
+    MOE_RETURN_IF_ERROR(launched);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -354,7 +466,7 @@ int64_t AttentionPartitionSlots(const AttentionArgs& args) {
 }
 
 absl::Status LaunchAttention(const AttentionArgs& args, float* partials, int64_t partial_floats,
-                             uint64_t* error, cudaStream_t stream) {
+                             uint64_t* error, cudaStream_t stream, AttentionKernel kernel) {
   if (error == nullptr) {
     return absl::InvalidArgumentError("attention (cuda): error is null");
   }
@@ -366,8 +478,10 @@ absl::Status LaunchAttention(const AttentionArgs& args, float* partials, int64_t
         " floats; one (token, head) of ", slots, " partitions of head_dim=", args.head_dim,
         " needs ", item_floats));
   }
+  // The query rows in shared memory, with 4 KiB for the kernels' own arrays.
   const int64_t q_bytes = args.head_dim * static_cast<int64_t>(sizeof(float));
-  if (q_bytes + 1024 > kMaxSharedBytes) {  // 1 KiB: the kernel's own shared arrays
+  const bool group_fits = kGroupHeads * q_bytes + 4096 <= kMaxSharedBytes;
+  if (q_bytes + 4096 > kMaxSharedBytes) {
     return absl::UnimplementedError(absl::StrCat("attention (cuda): head_dim=", args.head_dim,
                                                  " needs more than ", kMaxSharedBytes,
                                                  " bytes of shared memory"));
@@ -389,6 +503,7 @@ absl::Status LaunchAttention(const AttentionArgs& args, float* partials, int64_t
   p.v_cache = args.v_cache;
   p.tokens = args.tokens;
   p.heads = args.heads;
+  p.kv_heads = args.kv_heads;
   p.heads_per_kv = args.heads / args.kv_heads;
   p.head_dim = args.head_dim;
   p.kv_row = args.kv_heads * args.head_dim;
@@ -407,19 +522,16 @@ absl::Status LaunchAttention(const AttentionArgs& args, float* partials, int64_t
                        reinterpret_cast<uintptr_t>(args.v_cache) % 16 == 0;
   const bool vec = aligned && args.head_dim % 8 == 0;
   const bool pair = aligned && args.head_dim % 2 == 0;
-  // As many (token, head) pairs per launch as the partials hold (all of them for one slot),
-  // and no more blocks than a 1-D grid takes.
-  const int64_t total = args.tokens * args.heads;
-  int64_t per_launch = slots > 1 ? partial_floats / item_floats : total;
-  per_launch = std::min(per_launch, (int64_t{1} << 31) / slots - 1);
-  for (int64_t begin = 0; begin < total; begin += per_launch) {
-    p.item_begin = begin;
-    const int64_t items = std::min(per_launch, total - begin);
-    MOE_RETURN_IF_ERROR(args.dtype == DType::kF32
-                            ? LaunchTyped<float>(p, items, vec, pair, error, stream)
-                            : LaunchTyped<bf16>(p, items, vec, pair, error, stream));
+  // Query heads of one kv head share each K / V row read when they fill the GPU anyway (and one
+  // token's group fits the partials); a decode step of a few sequences runs a block per head.
+  const bool grouped = kernel == AttentionKernel::kPerKvHead ||
+                       (kernel == AttentionKernel::kAuto && p.heads_per_kv > 1 &&
+                        args.tokens * args.kv_heads * slots >= kGroupedMinBlocks);
+  if (grouped && group_fits && (slots == 1 || partial_floats >= kGroupHeads * item_floats)) {
+    return LaunchUnits<kGroupHeads>(p, args.dtype, partial_floats, vec, pair, error, stream);
   }
-  return absl::OkStatus();
+  return LaunchUnits<1>(p, args.dtype, partial_floats, vec, pair, error, stream);
+
 }
 
 absl::Status AttentionDataError(const AttentionArgs& args, const uint64_t host_error[2]) {

@@ -36,12 +36,19 @@ namespace moe::cuda {
 // `args` can see (max_blocks_per_seq * block_size positions, or a sliding window of them).
 int64_t AttentionPartitionSlots(const AttentionArgs& args);
 
+// Which blocks compute the partitions, the same bits either way: one per (token, query head,
+// partition), or one per (token, kv head, partition) for up to 8 of its query heads, reading
+// each K / V row once for all of them (kAuto: the latter when heads / kv_heads > 1 and there
+// are enough such blocks to fill the GPU).
+enum class AttentionKernel { kAuto, kPerHead, kPerKvHead };
+
 // `partials` is device scratch of `partial_floats` floats, needed when
 // AttentionPartitionSlots(args) > 1 (null allowed otherwise): at least slots * (head_dim + 2),
 // else InvalidArgument naming both. The (token, head) pairs go in as many launches as the
-// partials need; the bits do not depend on partial_floats.
+// partials need; the bits do not depend on partial_floats or `kernel`.
 absl::Status LaunchAttention(const AttentionArgs& args, float* partials, int64_t partial_floats,
-                             uint64_t* error, cudaStream_t stream);
+                             uint64_t* error, cudaStream_t stream,
+                             AttentionKernel kernel = AttentionKernel::kAuto);
 
 // OK when host_error[0] is ~0, else InvalidArgument with the CPU backend's message:
 // "attention: seq_ids[<t>]=<s> is outside [0, num_seqs=<n>)",

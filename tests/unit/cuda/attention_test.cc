@@ -4,7 +4,7 @@
 // contexts up to ~600, leading dims past the row (whose padding must stay untouched), block
 // table entries that no query reads set out of range, large scores (exp at its clamps), and
 // split-KV partials that hold one (token, head), 7 of them, or all (as many launches as that
-// takes, the same bits). Data errors at the exact limits: the CPU backend's message, and the
+// takes, the same bits), each with a block per query head and a block per kv head's heads. Data errors at the exact limits: the CPU backend's message, and the
 // output left untouched.
 // Without a CUDA device the GPU cases are skipped with the reason.
 #include "kernels/cuda/attention.h"
@@ -191,24 +191,31 @@ class CudaAttentionTest : public ::moe::cuda::testing::CudaOpTest {
     const absl::Status cpu = cpu_->Attention(args);
 
     DeviceBuffer dq(b.q), dk(b.k_cache), dv(b.v_cache), dtables(AsBytes(b.block_tables)),
-        dseqs(AsBytes(b.seq_ids)), dpos(AsBytes(b.positions)), dout(init), derr(Bytes(16, 0x5a));
+        dseqs(AsBytes(b.seq_ids)), dpos(AsBytes(b.positions));
     args.q = dq.get();
     args.k_cache = dk.get();
     args.v_cache = dv.get();
     args.block_tables = dtables.as<int32_t>();
     args.seq_ids = dseqs.as<int32_t>();
     args.positions = dpos.as<int32_t>();
-    args.out = dout.get();
-    const int64_t item_floats = AttentionPartitionSlots(args) * (b.head_dim + 2);
-    const int64_t partial_floats =
-        item_floats * (partial_items > 0 ? partial_items : b.tokens() * b.heads);
-    DeviceBuffer dpartials(Bytes(partial_floats * sizeof(float), 0x5a));
-    const absl::Status launch = LaunchAttention(args, dpartials.as<float>(), partial_floats,
-                                                derr.as<uint64_t>(), stream_);
-    ASSERT_TRUE(launch.ok()) << launch;
-    EXPECT_EQ(FinishAttention(args, derr.as<uint64_t>(), stream_), cpu);
-    ExpectSameBits(dout.ToHost(), want, b.dtype);
-    if (!cpu.ok()) ExpectSameBits(dout.ToHost(), init, b.dtype);
+    // Both kernels; the grouped one needs room for a kv head's heads in the partials.
+    for (AttentionKernel kernel : {AttentionKernel::kPerHead, AttentionKernel::kPerKvHead}) {
+      SCOPED_TRACE(kernel == AttentionKernel::kPerHead ? "per head" : "per kv head");
+      DeviceBuffer dout(init), derr(Bytes(16, 0x5a));
+      args.out = dout.get();
+      const int64_t item_floats = AttentionPartitionSlots(args) * (b.head_dim + 2);
+      const int64_t items = partial_items > 0 ? partial_items : b.tokens() * b.heads;
+      const int64_t partial_floats =
+          item_floats * (kernel == AttentionKernel::kPerKvHead ? std::max<int64_t>(items, 8)
+                                                               : items);
+      DeviceBuffer dpartials(Bytes(partial_floats * sizeof(float), 0x5a));
+      const absl::Status launch = LaunchAttention(args, dpartials.as<float>(), partial_floats,
+                                                  derr.as<uint64_t>(), stream_, kernel);
+      ASSERT_TRUE(launch.ok()) << launch;
+      EXPECT_EQ(FinishAttention(args, derr.as<uint64_t>(), stream_), cpu);
+      ExpectSameBits(dout.ToHost(), want, b.dtype);
+      if (!cpu.ok()) ExpectSameBits(dout.ToHost(), init, b.dtype);
+    }
   }
 
 };
@@ -221,6 +228,8 @@ const Shape kShapes[] = {
     {7, 7, 12, 1, 3, 3, 90},      {4, 4, 17, 16, 600, 2, 600}, {2, 1, 128, 4, 64, 6, 150},
     // Long contexts (many partitions), MLA's head_dim 192, a window that starts mid-partition.
     {4, 1, 128, 16, 0, 2, 3000},  {2, 2, 192, 16, 0, 2, 1000}, {3, 1, 36, 8, 200, 2, 900},
+    // More query heads per kv head than a grouped block takes (12 = 8 + 4; 16 = 8 + 8).
+    {24, 2, 64, 16, 0, 3, 400},   {16, 1, 40, 8, 0, 2, 300},
 };
 
 TEST_F(CudaAttentionTest, RandomMatchesCpu) {

@@ -588,8 +588,9 @@ TEST_F(CublasLtGemmTest, RowInvariantRowsDoNotDependOnM) {
   std::mt19937_64 rng(23);
   const int64_t max_m = 1500;
   const std::vector<int64_t> heights = {1, 7, 64, 65, 257, 1024, max_m};
+  // Routers (256 x 7168: DeepSeek-V3), a one-column gate, and odd n and k.
   for (const Shape& shape : {Shape{0, 256, 2048}, Shape{0, 8, 4096}, Shape{0, 1, 520},
-                             Shape{0, 1024, 512}}) {
+                             Shape{0, 1024, 512}, Shape{0, 256, 7168}, Shape{0, 37, 1031}}) {
     for (DType ab : {DType::kF32, DType::kBF16}) {
       const DType ct = DType::kF32;
       SCOPED_TRACE(absl::StrCat("n=", shape.n, " k=", shape.k, " ", DTypeName(ab)));
