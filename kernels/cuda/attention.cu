@@ -329,7 +329,7 @@ __global__ void __launch_bounds__(kThreads)
       partial[1] = sum;
     }
   }
-  if (single) __syncthreads();  // the outputs below divide by sum_s
+  __syncthreads();  // the outputs below divide by sum_s
   for (int64_t d = 2 * tid; d < hd; d += 2 * kThreads) {
     const bool two = d + 1 < hd;
     float a0[kHeads], a1[kHeads];

@@ -85,6 +85,17 @@ std::string What(absl::string_view op, const GemmPlanKey& key) {
   return absl::StrCat(op, " (cuda) ", key.ToString());
 }
 
+// FailedPrecondition naming `what` when `stream` is being captured into a graph (which a
+// synchronisation or a copy to the host would invalidate), else OK.
+absl::Status RefuseWhileCapturing(cudaStream_t stream, absl::string_view what) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  MOE_CUDA_RETURN_IF_ERROR(cudaStreamIsCapturing(stream, &capture));
+  if (capture == cudaStreamCaptureStatusNone) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("cublaslt gemm: ", what, " waits for the device, which a stream being "
+                   "captured into a graph cannot"));
+}
+
 absl::StatusCode CodeFor(cublasStatus_t status) {
   switch (status) {
     case CUBLAS_STATUS_ALLOC_FAILED:
@@ -284,6 +295,7 @@ absl::Status CublasLtGemm::EnsureSplitWorkspace(cudaStream_t stream) {
   if (split_.partials != nullptr) return absl::OkStatus();
   // Made once, the first time a split shape runs (a synchronisation; before any graph records
   // it, since a step is run op by op before it is recorded).
+  MOE_RETURN_IF_ERROR(RefuseWhileCapturing(stream, "the split-k workspace's first use"));
   MOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   void* partials = nullptr;
   void* counters = nullptr;
@@ -346,7 +358,10 @@ absl::Status CublasLtGemm::GroupedGemm(const GroupedGemmArgs& args, cudaStream_t
       return LaunchSegmentGemmCounts(shape, args.counts, args.num_groups, g.m, stream);
     }
     // No kernel reads these counts on the device: copy them here (offsets_host_[1..]) and
-    // take the host path with their running sum, clipped to m as the kernel would.
+    // take the host path with their running sum, clipped to m as the kernel would. A stream
+    // being captured into a graph cannot wait for them: refused before any call that would
+    // invalidate the capture.
+    MOE_RETURN_IF_ERROR(RefuseWhileCapturing(stream, "grouped_gemm with device counts"));
     offsets_host_.assign(args.num_groups + 1, 0);
     MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(offsets_host_.data() + 1, args.counts,
                                              args.num_groups * sizeof(int64_t),
@@ -624,7 +639,9 @@ absl::StatusOr<std::string> CublasLtGemm::DescribePlan(const GemmPlanKey& key) {
 
 absl::StatusOr<float*> CublasLtGemm::Scratch(size_t bytes, cudaStream_t stream) {
   if (bytes <= scratch_bytes_) return static_cast<float*>(scratch_);
-  // The old buffer may still be read by enqueued work.
+  // The old buffer may still be read by enqueued work (or by a recorded graph: growing it
+  // while capturing is refused).
+  MOE_RETURN_IF_ERROR(RefuseWhileCapturing(stream, "growing the f32 scratch"));
   MOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   if (scratch_ != nullptr) MOE_CUDA_RETURN_IF_ERROR(cudaFree(scratch_));
   scratch_ = nullptr;
