@@ -1,6 +1,7 @@
-// A block per token: its threads first order the token's slots by (expert id, slot) in shared
-// memory (each finds its slot's rank by comparing with the others), then each thread sums its
-// columns over them in that order with __fmaf_rn, the CPU's std::fma, and rounds once.
+// A block per (token, range of columns): its threads first order the token's slots by (expert
+// id, slot) in shared memory (each finds its slot's rank by comparing with the others), then
+// each thread sums its columns over them in that order with __fmaf_rn, the CPU's std::fma, and
+// rounds once.
 #include <algorithm>
 #include <cstdint>
 
@@ -17,6 +18,7 @@ using kernel_util::FromF32;
 using kernel_util::ToF32;
 
 constexpr int64_t kMaxTokenBlocks = 65535;
+constexpr int64_t kMaxColumnBlocks = 64;
 
 // error[0] = the first s with slot_to_row[s] >= slots (negative entries are dropped slots).
 __global__ void CheckRowsKernel(const int32_t* __restrict__ slot_to_row, int64_t slots,
@@ -59,7 +61,8 @@ __global__ void CombineKernel(const T* __restrict__ y, int64_t y_ld,
     // ones that read past the end of the top_k entries (compute-sanitizer memcheck on H100).
     const volatile int32_t* sorted_rows = rows;
     const volatile float* sorted_w = w;
-    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    for (int64_t c = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < cols;
+         c += static_cast<int64_t>(blockDim.x) * gridDim.y) {
       float acc = 0.0f;
       for (int k = 0; k < top_k; ++k) {
         const int32_t r = sorted_rows[k];
@@ -79,7 +82,11 @@ __global__ void CombineKernel(const T* __restrict__ y, int64_t y_ld,
 template <typename T>
 absl::Status LaunchCombineKernel(const CombineArgs& a, uint64_t* error, cudaStream_t stream) {
   const int threads = kernel_util::ThreadsFor(a.cols);
-  const unsigned blocks = static_cast<unsigned>(std::min(a.tokens, kMaxTokenBlocks));
+  // Blocks along the columns too (each orders the token's slots itself), so that a decode
+  // step's few tokens still spread over many SMs.
+  const dim3 blocks(static_cast<unsigned>(std::min(a.tokens, kMaxTokenBlocks)),
+                    static_cast<unsigned>(std::min<int64_t>((a.cols + threads - 1) / threads,
+                                                            kMaxColumnBlocks)));
   const size_t shared = static_cast<size_t>(a.top_k) * (sizeof(int32_t) + sizeof(float));
   CombineKernel<T><<<blocks, threads, shared, stream>>>(
       static_cast<const T*>(a.expert_out), a.expert_out_ld, a.slot_to_row, a.ids, a.weights,
