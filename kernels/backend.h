@@ -519,6 +519,13 @@ inline double SampleUniform(uint64_t seed, uint64_t step) {
 //   7. q = softmax of z over the kept tokens (sum in ascending id); with u =
 //      SampleUniform(p.seed, p.step), the token is the smallest kept id whose cumulative q
 //      (ascending id) exceeds u (the last kept id if rounding leaves none).
+// Every sum over ids above ("in ascending id": the softmax denominators of steps 5 and 7 and
+// of raw_logprobs, and step 7's cumulative q) is chunked: the ids are cut into chunks of
+// kSampleChunk consecutive ids; a chunk's terms are added in ascending id from 0.0, and the
+// chunk sums in ascending chunk order from 0.0. The cumulative sum at id i is the sum of the
+// chunk sums before i's chunk (so chunked) plus the sum of i's chunk's terms up to i, added
+// once. With at most kSampleChunk ids this is the plain ascending sum; the chunks let a GPU
+// add them in parallel with the same bits. (Step 5's walk in descending z stays one sum.)
 // Outputs: ids[r]; if logprobs is set, logprobs[r] = log q[id], the log-prob under the final
 // processed distribution (what vLLM reports by default and what HF's output_scores hold, after
 // log-softmax); if raw_logprobs is set, raw_logprobs[r] = log_softmax(logits[r, :])[id] of the
@@ -533,6 +540,9 @@ inline double SampleUniform(uint64_t seed, uint64_t step) {
 // bytes, with any alignment, that the call may overwrite (it keeps nothing there between
 // calls). InvalidArgument naming both sizes if workspace_bytes is smaller, or if workspace is
 // null while that is non-zero. Any sufficient size gives the same results.
+// Ids per chunk of Sample's sums (see above).
+constexpr int64_t kSampleChunk = 1024;
+
 struct SampleArgs {
   int64_t rows = 0;
   int64_t vocab = 0;

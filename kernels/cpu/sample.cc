@@ -60,6 +60,23 @@ RowScratch CarveScratch(char* base, int64_t vocab) {
   return s;
 }
 
+// backend.h's chunked sum of term(v) for v in [0, n): each chunk of kSampleChunk ids in
+// ascending id from 0.0, then the chunk sums in ascending order from 0.0. chunk_sums (if not
+// null) gets each chunk's sum. A removed token's term is +0.0, which leaves these sums of
+// non-negative terms (from +0.0) as they are.
+template <typename Term>
+double ChunkedSum(int64_t n, Term term, double* chunk_sums) {
+  double total = 0.0;
+  for (int64_t c0 = 0; c0 < n; c0 += kSampleChunk) {
+    double chunk = 0.0;
+    const int64_t end = std::min(n, c0 + kSampleChunk);
+    for (int64_t v = c0; v < end; ++v) chunk += term(v);
+    if (chunk_sums != nullptr) chunk_sums[c0 / kSampleChunk] = chunk;
+    total += chunk;
+  }
+  return total;
+}
+
 RowResult SampleRow(const float* x, int64_t vocab, const SamplingParams& p,
                     const int32_t* seen_begin, const int32_t* seen_end, RowScratch* s) {
   double* const z = s->z;
@@ -96,14 +113,13 @@ RowResult SampleRow(const float* x, int64_t vocab, const SamplingParams& p,
   for (int64_t v = 0; v < vocab; ++v) m = std::max(m, z[v]);
 
   if (p.top_p < 1.0f) {
-    double sum = 0.0;
     int32_t* const order = s->order;
     int64_t kept = 0;
     for (int64_t v = 0; v < vocab; ++v) {
-      if (z[v] == kNegInf) continue;
-      sum += std::exp(z[v] - m);
-      order[kept++] = static_cast<int32_t>(v);
+      if (z[v] != kNegInf) order[kept++] = static_cast<int32_t>(v);
     }
+    const double sum = ChunkedSum(
+        vocab, [&](int64_t v) { return z[v] == kNegInf ? 0.0 : std::exp(z[v] - m); }, nullptr);
     std::sort(order, order + kept,
               [z](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); });
     const double top_p = p.top_p;
@@ -124,24 +140,38 @@ RowResult SampleRow(const float* x, int64_t vocab, const SamplingParams& p,
     }
   }
 
-  double sum = 0.0;
   int64_t last = 0;
   for (int64_t v = 0; v < vocab; ++v) {
     if (z[v] == kNegInf) continue;
     z[v] = std::exp(z[v] - m);
-    sum += z[v];
     if (z[v] > 0.0) last = v;
   }
+  // The chunk sums go to `values` (free after top-k; a chunk per 1024 ids fits).
+  double* const chunk_sums = s->values;
+  const double sum = ChunkedSum(
+      vocab, [&](int64_t v) { return z[v] == kNegInf ? 0.0 : z[v]; }, chunk_sums);
+  // The smallest kept id whose cumulative sum (the chunk sums before its chunk, plus its
+  // chunk's terms up to it) exceeds the target: cumulative sums never decrease, so it is in
+  // the first chunk whose end exceeds it.
   const double target = SampleUniform(p.seed, p.step) * sum;
-  double cum = 0.0;
   int64_t chosen = last;
-  for (int64_t v = 0; v < vocab; ++v) {
-    if (z[v] == kNegInf) continue;
-    cum += z[v];
-    if (cum > target) {
-      chosen = v;
+  double before = 0.0;
+  for (int64_t c0 = 0; c0 < vocab; c0 += kSampleChunk) {
+    const double chunk = chunk_sums[c0 / kSampleChunk];
+    if (before + chunk > target) {
+      double within = 0.0;
+      const int64_t end = std::min(vocab, c0 + kSampleChunk);
+      for (int64_t v = c0; v < end; ++v) {
+        if (z[v] == kNegInf) continue;
+        within += z[v];
+        if (before + within > target) {
+          chosen = v;
+          break;
+        }
+      }
       break;
     }
+    before += chunk;
   }
   return {static_cast<int32_t>(chosen), std::log(z[chosen]) - std::log(sum)};
 }
@@ -149,8 +179,8 @@ RowResult SampleRow(const float* x, int64_t vocab, const SamplingParams& p,
 double RawLogprob(const float* x, int64_t vocab, int64_t id) {
   double m = kNegInf;
   for (int64_t v = 0; v < vocab; ++v) m = std::max(m, static_cast<double>(x[v]));
-  double sum = 0.0;
-  for (int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(x[v]) - m);
+  const double sum = ChunkedSum(
+      vocab, [&](int64_t v) { return std::exp(static_cast<double>(x[v]) - m); }, nullptr);
   return (static_cast<double>(x[id]) - m) - std::log(sum);
 }
 

@@ -7,7 +7,8 @@
 //     the top-p prefix walk, min-p, the final softmax, the draw and the logprobs.
 // top-k's threshold is the exact top_k-th largest z: bisection on the 64-bit order of doubles
 // (-0 as +0, as the CPU's comparisons see them), one block count per bit. Every fp64 sum runs
-// in one thread in the CPU's order; the raw logprob's sum runs in another warp alongside.
+// in the CPU's order: the chunked sums of backend.h with a thread per chunk, the walks on one
+// thread over values the block stages through shared memory.
 #include <algorithm>
 #include <climits>
 #include <cstdint>
@@ -116,6 +117,9 @@ struct MaxOp {
 struct MinI64 {
   __device__ long long operator()(long long a, long long b) const { return b < a ? b : a; }
 };
+struct MaxI64 {
+  __device__ long long operator()(long long a, long long b) const { return a < b ? b : a; }
+};
 struct SumI64 {
   __device__ long long operator()(long long a, long long b) const { return a + b; }
 };
@@ -135,6 +139,75 @@ __device__ T BlockReduce(T v, Op op, T* shared) {
   for (int w = 1; w < warps; ++w) r = op(r, shared[w]);
   __syncthreads();
   return r;
+}
+
+// The CPU's sequential fp64 sums and walks run on thread 0 in the CPU's order; what made them
+// slow on a GPU is one thread waiting for each global load. So the block first copies a chunk
+// of the values into shared memory (all threads, coalesced), then thread 0 runs its loop over
+// the chunk; the arithmetic and its order are unchanged.
+constexpr int kStage = 4096;  // doubles per chunk: 32 KiB of shared memory
+// The chunk sums of a row sit in a stage buffer.
+constexpr int64_t kMaxSampleVocab = kStage * kSampleChunk;
+
+// Thread 0 calls step(i, value(i)) for i = 0, 1, ... < n in order until step returns true;
+// every thread of the block calls this, and every thread gets whether a step returned true.
+// value(i) runs on any thread, when i's chunk is staged.
+template <typename Value, typename Step>
+__device__ bool StagedWalk(int64_t n, double* stage, Value&& value, Step&& step) {
+  __shared__ int stopped;
+  for (int64_t c0 = 0; c0 < n; c0 += kStage) {
+    const int len = static_cast<int>(n - c0 < kStage ? n - c0 : kStage);
+    for (int i = static_cast<int>(threadIdx.x); i < len; i += static_cast<int>(blockDim.x)) {
+      stage[i] = value(c0 + i);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      // Eight shared loads issued before their eight steps: the steps' fp64 chain, not the
+      // loads' latency, sets the pace.
+      int stop = 0;
+      for (int i0 = 0; i0 < len && !stop; i0 += 8) {
+        double v[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = i0 + j < len ? stage[i0 + j] : 0.0;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          if (!stop && i0 + j < len && step(c0 + i0 + j, v[j])) stop = 1;
+        }
+      }
+      stopped = stop;
+    }
+    __syncthreads();
+    const bool stop = stopped != 0;
+    __syncthreads();  // everyone has read `stopped` (and thread 0 the stage) before the next chunk
+    if (stop) return true;
+  }
+  return false;
+}
+
+// backend.h's chunked sum of term(v) for v in [0, n): thread t adds chunks t, t + blockDim.x,
+// ... (each in ascending id from 0.0) into chunk_sums[], then thread 0 adds the chunk sums in
+// order; every thread of the block calls this and gets the total. n <= kStage * kSampleChunk.
+template <typename Term>
+__device__ double ChunkedSum(int64_t n, double* chunk_sums, Term&& term) {
+  __shared__ double total;
+  const int64_t chunks = (n + kSampleChunk - 1) / kSampleChunk;
+  for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
+    const int64_t end = (c + 1) * kSampleChunk < n ? (c + 1) * kSampleChunk : n;
+    double sum = 0.0;
+#pragma unroll 8
+    for (int64_t v = c * kSampleChunk; v < end; ++v) sum += term(v);
+    chunk_sums[c] = sum;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0.0;
+    for (int64_t c = 0; c < chunks; ++c) t += chunk_sums[c];
+    total = t;
+  }
+  __syncthreads();
+  const double result = total;
+  __syncthreads();  // read by all before another call writes it
+  return result;
 }
 
 // ---- kernels -------------------------------------------------------------------------------
@@ -259,9 +332,9 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     // The CPU skips removed tokens; adding their +0 to a sum of non-negative terms that
     // starts at +0 leaves its bits unchanged.
+    __shared__ double chunk_sums[kStage];
+    const double sum = ChunkedSum(vocab, chunk_sums, [&](int64_t v) { return er[v]; });
     if (tid == 0) {
-      double sum = 0.0;
-      for (int64_t v = 0; v < vocab; ++v) sum += er[v];
       state[r].sum = sum;
       seg_end[r] = local + static_cast<int>(vocab);
     }
@@ -278,7 +351,10 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ double red_d[kWarps];
   __shared__ long long red_i[kWarps];
   __shared__ long long s_keep;
-  __shared__ double s_raw_sum;
+  __shared__ long long s_chunk;
+  __shared__ double s_before;
+  __shared__ double stage[kStage];  // the top-p walk's values, then the chunk sums
+  __shared__ double chunk_stage[kSampleChunk];
   if (error[0] != kNoError) {
     if (blockIdx.x == 0 && threadIdx.x == 0) {
       const unsigned long long w = error[0];
@@ -316,17 +392,20 @@ __global__ void __launch_bounds__(kThreads)
       for (int64_t v = tid; v < vocab; v += kThreads) kept += zr[v] != kNegInfD ? 1 : 0;
       kept = BlockReduce(kept, SumI64(), red_i);
       const int32_t* order = sorted_ids + r * vocab;
-      if (tid == 0) {
-        const double top_p = p.top_p;
-        const double sum = st.sum;
-        double before = 0.0;
-        long long keep = 0;
-        while (keep < kept && (keep == 0 || before < top_p)) {
-          before += zr[order[keep]] / sum;
-          ++keep;
-        }
-        s_keep = keep;
-      }
+      const double top_p = p.top_p;
+      const double sum = st.sum;
+      double before = 0.0;
+      long long keep = 0;
+      // The CPU's loop: while (keep < kept && (keep == 0 || before < top_p)) add the next.
+      StagedWalk(
+          kept, stage, [&](int64_t i) { return zr[order[i]] / sum; },
+          [&](int64_t, double q) {
+            if (keep > 0 && !(before < top_p)) return true;
+            before += q;
+            ++keep;
+            return false;
+          });
+      if (tid == 0) s_keep = keep;
       __syncthreads();
       for (long long i = s_keep + tid; i < kept; i += kThreads) zr[order[i]] = kNegInfD;
       __syncthreads();
@@ -339,44 +418,64 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   __syncthreads();
-  // Thread 0 draws while warp 1 sums the raw softmax denominator.
-  if (tid == 0) {
-    int64_t chosen = st.greedy_id;
-    double logprob = 0.0;
-    if (!greedy) {
-      double sum = 0.0;
-      int64_t last = 0;
-      for (int64_t v = 0; v < vocab; ++v) {
-        if (zr[v] == kNegInfD) continue;
-        sum += zr[v];
-        if (zr[v] > 0.0) last = v;
-      }
-      const double target = Uniform(p.seed, p.step) * sum;
-      double cum = 0.0;
-      chosen = last;
-      for (int64_t v = 0; v < vocab; ++v) {
-        if (zr[v] == kNegInfD) continue;
-        cum += zr[v];
-        if (cum > target) {
-          chosen = v;
+  // The draw: the chunked sum, the last kept id with e > 0, the first chunk whose end
+  // exceeds the target (thread 0, over the chunk sums), then the walk inside it.
+  int64_t chosen = st.greedy_id;
+  double logprob = 0.0;
+  if (!greedy) {
+    long long last = 0;
+    for (int64_t v = tid; v < vocab; v += kThreads) {
+      if (zr[v] != kNegInfD && zr[v] > 0.0 && v > last) last = v;
+    }
+    last = BlockReduce(last, MaxI64(), red_i);
+    const double sum =
+        ChunkedSum(vocab, stage, [&](int64_t v) { return zr[v] == kNegInfD ? 0.0 : zr[v]; });
+    const double target = Uniform(p.seed, p.step) * sum;
+    if (tid == 0) {
+      const int64_t chunks = (vocab + kSampleChunk - 1) / kSampleChunk;
+      double before = 0.0;
+      long long hit = -1;
+      for (int64_t c = 0; c < chunks; ++c) {
+        if (before + stage[c] > target) {
+          hit = c;
           break;
         }
+        before += stage[c];
       }
-      logprob = log(zr[chosen]) - log(sum);
+      s_chunk = hit;
+      s_before = before;
     }
-    red_i[0] = chosen;
+    __syncthreads();
+    chosen = last;
+    if (s_chunk >= 0) {
+      const int64_t c0 = s_chunk * kSampleChunk;
+      const int64_t len = vocab - c0 < kSampleChunk ? vocab - c0 : kSampleChunk;
+      const double before = s_before;
+      double within = 0.0;
+      StagedWalk(
+          len, chunk_stage, [&](int64_t i) { return zr[c0 + i]; },
+          [&](int64_t i, double e) {
+            if (e == kNegInfD) return false;
+            within += e;
+            if (before + within > target) {
+              chosen = c0 + i;
+              return true;
+            }
+            return false;
+          });
+    }
+    logprob = log(zr[chosen]) - log(sum);
+  }
+  if (tid == 0) {
     out_ids[r] = static_cast<int32_t>(chosen);
     if (out_logprobs != nullptr) out_logprobs[r] = static_cast<float>(logprob);
-  } else if (tid == 32 && out_raw != nullptr) {
-    const double* re = scratch + r * vocab;
-    double sum = 0.0;
-    for (int64_t v = 0; v < vocab; ++v) sum += re[v];
-    s_raw_sum = sum;
   }
-  __syncthreads();
-  if (tid == 0 && out_raw != nullptr) {
-    const int64_t id = red_i[0];
-    out_raw[r] = static_cast<float>((static_cast<double>(x[id]) - xm) - log(s_raw_sum));
+  if (out_raw != nullptr) {
+    const double* re = scratch + r * vocab;
+    const double raw_sum = ChunkedSum(vocab, stage, [&](int64_t v) { return re[v]; });
+    if (tid == 0) {
+      out_raw[r] = static_cast<float>((static_cast<double>(x[chosen]) - xm) - log(raw_sum));
+    }
   }
 }
 
@@ -389,6 +488,11 @@ size_t SampleWorkspaceBytes(int64_t rows, int64_t vocab) {
 
 absl::Status LaunchSample(const SampleArgs& a, uint64_t* error, cudaStream_t stream) {
   if (a.rows <= 0) return absl::OkStatus();
+  if (a.vocab > kMaxSampleVocab) {
+    return absl::UnimplementedError(absl::StrCat("sample (cuda): vocab=", a.vocab,
+                                                 " exceeds ", kMaxSampleVocab,
+                                                 " (the chunk sums of a row in shared memory)"));
+  }
   const int64_t rows = a.rows;
   const int64_t vocab = a.vocab;
   auto* err = reinterpret_cast<unsigned long long*>(error);

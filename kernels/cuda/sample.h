@@ -1,7 +1,9 @@
 // Sample on a CUDA device: the logits processors and the draw of SampleArgs (kernels/backend.h),
 // steps 1-7, in fp64, following kernels/cpu/sample.cc operation for operation: the same fp64
-// values, the same comparisons, and every fp64 sum in the CPU's sequential order (ascending id,
-// or top-p's descending-z order), each sum a single-thread loop. Division, subtraction and the
+// values, the same comparisons, and every fp64 sum in the CPU's order: backend.h's chunked
+// sums over ids with a thread per chunk of kSampleChunk ids, then one thread over the chunk
+// sums; top-p's walk in descending z and the draw's walk inside its chunk on one thread, over
+// values staged through shared memory. Division, subtraction and the
 // sums are correctly rounded on both sides (no fma contraction: -fmad=false).
 //
 // Exactness: the CPU calls libm's exp / log on doubles, this kernel CUDA's (both within 1 ulp,
