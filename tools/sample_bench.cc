@@ -1,7 +1,8 @@
 // sample_bench: times the Sample op alone (one decode step's token choice) on the CPU backend or
 // GPU 0, for rows x vocab logits (default Qwen3's vocab, 151936) with the sampling settings
-// users run: greedy, temperature 0.8, temperature 0.8 + top-p 0.9, temperature 0.8 + top-k 50,
-// each with and without log-probs and a repetition penalty. Prints the median and best time of
+// users run: greedy, temperature 0.8, + top-p 0.9, + top-k 50, Qwen3's recommended
+// temperature 0.7 + top-k 20 + top-p 0.8, and top-p with log-probs or with a repetition
+// penalty. Prints the median and best time of
 // --reps calls (each waited for); --json writes the rows.
 //
 //   sample_bench --backend=cuda --rows=1,8,64 --json=out.json
@@ -45,12 +46,17 @@ std::vector<Setting> Settings() {
   top_p.top_p = 0.9f;
   moe::SamplingParams top_k = temp;
   top_k.top_k = 50;
+  moe::SamplingParams qwen = temp;  // Qwen3's recommended: temperature 0.7, top-p 0.8, top-k 20
+  qwen.temperature = 0.7f;
+  qwen.top_p = 0.8f;
+  qwen.top_k = 20;
   moe::SamplingParams penalised = top_p;
   penalised.repetition_penalty = 1.1f;
   return {{"greedy", greedy, false, false},
           {"temperature 0.8", temp, false, false},
           {"temp 0.8 + top-p 0.9", top_p, false, false},
           {"temp 0.8 + top-k 50", top_k, false, false},
+          {"temp 0.7 + top-k 20 + top-p 0.8", qwen, false, false},
           {"top-p + logprobs", top_p, true, false},
           {"top-p + penalty (256 seen)", penalised, false, true}};
 }

@@ -5,8 +5,8 @@
 //     ascending-id sum of exp(z - m) plus the (descending z, ascending id) sort keys.
 //   cub's segmented radix sort (stable, descending) of the top-p rows' keys, then FinishKernel:
 //     the top-p prefix walk, min-p, the final softmax, the draw and the logprobs.
-// top-k's threshold is the exact top_k-th largest z: bisection on the 64-bit order of doubles
-// (-0 as +0, as the CPU's comparisons see them), one block count per bit. Every fp64 sum runs
+// top-k's threshold is the exact top_k-th largest z: a radix select on the 64-bit order of
+// doubles (-0 as +0, as the CPU's comparisons see them), 8 bits a round, integer histograms. Every fp64 sum runs
 // in the CPU's order: the chunked sums of backend.h with a thread per chunk, the walks on one
 // thread over values the block stages through shared memory.
 #include <algorithm>
@@ -210,6 +210,25 @@ __device__ double ChunkedSum(int64_t n, double* chunk_sums, Term&& term) {
   return result;
 }
 
+// The sum of v over the threads before this one (blockDim.x = kThreads); `shared` holds one
+// value per warp.
+__device__ long long ExclusiveBlockScan(long long v, long long* shared) {
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  long long inclusive = v;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const long long up = __shfl_up_sync(kFullMask, inclusive, offset);
+    if (lane >= offset) inclusive += up;
+  }
+  if (lane == 31) shared[warp] = inclusive;
+  __syncthreads();
+  long long base = 0;
+  for (int w = 0; w < warp; ++w) base += shared[w];
+  __syncthreads();
+  return base + inclusive - v;
+}
+
 // ---- kernels -------------------------------------------------------------------------------
 
 __global__ void CheckInitKernel(const float* __restrict__ logits, int64_t ld, int64_t vocab,
@@ -299,15 +318,42 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   if (p.top_k > 0 && p.top_k < vocab) {
-    unsigned long long t = 0;
-    for (int bit = 63; bit >= 0; --bit) {
-      const unsigned long long cand = t | (1ull << bit);
-      long long count = 0;
-      for (int64_t v = tid; v < vocab; v += kThreads) count += OrderKey(zr[v]) >= cand ? 1 : 0;
-      count = BlockReduce(count, SumI64(), red_i);
-      if (count >= p.top_k) t = cand;
+    // The top_k-th largest key (the largest t with top_k keys >= t), 8 bits at a time from
+    // the top: a histogram of the next digit among the keys that match the digits so far
+    // (integer counts), then the digit where the count from the top reaches the rank left.
+    __shared__ unsigned int hist[256];
+    __shared__ unsigned long long s_prefix;
+    __shared__ long long s_rank;
+    if (tid == 0) {
+      s_prefix = 0;
+      s_rank = p.top_k;
     }
-    const double threshold = KeyValue(t);
+    for (int shift = 56; shift >= 0; shift -= 8) {
+      for (int i = tid; i < 256; i += kThreads) hist[i] = 0;
+      __syncthreads();
+      const unsigned long long prefix = s_prefix;
+      const unsigned long long high = shift == 56 ? 0ull : ~0ull << (shift + 8);
+      for (int64_t v = tid; v < vocab; v += kThreads) {
+        const unsigned long long key = OrderKey(zr[v]);
+        if ((key & high) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+      }
+      __syncthreads();
+      if (tid == 0) {
+        long long above = 0;
+        int digit = 0;
+        for (int d = 255; d >= 0; --d) {
+          if (above + hist[d] >= s_rank) {
+            digit = d;
+            break;
+          }
+          above += hist[d];
+        }
+        s_prefix = prefix | (static_cast<unsigned long long>(digit) << shift);
+        s_rank -= above;
+      }
+      __syncthreads();
+    }
+    const double threshold = KeyValue(s_prefix);
     for (int64_t v = tid; v < vocab; v += kThreads) {
       if (zr[v] < threshold) zr[v] = kNegInfD;
     }
@@ -325,9 +371,35 @@ __global__ void __launch_bounds__(kThreads)
     int32_t* ir = ids + r * vocab;
     double* er = scratch + r * vocab;
     for (int64_t v = tid; v < vocab; v += kThreads) {
-      kr[v] = OrderKey(zr[v]);
-      ir[v] = static_cast<int32_t>(v);
       er[v] = zr[v] == kNegInfD ? 0.0 : exp(zr[v] - m);
+    }
+    // When few tokens are kept (after top-k: ~top_k), only they go to the sort, in ascending
+    // id, so the stable sort orders them as the full row's would (the removed ones sort last
+    // there and are never walked). Thread t takes a run of ids; a block scan of the runs'
+    // counts gives each its place.
+    // With most of the row kept, every id goes (coalesced writes; the removed sort last).
+    long long kept = 0;
+    for (int64_t v = tid; v < vocab; v += kThreads) kept += zr[v] != kNegInfD ? 1 : 0;
+    kept = BlockReduce(kept, SumI64(), red_i);
+    if (kept * 4 > vocab) {
+      for (int64_t v = tid; v < vocab; v += kThreads) {
+        kr[v] = OrderKey(zr[v]);
+        ir[v] = static_cast<int32_t>(v);
+      }
+      kept = vocab;
+    } else {
+      const int64_t run = (vocab + kThreads - 1) / kThreads;
+      const int64_t run_begin = tid * run < vocab ? tid * run : vocab;
+      const int64_t run_end = run_begin + run < vocab ? run_begin + run : vocab;
+      long long count = 0;
+      for (int64_t v = run_begin; v < run_end; ++v) count += zr[v] != kNegInfD ? 1 : 0;
+      long long before = ExclusiveBlockScan(count, red_i);
+      for (int64_t v = run_begin; v < run_end; ++v) {
+        if (zr[v] == kNegInfD) continue;
+        kr[before] = OrderKey(zr[v]);
+        ir[before] = static_cast<int32_t>(v);
+        ++before;
+      }
     }
     __syncthreads();
     // The CPU skips removed tokens; adding their +0 to a sum of non-negative terms that
@@ -336,7 +408,7 @@ __global__ void __launch_bounds__(kThreads)
     const double sum = ChunkedSum(vocab, chunk_sums, [&](int64_t v) { return er[v]; });
     if (tid == 0) {
       state[r].sum = sum;
-      seg_end[r] = local + static_cast<int>(vocab);
+      seg_end[r] = local + static_cast<int>(kept);
     }
   }
 }
