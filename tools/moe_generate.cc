@@ -165,8 +165,8 @@ absl::Status LineError(int64_t line_no, const absl::Status& status) {
   return out;
 }
 
-// Submits every good line up front, so continuous batching always has work. One entry per
-// line: the request id, or the line's error (bad line, or rejected by the engine).
+// Submits every good line up front as one batch, so continuous batching always has work. One
+// entry per line: the request id, or the line's error (bad line, or rejected by the engine).
 std::vector<absl::StatusOr<RequestId>> SubmitAll(Engine* engine,
                                                  const std::vector<InputLine>& lines,
                                                  LiveCounts* live) {
@@ -175,14 +175,23 @@ std::vector<absl::StatusOr<RequestId>> SubmitAll(Engine* engine,
     if (e.token >= 0) live->generated_tokens.fetch_add(1);
     if (e.finished) live->done.fetch_add(1);
   };
+  // One batch (Engine::SubmitBatch): the engine sees every request at once, so the steps, and
+  // on a GPU without --batch-invariant the bits, do not depend on how fast lines arrive.
+  std::vector<GenerationRequest> requests;
+  for (const InputLine& line : lines) {
+    if (line.parsed.ok()) requests.push_back(ToRequest(line.parsed->request));
+  }
+  std::vector<absl::StatusOr<RequestId>> submitted =
+      engine->SubmitBatch(std::move(requests), on_token);
   std::vector<absl::StatusOr<RequestId>> ids;
   ids.reserve(lines.size());
+  size_t next = 0;
   for (const InputLine& line : lines) {
     if (!line.parsed.ok()) {
       ids.push_back(line.parsed.status());
       continue;
     }
-    absl::StatusOr<RequestId> id = engine->Submit(ToRequest(line.parsed->request), on_token);
+    absl::StatusOr<RequestId> id = std::move(submitted[next++]);
     if (!id.ok()) {
       id = LineError(line.line, id.status());
       live->done.fetch_add(1);

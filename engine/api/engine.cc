@@ -288,17 +288,19 @@ absl::StatusOr<GenerationResult> Engine::Await(RequestId id) {
   return std::move(r.result);
 }
 
-std::vector<absl::StatusOr<GenerationResult>> Engine::Generate(
-    const std::vector<GenerationRequest>& requests) {
-  Impl& m = *impl_;
+std::vector<absl::StatusOr<RequestId>> Engine::SubmitBatch(std::vector<GenerationRequest> requests,
+                                                           const TokenCallback& on_token) {
   std::vector<absl::StatusOr<RequestId>> ids;
   ids.reserve(requests.size());
-  {
-    // All requests enter under one lock: the worker sees them together, so an idle engine
-    // runs the same steps for the same batch every time (bit-reproducible results).
-    std::lock_guard<std::mutex> lock(m.mu);
-    for (const GenerationRequest& r : requests) ids.push_back(m.SubmitLocked(r, nullptr));
-  }
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  for (GenerationRequest& r : requests) ids.push_back(impl_->SubmitLocked(std::move(r), on_token));
+  return ids;
+}
+
+std::vector<absl::StatusOr<GenerationResult>> Engine::Generate(
+    const std::vector<GenerationRequest>& requests) {
+  // One batch: bit-reproducible results for the same requests on an idle engine.
+  const std::vector<absl::StatusOr<RequestId>> ids = SubmitBatch(requests);
   std::vector<absl::StatusOr<GenerationResult>> results;
   results.reserve(requests.size());
   for (size_t i = 0; i < ids.size(); ++i) {

@@ -256,6 +256,13 @@ class Engine {
   // set, gets every token as it is generated.
   absl::StatusOr<RequestId> Submit(GenerationRequest request, TokenCallback on_token = nullptr);
 
+  // Submit for many requests at once, one entry per request (its id, or Submit's error for
+  // it). They enter under one lock, so the worker sees them together: an idle engine then
+  // runs the same steps for the same batch every time, and so gives the same bits (one by one,
+  // the first steps would hold however many had arrived). `on_token` is shared by all.
+  std::vector<absl::StatusOr<RequestId>> SubmitBatch(std::vector<GenerationRequest> requests,
+                                                     const TokenCallback& on_token = nullptr);
+
   // Stops a request: it finishes with kCancelled after the current step (its tokens so far
   // are kept). NotFound for an unknown or already awaited id; OK if it already finished.
   absl::Status Cancel(RequestId id);

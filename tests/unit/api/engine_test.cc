@@ -359,6 +359,32 @@ TEST(EngineTest, BadRequestsAreRejectedNamingTheFieldOthersRun) {
   }
 }
 
+// SubmitBatch: one entry per request (an id, or the bad one's error naming the field), every
+// token through the shared callback, and the same results as Generate of the same batch.
+TEST(EngineTest, SubmitBatchQueuesAllAtOnceAndStreams) {
+  auto engine = MakeEngine(kModel);
+  ASSERT_NE(engine, nullptr);
+  std::vector<GenerationRequest> requests = {Sampled({3, 4, 5}, 6, 21), Greedy({1}, 0),
+                                             Greedy({7, 8}, 5)};
+  std::atomic<int64_t> streamed{0};
+  const auto ids = engine->SubmitBatch(
+      requests, [&streamed](const TokenEvent& e) { streamed += e.token >= 0 ? 1 : 0; });
+  ASSERT_EQ(ids.size(), 3u);
+  ASSERT_TRUE(ids[0].ok()) << ids[0].status();
+  ASSERT_FALSE(ids[1].ok());
+  EXPECT_TRUE(absl::StrContains(ids[1].status().message(), "max_new_tokens")) << ids[1].status();
+  ASSERT_TRUE(ids[2].ok()) << ids[2].status();
+  const auto first = engine->Await(*ids[0]);
+  const auto third = engine->Await(*ids[2]);
+  ASSERT_TRUE(first.ok() && third.ok());
+  EXPECT_EQ(streamed.load(), 11);
+  const auto again = engine->Generate({requests[0], requests[2]});
+  ASSERT_TRUE(again[0].ok() && again[1].ok());
+  EXPECT_EQ(again[0]->tokens, first->tokens);
+  EXPECT_TRUE(SameBits(again[0]->logprobs, first->logprobs));
+  EXPECT_EQ(again[1]->tokens, third->tokens);
+}
+
 TEST(EngineTest, CreateErrorsNameTheFileOrOption) {
   auto missing = Engine::Create("models/no-such-model", {});
   ASSERT_FALSE(missing.ok());
