@@ -18,6 +18,8 @@ namespace moe {
 namespace {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+// Tokens top-p orders before it walks (more only if the walk needs them).
+constexpr int64_t kTopPPrefix = 2048;
 
 struct RowResult {
   int32_t id;
@@ -120,12 +122,23 @@ RowResult SampleRow(const float* x, int64_t vocab, const SamplingParams& p,
     }
     const double sum = ChunkedSum(
         vocab, [&](int64_t v) { return z[v] == kNegInf ? 0.0 : std::exp(z[v] - m); }, nullptr);
-    std::sort(order, order + kept,
-              [z](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); });
+    const auto ranks_first = [z](int32_t a, int32_t b) {
+      return z[a] > z[b] || (z[a] == z[b] && a < b);
+    };
+    // The walk usually stops among the most likely tokens: only a prefix is ordered first (its
+    // members picked by nth_element, then sorted: the order a full sort gives there, since no
+    // two ids rank equal), the rest only if the walk gets past it.
+    int64_t sorted = std::min(kept, kTopPPrefix);
+    if (sorted < kept) std::nth_element(order, order + sorted, order + kept, ranks_first);
+    std::sort(order, order + sorted, ranks_first);
     const double top_p = p.top_p;
     double before = 0.0;
     int64_t keep = 0;
     while (keep < kept && (keep == 0 || before < top_p)) {
+      if (keep == sorted) {
+        std::sort(order + sorted, order + kept, ranks_first);
+        sorted = kept;
+      }
       before += std::exp(z[order[keep]] - m) / sum;
       ++keep;
     }
