@@ -17,7 +17,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -303,9 +302,8 @@ absl::Status Run(const Options& opt, moe::DType dtype) {
     }
   }
   if (!opt.json.empty()) {
-    std::ofstream f(opt.json);
-    f << FormatJson(opt, device, bandwidth_gbps, rows);
-    if (!f) return absl::UnavailableError(absl::StrCat("--json=", opt.json, ": cannot write"));
+    MOE_RETURN_IF_ERROR(
+        moe::tools::WriteTextFile(opt.json, FormatJson(opt, device, bandwidth_gbps, rows)));
     std::printf("wrote %s\n", opt.json.c_str());
   }
   return absl::OkStatus();

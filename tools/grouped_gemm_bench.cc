@@ -14,7 +14,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <random>
 #include <string>
@@ -263,9 +262,7 @@ absl::Status Run(const std::vector<int64_t>& tokens, int reps, const std::string
                     ", \"max_rel_diff\": ", JsonRounded(r.max_rel_diff, 3), "}");
   }
   absl::StrAppend(&j, "\n  ]\n}\n");
-  std::ofstream f(json);
-  f << j;
-  if (!f) return absl::UnavailableError(absl::StrCat("--json=", json, ": cannot write"));
+  MOE_RETURN_IF_ERROR(moe::tools::WriteTextFile(json, j));
   std::printf("wrote %s\n", json.c_str());
   return absl::OkStatus();
 }

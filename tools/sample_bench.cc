@@ -10,7 +10,6 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <random>
 #include <string>
@@ -141,9 +140,7 @@ absl::Status Run(const std::string& backend_name, const std::vector<int64_t>& ro
                     ", \"ms_best\": ", JsonRounded(r.best_ms, 5), "}");
   }
   absl::StrAppend(&j, "\n  ]\n}\n");
-  std::ofstream f(json);
-  f << j;
-  if (!f) return absl::UnavailableError(absl::StrCat("--json=", json, ": cannot write"));
+  MOE_RETURN_IF_ERROR(moe::tools::WriteTextFile(json, j));
   std::printf("wrote %s\n", json.c_str());
   return absl::OkStatus();
 }
